@@ -1,0 +1,36 @@
+"""The `bertrt` command line: a thin Typer layer over the library.
+
+Each command parses its options, calls one library function and prints the result.
+Commands live in small modules by theme; importing this package never imports torch
+(the export commands import the export stage only when they run).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from bertrt.errors import BertrtError
+
+app = typer.Typer(
+    name="bertrt",
+    help="Export BERT models to validated ONNX bundles and serve them with ONNX Runtime.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Command modules register themselves on `app` when imported.
+from bertrt.cli import export_cmds as _export_cmds  # noqa: E402,F401
+from bertrt.cli import run_cmds as _run_cmds  # noqa: E402,F401
+
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning bertrt errors into one line on stderr."""
+    try:
+        app()
+    except BertrtError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""Export-stage commands: export, validate, eval (they need the export extra)."""

@@ -1,0 +1,1 @@
+"""Runtime commands: embed, classify, qa, info."""

