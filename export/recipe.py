@@ -100,7 +100,7 @@ class Recipe:
     max_length: int = 256
     classifier_training: ClassifierTraining = field(default_factory=ClassifierTraining)
     qa_training: QATraining = field(default_factory=QATraining)
-    opset: int = 17
+    opset: int = 18
 
     def with_overrides(
         self,
@@ -161,7 +161,7 @@ def recipe_from_dict(data: dict[str, Any], default_name: str = "custom") -> Reci
             ClassifierTraining, (data.get("classifier") or {}).get("training", {}), "classifier.training"
         ),
         qa_training=_build(QATraining, (data.get("qa") or {}).get("training", {}), "qa.training"),
-        opset=int(data.get("opset", 17)),
+        opset=int(data.get("opset", 18)),
     )
 
 

@@ -1,0 +1,94 @@
+"""PyTorch -> ONNX conversion with optimum's exporter, dynamic batch and sequence axes."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+from optimum.exporters.onnx import onnx_export_from_model
+from optimum.exporters.onnx.model_configs import BertOnnxConfig
+
+from bertrt.manifest import TensorSpec
+from bertrt.types import Task
+
+# optimum's task name for each bertrt task.
+OPTIMUM_TASKS: dict[Task, str] = {
+    Task.EMBED: "feature-extraction",
+    Task.CLASSIFY: "text-classification",
+    Task.QA: "question-answering",
+}
+
+_ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT32: "int32",
+}
+
+
+class EncoderWithPoolerOnnxConfig(BertOnnxConfig):
+    """optimum's BERT feature-extraction config plus ``pooler_output``.
+
+    The stock config exports only ``last_hidden_state``; the base model also serves the
+    pooled ``[CLS]`` vector (dense + tanh), as a ``BertModel`` call returns it.
+    """
+
+    @property
+    def outputs(self) -> dict[str, dict[int, str]]:
+        outputs = dict(super().outputs)
+        outputs["pooler_output"] = {0: "batch_size"}
+        return outputs
+
+
+def export_onnx(model: Any, task: Task, out_dir: Path, opset: int) -> Path:
+    """Export a transformers BERT model to ``out_dir/model.onnx`` and return that path.
+
+    Validation against PyTorch is done by :mod:`export.validate` with real texts, so
+    optimum's own random-input check is skipped here.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    optimum_task = OPTIMUM_TASKS[task]
+    custom: dict[str, Any] | None = None
+    if task is Task.EMBED:
+        custom = {"model": EncoderWithPoolerOnnxConfig(model.config, task=optimum_task)}
+    with _quiet_exporter():
+        onnx_export_from_model(
+            model.eval(),
+            out_dir,
+            task=optimum_task,
+            opset=opset,
+            do_validation=False,
+            custom_onnx_configs=custom,
+        )
+    return out_dir / "model.onnx"
+
+
+def graph_signature(onnx_path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The graph's inputs and outputs as TensorSpecs (symbolic axes as their names)."""
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return tuple(_spec(v) for v in graph.input), tuple(_spec(v) for v in graph.output)
+
+
+def _spec(value: Any) -> TensorSpec:
+    tensor_type = value.type.tensor_type
+    shape = tuple(d.dim_param if d.dim_param else int(d.dim_value) for d in tensor_type.shape.dim)
+    return TensorSpec(name=value.name, dtype=_ONNX_DTYPES.get(tensor_type.elem_type, str(tensor_type.elem_type)), shape=shape)
+
+
+class _quiet_exporter:
+    """Silence the tracer and optimum warnings that say nothing actionable to a bertrt user."""
+
+    def __enter__(self) -> None:
+        self._filters = warnings.catch_warnings()
+        self._filters.__enter__()
+        warnings.simplefilter("ignore")
+        self._logger = logging.getLogger("optimum")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.setLevel(self._level)
+        self._filters.__exit__(*exc)

@@ -1,0 +1,250 @@
+"""The export pipeline: recipe in, validated bundle out.
+
+For each of the three models: load the source weights, fine-tune where the recipe says so,
+convert to ONNX, build the precision variants, validate every file against the PyTorch model,
+and write the model folder with its manifest. The bundle is built in a staging folder and
+swapped in only when every model passed (see :mod:`export.atomic`).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import transformers
+from transformers import AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
+
+from bertrt.errors import ValidationFailed
+from bertrt.manifest import MANIFEST_NAME, BundleManifest, ModelManifest, Variant, sha256_of
+from bertrt.types import Precision, Task
+from export import validate
+from export.atomic import remove_stale_partials, staged_directory
+from export.convert import export_onnx, graph_signature
+from export.recipe import ModelRecipe, Recipe
+from export.sources import load_pretrained
+from export.variants import build_variant, variant_runs_here
+
+Log = Callable[[str], None]
+
+# Folder name of each model inside a bundle.
+MODEL_DIRS: dict[Task, str] = {Task.EMBED: "embedder", Task.CLASSIFY: "classifier", Task.QA: "qa"}
+SENTIMENT_LABELS = {0: "NEGATIVE", 1: "POSITIVE"}
+_MODEL_CLASSES: dict[Task, Any] = {
+    Task.EMBED: AutoModel,
+    Task.CLASSIFY: AutoModelForSequenceClassification,
+    Task.QA: AutoModelForQuestionAnswering,
+}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to build and with which data, beyond the recipe itself."""
+
+    out: Path
+    precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
+    qa_data: Path | None = None
+    qa_eval_data: Path | None = None
+    sentiment_csv: Path | None = None
+
+
+@dataclass
+class ModelResult:
+    """What happened to one model: its manifest and the time it took."""
+
+    name: str
+    manifest: ModelManifest
+    seconds: float
+
+
+@dataclass
+class ExportSummary:
+    """The outcome of a whole export."""
+
+    out: Path
+    models: list[ModelResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def export_bundle(recipe: Recipe, options: ExportOptions, log: Log = print) -> ExportSummary:
+    """Build the bundle described by ``recipe`` at ``options.out``; raise on any failure.
+
+    Nothing is written at ``options.out`` unless all three models export and validate.
+    """
+    started = time.perf_counter()
+    summary = ExportSummary(out=options.out)
+    remove_stale_partials(options.out)
+    with _quiet_transformers(), tempfile.TemporaryDirectory(prefix="bertrt-train-") as work:
+        with staged_directory(options.out) as staging:
+            for step, task in enumerate(MODEL_DIRS, start=1):
+                name = MODEL_DIRS[task]
+                log(f"[{step}/3] {name}: {_model_recipe(recipe, task).source}")
+                t0 = time.perf_counter()
+                manifest = _export_model(recipe, task, options, staging / name, Path(work), log)
+                summary.models.append(ModelResult(name, manifest, time.perf_counter() - t0))
+            BundleManifest(
+                recipe=recipe.name,
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                versions=_library_versions(),
+                models={MODEL_DIRS[t]: t for t in MODEL_DIRS},
+            ).write(staging)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _export_model(recipe: Recipe, task: Task, options: ExportOptions, model_dir: Path, work: Path, log: Log) -> ModelManifest:
+    spec = _model_recipe(recipe, task)
+    tokenizer = load_pretrained(AutoTokenizer, spec.source, trust_remote_code=spec.trust_remote_code)
+    model = load_source_model(task, spec)
+    training, trained = _train(recipe, task, spec, model, tokenizer, options, work, log)
+    max_length = recipe.qa_training.max_length if task is Task.QA else recipe.max_length
+    doc_stride = recipe.qa_training.doc_stride if task is Task.QA else None
+
+    raw = export_onnx(model, task, work / f"{model_dir.name}-raw", recipe.opset)
+    inputs, outputs = graph_signature(raw)
+    reference = validate.torch_reference(task, model, tokenizer, max_length, doc_stride)
+    model_dir.mkdir(parents=True)
+    variants: dict[Precision, Variant] = {}
+    for precision in options.precisions:
+        variant = build_variant(raw, model_dir, precision, model.config, reference.feeds)
+        runs_here, why_not = variant_runs_here(precision)
+        if runs_here:
+            report = validate.validate_onnx(model_dir / variant.file, task, precision, reference)
+        else:
+            report = validate.not_run_report(precision, why_not)
+        log(f"      {precision.value}: {_describe(report)}")
+        if report["passed"] is False:
+            raise ValidationFailed(
+                f"{model_dir.name} {precision.value} failed validation against PyTorch: "
+                f"{'; '.join(report['failures'])}; no bundle was written."
+            )
+        variants[precision] = Variant(precision, variant.file, report, variant.optimization)
+
+    tokenizer.save_pretrained(model_dir)
+    model.config.save_pretrained(model_dir)
+    manifest = ModelManifest(
+        task=task,
+        source=spec.source,
+        max_length=max_length,
+        inputs=inputs,
+        outputs=outputs,
+        opset=recipe.opset,
+        files=_checksums(model_dir),
+        variants=variants,
+        trained=trained,
+        training=training,
+        labels=tuple(model.config.id2label[i] for i in range(model.config.num_labels)) if task is Task.CLASSIFY else None,
+        doc_stride=doc_stride,
+    )
+    manifest.write(model_dir)
+    return manifest
+
+
+def load_source_model(task: Task, spec: ModelRecipe, seed: int = 0) -> Any:
+    """Load the PyTorch model a bundle's ``task`` model starts from, in eval mode.
+
+    New head weights (a classifier or span head on a bare encoder) are drawn from a seeded
+    generator, so the same recipe always starts from the same model.
+    """
+    transformers.set_seed(seed)
+    kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    if task is Task.CLASSIFY and spec.finetune:
+        kwargs.update(
+            num_labels=len(SENTIMENT_LABELS),
+            id2label=SENTIMENT_LABELS,
+            label2id={v: k for k, v in SENTIMENT_LABELS.items()},
+        )
+    return load_pretrained(_MODEL_CLASSES[task], spec.source, **kwargs).eval()
+
+
+def _train(
+    recipe: Recipe, task: Task, spec: ModelRecipe, model: Any, tokenizer: Any, options: ExportOptions, work: Path, log: Log
+) -> tuple[dict[str, Any] | None, bool]:
+    """Fine-tune where the recipe asks; return (training metrics, whether the head is trained)."""
+    if task is Task.EMBED:
+        return None, True
+    if task is Task.CLASSIFY:
+        if not spec.finetune:
+            return None, True
+        from export.data import load_sentiment
+        from export.finetune import finetune_classifier
+
+        splits = load_sentiment(recipe.classifier_training, options.sentiment_csv)
+        log(f"      fine-tuning on {len(splits.train)} IMDB reviews")
+        metrics = finetune_classifier(model, tokenizer, splits, recipe.classifier_training, work / "classifier")
+        log(
+            f"      held-out IMDB accuracy {metrics['imdb_heldout_accuracy']:.2%}, "
+            f"Rotten Tomatoes {metrics['rotten_tomatoes_accuracy']:.2%}"
+        )
+        return metrics, True
+    if spec.finetune is False:
+        return None, True
+    if options.qa_data is None:
+        if spec.finetune is True:
+            raise ValidationFailed("The recipe fine-tunes the QA model; pass SQuAD-format training data with --qa-data.")
+        log("      no --qa-data: exporting the untrained span head (marked trained: false)")
+        return None, False
+    from export.finetune import evaluate_qa, finetune_qa
+    from export.squad import load_squad
+
+    examples = load_squad(options.qa_data, limit=recipe.qa_training.max_examples)
+    log(f"      fine-tuning on {len(examples)} questions from {options.qa_data.name}")
+    metrics = finetune_qa(model, tokenizer, examples, recipe.qa_training, work / "qa")
+    if options.qa_eval_data is not None:
+        held = load_squad(options.qa_eval_data, limit=recipe.qa_training.eval_size)
+        scores = evaluate_qa(model, tokenizer, held, recipe.qa_training)
+        metrics["eval"] = {"data": options.qa_eval_data.name, **scores}
+        log(f"      {options.qa_eval_data.name}: EM {scores['exact_match']:.1f}, F1 {scores['f1']:.1f}")
+    return metrics, True
+
+
+def _model_recipe(recipe: Recipe, task: Task) -> ModelRecipe:
+    return {Task.EMBED: recipe.embedder, Task.CLASSIFY: recipe.classifier, Task.QA: recipe.qa}[task]
+
+
+def _checksums(model_dir: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(model_dir)): sha256_of(p)
+        for p in sorted(model_dir.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
+
+
+def _describe(report: dict[str, Any]) -> str:
+    if not report["ran"]:
+        return f"not validated here ({report['reason']})"
+    parts = [f"{name} max|diff| {diff:.2e}" for name, diff in report["max_abs_diff"].items()]
+    for key in ("label_agreement", "answer_agreement"):
+        if key in report:
+            parts.append(f"{key.replace('_', ' ')} {report[key]:.0%}")
+    return ("ok: " if report["passed"] else "FAILED: ") + ", ".join(parts)
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {}
+    for package in ("bertrt", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime-gpu", "onnxruntime", "tokenizers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+class _quiet_transformers:
+    """Keep transformers' load-time chatter (expected missing head weights) off the console."""
+
+    def __enter__(self) -> None:
+        self._level = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+
+    def __exit__(self, *exc: object) -> None:
+        transformers.logging.set_verbosity(self._level)
+
+
+logging.getLogger("bertrt").addHandler(logging.NullHandler())

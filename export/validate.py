@@ -1,0 +1,179 @@
+"""Validation of an exported ONNX file against the PyTorch model it came from.
+
+Both run on the same batch of real texts of mixed lengths, padded to the longest: every output
+is compared on the real (non-padding) tokens, classifier labels must agree, and QA answers are
+decoded from both with the runtime's own span decoder and must agree.
+
+Tolerances (stated in every report):
+- fp32: max abs difference per output <= 1e-4, labels and answer spans identical.
+- fp16 (GPU only): max abs difference on logits/embeddings <= 1e-2, labels identical;
+  where no CUDA provider is present the variant is recorded as not run.
+- int8: judged by task agreement, not by elementwise difference (see ``INT8``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from bertrt.qa_spans import decode_answers, encode_qa
+from bertrt.types import Precision, Task
+from export import samples
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """When a variant passes: elementwise bound and task-agreement floors."""
+
+    max_abs_diff: float | None
+    min_label_agreement: float = 1.0
+    min_answer_agreement: float = 1.0
+    min_cosine: float | None = None
+
+
+FP32 = Tolerance(max_abs_diff=1e-4)
+FP16 = Tolerance(max_abs_diff=1e-2)
+INT8 = Tolerance(max_abs_diff=None, min_label_agreement=0.9, min_answer_agreement=0.7, min_cosine=0.98)
+TOLERANCES: dict[Precision, Tolerance] = {Precision.FP32: FP32, Precision.FP16: FP16, Precision.INT8: INT8}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Model inputs for the validation batch and the PyTorch outputs on them."""
+
+    feeds: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    contexts: tuple[str, ...] = ()
+    windows: Any = None
+
+
+def torch_reference(task: Task, model: Any, tokenizer: Any, max_length: int, doc_stride: int | None) -> Reference:
+    """Run the PyTorch model once on the validation batch for ``task``."""
+    if task is Task.QA:
+        questions = [q for q, _ in samples.QA_PAIRS]
+        contexts = tuple(c for _, c in samples.QA_PAIRS)
+        windows = encode_qa(_backend(tokenizer), questions, list(contexts), max_length, doc_stride or 128)
+        feeds = {
+            "input_ids": windows.input_ids,
+            "attention_mask": windows.attention_mask,
+            "token_type_ids": windows.token_type_ids,
+        }
+    else:
+        contexts, windows = (), None
+        encoded = tokenizer(
+            list(samples.SENTENCES), padding=True, truncation=True, max_length=max_length, return_tensors="np"
+        )
+        feeds = {k: np.asarray(v, dtype=np.int64) for k, v in encoded.items()}
+    with torch.inference_mode():
+        result = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    outputs = {k: v.detach().float().numpy() for k, v in result.items() if isinstance(v, torch.Tensor)}
+    return Reference(feeds=feeds, outputs=outputs, contexts=contexts, windows=windows)
+
+
+def validate_onnx(
+    onnx_path: Path,
+    task: Task,
+    precision: Precision,
+    reference: Reference,
+    provider: str = "CPUExecutionProvider",
+) -> dict[str, Any]:
+    """Compare one ONNX file with the PyTorch reference; return a JSON-ready report.
+
+    The report's ``passed`` is False when any bound in the precision's tolerance is broken.
+    """
+    tolerance = TOLERANCES[precision]
+    report: dict[str, Any] = {
+        "ran": True,
+        "provider": provider,
+        "samples": int(next(iter(reference.feeds.values())).shape[0]),
+        "tolerance": {k: v for k, v in asdict(tolerance).items() if v is not None},
+    }
+    outputs = run_onnx(onnx_path, reference.feeds, provider)
+    mask = reference.feeds["attention_mask"].astype(bool)
+    report["max_abs_diff"] = {
+        name: _masked_max_abs_diff(reference.outputs[name], outputs[name], mask)
+        for name in outputs
+        if name in reference.outputs
+    }
+    failures = []
+    if tolerance.max_abs_diff is not None:
+        failures += [
+            f"{name} differs by {diff:.3g} > {tolerance.max_abs_diff:g}"
+            for name, diff in report["max_abs_diff"].items()
+            if diff > tolerance.max_abs_diff
+        ]
+    if task is Task.CLASSIFY:
+        agreement = float(np.mean(reference.outputs["logits"].argmax(-1) == outputs["logits"].argmax(-1)))
+        report["label_agreement"] = agreement
+        if agreement < tolerance.min_label_agreement:
+            failures.append(f"label agreement {agreement:.3f} < {tolerance.min_label_agreement}")
+    elif task is Task.QA:
+        agreement = _answer_agreement(reference, outputs)
+        report["answer_agreement"] = agreement
+        if agreement < tolerance.min_answer_agreement:
+            failures.append(f"answer agreement {agreement:.3f} < {tolerance.min_answer_agreement}")
+    elif tolerance.min_cosine is not None:
+        cosine = _min_cosine(reference.outputs["pooler_output"], outputs["pooler_output"])
+        report["min_cosine_pooler"] = cosine
+        if cosine < tolerance.min_cosine:
+            failures.append(f"pooler cosine {cosine:.4f} < {tolerance.min_cosine}")
+    report["passed"] = not failures
+    report["failures"] = failures
+    return report
+
+
+def not_run_report(precision: Precision, reason: str) -> dict[str, Any]:
+    """The report of a variant that could not be checked here (fp16 without a GPU)."""
+    tolerance = TOLERANCES[precision]
+    return {
+        "ran": False,
+        "passed": None,
+        "reason": reason,
+        "tolerance": {k: v for k, v in asdict(tolerance).items() if v is not None},
+    }
+
+
+def run_onnx(onnx_path: Path, feeds: dict[str, np.ndarray], provider: str = "CPUExecutionProvider") -> dict[str, np.ndarray]:
+    """Run an ONNX file once with plain ``session.run``, feeding only the inputs it declares."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=[provider])
+    declared = {i.name for i in session.get_inputs()}
+    names = [o.name for o in session.get_outputs()]
+    values = session.run(names, {k: v for k, v in feeds.items() if k in declared})
+    return {name: np.asarray(value, dtype=np.float32) for name, value in zip(names, values)}
+
+
+def _masked_max_abs_diff(expected: np.ndarray, actual: np.ndarray, mask: np.ndarray) -> float:
+    """Max |expected - actual| over real tokens; padding positions carry no meaning."""
+    diff = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
+    if diff.ndim >= 2 and diff.shape[:2] == mask.shape:
+        diff = diff[mask]
+    return float(diff.max()) if diff.size else 0.0
+
+
+def _answer_agreement(reference: Reference, outputs: dict[str, np.ndarray]) -> float:
+    expected = decode_answers(
+        reference.outputs["start_logits"], reference.outputs["end_logits"], reference.windows, list(reference.contexts)
+    )
+    actual = decode_answers(outputs["start_logits"], outputs["end_logits"], reference.windows, list(reference.contexts))
+    same = [(e[0].start, e[0].end) == (a[0].start, a[0].end) for e, a in zip(expected, actual)]
+    return float(np.mean(same))
+
+
+def _min_cosine(expected: np.ndarray, actual: np.ndarray) -> float:
+    num = (expected * actual).sum(-1)
+    den = np.linalg.norm(expected, axis=-1) * np.linalg.norm(actual, axis=-1) + 1e-12
+    return float((num / den).min())
+
+
+def _backend(tokenizer: Any) -> Any:
+    """A private copy of the fast tokenizer's ``tokenizers.Tokenizer`` (encode_qa reconfigures it)."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())

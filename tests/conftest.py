@@ -1,0 +1,89 @@
+"""Shared fixtures: a tiny random BERT source and a full bundle exported from it.
+
+The bundle goes through the real export pipeline (convert, validate, manifests), so every
+runtime test exercises files exactly like the ones users get, in seconds instead of minutes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# No model hub in tests: everything loads from local folders.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+SQUAD_DIR = REPO.parent / "shared" / "data" / "squad"
+REAL_BUNDLE = REPO / "models" / "minilm"
+
+
+def tiny_recipe_dict(source: Path, max_length: int = 64) -> dict[str, Any]:
+    """A recipe over the tiny source with no training (heads keep their seeded random init)."""
+    return {
+        "name": "tiny",
+        "max_length": max_length,
+        "embedder": {"source": str(source)},
+        "classifier": {"source": str(source), "finetune": False},
+        "qa": {"source": str(source), "finetune": "with-data"},
+        "qa.training": {},
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a random tiny BertModel, its config and WordPiece tokenizer."""
+    from export.tiny import write_tiny_source
+
+    return write_tiny_source(tmp_path_factory.mktemp("tiny-source"))
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe(tiny_source: Path) -> Any:
+    """The parsed tiny recipe (QA max_length 64 with stride 16, so long contexts make windows)."""
+    from export.recipe import recipe_from_dict
+
+    data = tiny_recipe_dict(tiny_source)
+    data.pop("qa.training")
+    data["qa"]["training"] = {"max_length": 64, "doc_stride": 16}
+    return recipe_from_dict(data)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_recipe: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete bundle (embedder, classifier, qa; every variant this machine can build)."""
+    from export.pipeline import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    export_bundle(tiny_recipe, ExportOptions(out=out, precisions=BUILT_PRECISIONS), log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_torch_models(tiny_recipe: Any, tiny_source: Path) -> dict[str, Any]:
+    """The PyTorch models the tiny bundle was exported from, by task value, plus ``tokenizer``."""
+    from transformers import AutoTokenizer
+
+    from bertrt.types import Task
+    from export.pipeline import load_source_model
+
+    models: dict[str, Any] = {
+        Task.EMBED.value: load_source_model(Task.EMBED, tiny_recipe.embedder),
+        Task.CLASSIFY.value: load_source_model(Task.CLASSIFY, tiny_recipe.classifier),
+        Task.QA.value: load_source_model(Task.QA, tiny_recipe.qa),
+    }
+    models["tokenizer"] = AutoTokenizer.from_pretrained(tiny_source)
+    return models
+
+
+def _built_precisions() -> tuple[Any, ...]:
+    from bertrt.types import Precision
+
+    return (Precision.FP32,)
+
+
+BUILT_PRECISIONS = _built_precisions()

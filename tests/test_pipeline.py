@@ -1,0 +1,116 @@
+"""The export pipeline on tiny random BERTs: conversion, validation, manifests, atomic writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bertrt.errors import BundleError, ExportError, ValidationFailed
+from bertrt.manifest import BundleManifest, ModelManifest, sha256_of
+from bertrt.types import Precision, Task
+
+
+def test_bundle_has_three_validated_models(tiny_bundle: Path) -> None:
+    bundle = BundleManifest.read(tiny_bundle)
+    assert bundle.models == {"embedder": Task.EMBED, "classifier": Task.CLASSIFY, "qa": Task.QA}
+    for name, task in bundle.models.items():
+        manifest = ModelManifest.read(tiny_bundle / name)
+        assert manifest.task is task
+        fp32 = manifest.variants[Precision.FP32]
+        assert fp32.validation["passed"] is True
+        assert all(diff <= 1e-4 for diff in fp32.validation["max_abs_diff"].values())
+        for file, digest in manifest.files.items():
+            assert sha256_of(tiny_bundle / name / file) == digest
+        assert "tokenizer.json" in manifest.files and "config.json" in manifest.files
+
+
+def test_embedder_exports_token_embeddings_and_pooler(tiny_bundle: Path) -> None:
+    manifest = ModelManifest.read(tiny_bundle / "embedder")
+    assert [o.name for o in manifest.outputs] == ["last_hidden_state", "pooler_output"]
+    assert manifest.inputs[0].shape == ("batch_size", "sequence_length")
+
+
+def test_classifier_has_labels_and_qa_is_marked_untrained(tiny_bundle: Path) -> None:
+    classifier = ModelManifest.read(tiny_bundle / "classifier")
+    assert classifier.labels is not None and len(classifier.labels) == 2
+    qa = ModelManifest.read(tiny_bundle / "qa")
+    assert qa.trained is False and qa.doc_stride == 16
+    assert [o.name for o in qa.outputs] == ["start_logits", "end_logits"]
+
+
+def test_onnx_matches_torch_on_unseen_batch(tiny_bundle: Path, tiny_torch_models: dict[str, Any]) -> None:
+    import torch
+
+    from export.validate import run_onnx
+
+    tokenizer = tiny_torch_models["tokenizer"]
+    feeds = tokenizer(["a movie", "the plot was bad and the actors were not good at all"], padding=True, return_tensors="np")
+    feeds = {k: v.astype(np.int64) for k, v in feeds.items()}
+    with torch.inference_mode():
+        expected = tiny_torch_models["classify"](**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+    actual = run_onnx(tiny_bundle / "classifier" / "model.onnx", feeds)["logits"]
+    np.testing.assert_allclose(actual, expected, atol=1e-4)
+
+
+def test_validation_failure_stops_export_and_writes_nothing(tiny_recipe: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from export import pipeline, validate
+
+    def broken(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {"ran": True, "passed": False, "failures": ["logits differ by 1 > 0.0001"], "max_abs_diff": {"logits": 1.0}}
+
+    monkeypatch.setattr(validate, "validate_onnx", broken)
+    out = tmp_path / "bundle"
+    with pytest.raises(ValidationFailed, match="failed validation"):
+        pipeline.export_bundle(tiny_recipe, pipeline.ExportOptions(out=out, precisions=(Precision.FP32,)), log=lambda _: None)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_export_keeps_previous_bundle(tiny_recipe: Any, tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from export import pipeline
+
+    out = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    before = (out / "manifest.json").read_text()
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "export_onnx", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.export_bundle(tiny_recipe, pipeline.ExportOptions(out=out, precisions=(Precision.FP32,)), log=lambda _: None)
+    assert (out / "manifest.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_unreachable_hub_id_fails_with_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoTokenizer
+
+    from export.sources import load_pretrained
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ExportError, match="from the model hub.*local folder"):
+        load_pretrained(AutoTokenizer, "no-such-org/no-such-bert")
+
+
+def test_missing_folder_source_is_treated_as_hub_id_and_fails_clearly() -> None:
+    from export.recipe import recipe_from_dict
+
+    with pytest.raises(Exception, match="source"):
+        recipe_from_dict({"embedder": {}, "classifier": {"source": "x"}, "qa": {"source": "x"}})
+
+
+def test_bundle_manifest_is_json_with_versions(tiny_bundle: Path) -> None:
+    data = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert data["recipe"] == "tiny" and "torch" in data["versions"]
+
+
+def test_reading_a_non_bundle_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="bertrt export"):
+        BundleManifest.read(tmp_path)
