@@ -33,7 +33,9 @@ from typing import Any
 
 from bertrt.errors import ConfigError
 
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "models"
+# Recipes are looked up in ./models first (a checkout or a project of the user's), then beside
+# the installed package (an editable install of this repository).
+RECIPE_DIRS = (Path("models"), Path(__file__).resolve().parent.parent / "models")
 
 
 @dataclass(frozen=True)
@@ -119,14 +121,15 @@ class Recipe:
 
 def available_recipes() -> list[str]:
     """Names of the recipes shipped in ``models/``."""
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+    return sorted({p.stem for folder in RECIPE_DIRS for p in folder.glob("*.toml")})
 
 
 def load_recipe(name_or_path: str) -> Recipe:
     """Load a recipe by name (``minilm``, ``bert-base``) or from a ``.toml`` file path."""
     path = Path(name_or_path)
     if path.suffix != ".toml":
-        path = RECIPE_DIR / f"{name_or_path}.toml"
+        candidates = [folder / f"{name_or_path}.toml" for folder in RECIPE_DIRS]
+        path = next((p for p in candidates if p.is_file()), candidates[0])
     if not path.is_file():
         raise ConfigError(
             f"Recipe {name_or_path!r} not found; use one of {available_recipes()} "

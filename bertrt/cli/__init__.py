@@ -21,10 +21,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Export BERT models to validated ONNX bundles and serve them with ONNX Runtime."""
+
+
 # Command modules register themselves on `app` when imported.
 from bertrt.cli import export_cmds as _export_cmds  # noqa: E402,F401
 from bertrt.cli import run_cmds as _run_cmds  # noqa: E402,F401
-
 
 
 def main() -> None:

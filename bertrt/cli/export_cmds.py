@@ -1,1 +1,109 @@
-"""Export-stage commands: export, validate, eval (they need the export extra)."""
+"""Export-stage commands: export (validate and eval join it). They need the export extra."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bertrt.cli import app
+from bertrt.errors import ConfigError
+from bertrt.types import Precision
+
+EXPORT_EXTRA_HINT = "install the export stage with: pip install 'bertrt[export]'"
+
+
+def require_export_stage() -> None:
+    """Fail with one sentence when torch/transformers/optimum are not installed."""
+    try:
+        import optimum.exporters.onnx  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"This command needs the export stack ({exc.name} is missing); {EXPORT_EXTRA_HINT}.") from exc
+
+
+@app.command()
+def export(
+    recipe: Annotated[
+        str, typer.Option(help="Recipe name from models/ (minilm, bert-base) or a path to a .toml recipe.")
+    ] = "minilm",
+    out: Annotated[
+        Path | None, typer.Option(help="Bundle folder to write (replaced atomically). Default: models/<recipe name>.")
+    ] = None,
+    qa_data: Annotated[
+        Path | None,
+        typer.Option(help="SQuAD-format JSON to fine-tune the QA head on; without it the head is exported untrained."),
+    ] = None,
+    qa_eval_data: Annotated[
+        Path | None, typer.Option(help="SQuAD-format JSON to score the trained QA head on (EM/F1, kept in the manifest).")
+    ] = None,
+    precision: Annotated[
+        list[Precision] | None,
+        typer.Option(help="Variant to build; repeat for several. Default: fp32, fp16 and int8."),
+    ] = None,
+    train_size: Annotated[int | None, typer.Option(help="IMDB reviews to fine-tune the classifier on (balanced).")] = None,
+    heldout_size: Annotated[int | None, typer.Option(help="Held-out IMDB reviews to measure accuracy on.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Classifier training epochs.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Classifier learning rate.")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Classifier training truncation length (tokens).")] = None,
+    qa_epochs: Annotated[float | None, typer.Option(help="QA training epochs.")] = None,
+    qa_max_examples: Annotated[int | None, typer.Option(help="Use at most this many questions of --qa-data.")] = None,
+    qa_eval_size: Annotated[int | None, typer.Option(help="Score on at most this many questions of --qa-eval-data.")] = None,
+) -> None:
+    """Fine-tune, convert, optimize and validate the three models of a recipe into a bundle.
+
+    The bundle appears at --out only when every file passed validation against PyTorch;
+    a failed or interrupted export leaves the previous bundle untouched.
+    """
+    require_export_stage()
+    from export.pipeline import ExportOptions, export_bundle
+    from export.recipe import load_recipe
+
+    for path, option in ((qa_data, "--qa-data"), (qa_eval_data, "--qa-eval-data")):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{option} {path} does not exist; pass the path of a SQuAD-format JSON file.")
+    loaded = load_recipe(recipe).with_overrides(
+        classifier={
+            "train_size": train_size,
+            "heldout_size": heldout_size,
+            "epochs": epochs,
+            "learning_rate": learning_rate,
+            "max_length": max_length,
+        },
+        qa={"epochs": qa_epochs, "max_examples": qa_max_examples, "eval_size": qa_eval_size},
+    )
+    options = ExportOptions(
+        out=out or Path("models") / loaded.name,
+        precisions=tuple(dict.fromkeys(precision)) if precision else ExportOptions.precisions,
+        qa_data=qa_data,
+        qa_eval_data=qa_eval_data,
+    )
+    summary = export_bundle(loaded, options, log=lambda line: typer.echo(line, err=True))
+    typer.echo(_summary_text(summary))
+
+
+def _summary_text(summary: Any) -> str:
+    lines = [f"Bundle written to {summary.out} in {summary.seconds / 60:.1f} min."]
+    for result in summary.models:
+        manifest = result.manifest
+        for precision, variant in manifest.variants.items():
+            report = variant.validation
+            if not report.get("ran"):
+                status = "not validated here"
+            else:
+                worst = max(report.get("max_abs_diff", {"-": 0.0}).values())
+                status = f"validated, max abs diff {worst:.1e}"
+            lines.append(f"  {result.name:<10} {precision.value:<5} {variant.file:<16} {status}")
+        training = manifest.training or {}
+        if "imdb_heldout_accuracy" in training:
+            lines.append(
+                f"  classifier held-out IMDB accuracy {training['imdb_heldout_accuracy']:.1%}, "
+                f"Rotten Tomatoes {training['rotten_tomatoes_accuracy']:.1%}"
+            )
+        if "eval" in training:
+            lines.append(f"  qa {training['eval']['data']}: EM {training['eval']['exact_match']:.1f}, F1 {training['eval']['f1']:.1f}")
+        if not manifest.trained:
+            lines.append("  qa span head is untrained (pass --qa-data to train it); its answers mean nothing yet")
+    return "\n".join(lines)
