@@ -1,0 +1,139 @@
+"""A whole exported bundle: its manifest and its three runners, loaded on first use.
+
+Runners are created lazily: a service that only classifies never pays for the QA model's
+session, checksum pass or memory. The first access to ``bundle.classifier`` (from any
+thread) loads it once, under a lock; later accesses return the same runner. Call
+:meth:`Bundle.load_all` to load everything up front (fail fast at start-up).
+
+Example::
+
+    import bertrt
+    bundle = bertrt.load("models/minilm", device="auto")
+    bundle.classifier("I love Paris")[0].label
+    bundle.embedder("I love Paris", pooling="pooler")[0].vector
+    bundle.qa.answer("Where?", "In Paris.").best
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from bertrt.classify import Classifier
+from bertrt.embed import Embedder
+from bertrt.errors import BundleError
+from bertrt.manifest import BundleManifest, ModelManifest
+from bertrt.options import RuntimeOptions, coerce_enum
+from bertrt.qa import QuestionAnswerer
+from bertrt.runner import TaskRunner
+from bertrt.types import Device, Precision, Task
+
+_RUNNERS: dict[Task, type[TaskRunner]] = {
+    Task.EMBED: Embedder,
+    Task.CLASSIFY: Classifier,
+    Task.QA: QuestionAnswerer,
+}
+
+
+class Bundle:
+    """An exported bundle folder; ``embedder``, ``classifier`` and ``qa`` load on first use."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: Device | str = Device.AUTO,
+        precision: Precision | str = Precision.FP32,
+        options: RuntimeOptions | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise BundleError(
+                f"{self.path} is not a folder; run `bertrt export` or pass --models pointing "
+                "at an exported bundle."
+            )
+        self.manifest = BundleManifest.read(self.path)
+        self.device = coerce_enum(Device, device, "device")
+        self.precision = coerce_enum(Precision, precision, "precision")
+        self.options = options or RuntimeOptions()
+        self._runners: dict[Task, TaskRunner] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        """The tasks this bundle serves."""
+        return tuple(dict.fromkeys(self.manifest.models.values()))
+
+    @property
+    def embedder(self) -> Embedder:
+        """The bundle's :class:`Embedder` (loaded on first access)."""
+        return self._runner(Task.EMBED)  # type: ignore[return-value]
+
+    @property
+    def classifier(self) -> Classifier:
+        """The bundle's :class:`Classifier` (loaded on first access)."""
+        return self._runner(Task.CLASSIFY)  # type: ignore[return-value]
+
+    @property
+    def qa(self) -> QuestionAnswerer:
+        """The bundle's :class:`QuestionAnswerer` (loaded on first access)."""
+        return self._runner(Task.QA)  # type: ignore[return-value]
+
+    def runner(self, task: Task | str) -> TaskRunner:
+        """The runner for ``task`` (``embed``, ``classify`` or ``qa``)."""
+        return self._runner(coerce_enum(Task, task, "task"))
+
+    def load_all(self) -> Bundle:
+        """Load every model of the bundle now; returns the bundle."""
+        for task in self.tasks:
+            self._runner(task)
+        return self
+
+    def model_dir(self, task: Task) -> Path:
+        """The folder of the bundle's model for ``task``."""
+        for folder, folder_task in self.manifest.models.items():
+            if folder_task is task:
+                return self.path / folder
+        present = ", ".join(t.value for t in self.tasks) or "none"
+        raise BundleError(
+            f"{self.path} has no {task.value} model (it serves: {present}); re-export it with a "
+            f"recipe that includes a {task.value} model."
+        )
+
+    def model_manifest(self, task: Task) -> ModelManifest:
+        """The manifest of the bundle's model for ``task`` (read without loading the model)."""
+        return ModelManifest.read(self.model_dir(task))
+
+    def _runner(self, task: Task) -> TaskRunner:
+        runner = self._runners.get(task)
+        if runner is None:
+            with self._lock:
+                runner = self._runners.get(task)
+                if runner is None:
+                    runner = _RUNNERS[task](
+                        self.model_dir(task),
+                        device=self.device,
+                        precision=self.precision,
+                        options=self.options,
+                    )
+                    self._runners[task] = runner
+        return runner
+
+    def __repr__(self) -> str:
+        loaded = ", ".join(t.value for t in self._runners) or "none yet"
+        return f"Bundle({str(self.path)!r}, device={self.device.value}, loaded: {loaded})"
+
+
+def load(
+    path: str | Path,
+    *,
+    device: Device | str = Device.AUTO,
+    precision: Precision | str = Precision.FP32,
+    options: RuntimeOptions | None = None,
+) -> Bundle:
+    """Open the bundle at ``path``; its models load on first use (see :class:`Bundle`).
+
+    >>> # bundle = bertrt.load("models/minilm", device="cpu", precision="int8")
+    """
+    return Bundle(path, device=device, precision=precision, options=options)
+

@@ -1,0 +1,95 @@
+"""Sequence classification: label, score and every label's probability per text.
+
+Example::
+
+    classifier = Classifier("models/minilm/classifier")
+    [result] = classifier("I love Paris", top_k=2)
+    result.label, result.score, result.probabilities
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bertrt.errors import BundleError, InputError
+from bertrt.results import Classification, LabelScore
+from bertrt.runner import TaskRunner, as_texts
+from bertrt.tokenizer import Encoding
+from bertrt.types import Task
+
+LOGITS = "logits"
+
+
+class Classifier(TaskRunner):
+    """Text classification from an exported classifier folder; labels come from the
+    manifest's ``labels`` (else ``id2label`` in ``config.json``)."""
+
+    task = Task.CLASSIFY
+    required_outputs = (LOGITS,)
+    training_hint = "re-export with a recipe that fine-tunes the classifier"
+
+    def _after_load(self) -> None:
+        self.labels: tuple[str, ...] = self.manifest.labels or _config_labels(self.model.directory)
+        width = self.session.outputs[LOGITS].shape[-1]
+        if isinstance(width, int) and width != len(self.labels):
+            raise BundleError(
+                f"{self.model.directory} lists {len(self.labels)} labels but the model has "
+                f"{width} logits; re-export the bundle."
+            )
+
+    def __call__(self, texts: str | Sequence[str], *, top_k: int = 1) -> list[Classification]:
+        """Classify ``texts`` (a str is one text); one :class:`Classification` per text.
+
+        ``top_k`` labels (by probability, at most the number of labels) go in ``top``.
+        """
+        texts = as_texts(texts)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise InputError(f"top_k must be a positive integer, got {top_k!r}.")
+        k = min(top_k, len(self.labels))
+
+        def postprocess(
+            outputs: Mapping[str, np.ndarray], batch: list[Encoding]
+        ) -> list[Classification]:
+            probabilities = softmax(outputs[LOGITS])
+            return [self._result(row, k, e.truncated) for row, e in zip(probabilities, batch)]
+
+        return self._run_texts(texts, postprocess)
+
+    def _result(self, probabilities: np.ndarray, k: int, truncated: bool) -> Classification:
+        # Stable sort on negated probabilities: ties keep label order.
+        order = np.argsort(-probabilities, kind="stable")[:k]
+        top = tuple(LabelScore(self.labels[i], float(probabilities[i])) for i in order)
+        return Classification(
+            label=top[0].label,
+            score=top[0].score,
+            top=top,
+            probabilities={label: float(p) for label, p in zip(self.labels, probabilities)},
+            truncated=truncated,
+        )
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (stable: the row maximum is subtracted first).
+
+    >>> softmax(np.array([[0.0, 0.0]])).tolist()
+    [[0.5, 0.5]]
+    """
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _config_labels(model_dir: Path) -> tuple[str, ...]:
+    path = model_dir / "config.json"
+    try:
+        id2label = json.loads(path.read_text(encoding="utf-8"))["id2label"]
+        return tuple(id2label[str(i)] for i in range(len(id2label)))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BundleError(
+            f"{model_dir} names no labels (manifest `labels` or id2label in config.json); "
+            "re-export the bundle."
+        ) from exc

@@ -1,0 +1,67 @@
+"""What a bundle holds, read from its manifests alone (no session is created).
+
+Example::
+
+    description = describe("models/minilm", verify=True)
+    description["models"]["classifier"]["variants"]["fp32"]["validation"]["passed"]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bertrt.bundle import Bundle
+from bertrt.errors import BundleError
+from bertrt.manifest import ModelManifest
+from bertrt.model_files import verify_checksums
+
+
+def describe(path: str | Path, verify: bool = False) -> dict[str, Any]:
+    """A JSON-ready description of the bundle at ``path`` without creating any session.
+
+    Recipe, creation time, library versions and, per model: task, source, max length,
+    trained flag, training metrics, labels, and per variant its file, size in bytes and
+    validation report. With ``verify``, each model also gets ``checksums_ok``.
+    """
+    bundle = Bundle(path)
+    models: dict[str, Any] = {}
+    for folder, task in bundle.manifest.models.items():
+        model_dir = bundle.path / folder
+        manifest = ModelManifest.read(model_dir)
+        entry: dict[str, Any] = {
+            "task": task.value,
+            "source": manifest.source,
+            "max_length": manifest.max_length,
+            "doc_stride": manifest.doc_stride,
+            "trained": manifest.trained,
+            "training": manifest.training,
+            "labels": list(manifest.labels) if manifest.labels else None,
+            "variants": {
+                precision.value: {
+                    "file": variant.file,
+                    "bytes": _size(model_dir / variant.file),
+                    "validation": variant.validation,
+                }
+                for precision, variant in manifest.variants.items()
+            },
+        }
+        if verify:
+            try:
+                verify_checksums(model_dir, manifest)
+                entry["checksums_ok"] = True
+            except BundleError as exc:
+                entry["checksums_ok"] = False
+                entry["checksum_error"] = str(exc)
+        models[folder] = entry
+    return {
+        "path": str(bundle.path),
+        "recipe": bundle.manifest.recipe,
+        "created": bundle.manifest.created,
+        "versions": bundle.manifest.versions,
+        "models": models,
+    }
+
+
+def _size(path: Path) -> int | None:
+    return path.stat().st_size if path.is_file() else None

@@ -1,0 +1,100 @@
+"""Opening one exported model folder: manifest, task check, checksums and precision variant.
+
+Everything here happens before any ONNX Runtime session exists, so a tampered or
+truncated file is refused before ONNX Runtime parses it.
+
+Example::
+
+    model = open_model(Path("models/minilm/classifier"), Task.CLASSIFY, Precision.FP32)
+    model.onnx_path   # .../classifier/model.onnx, sha256-verified
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from bertrt.errors import BundleError
+from bertrt.manifest import MANIFEST_NAME, ModelManifest, sha256_of
+from bertrt.types import Precision, Task
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A verified model folder: its manifest, the chosen precision and its ONNX file."""
+
+    directory: Path
+    manifest: ModelManifest
+    precision: Precision
+    onnx_path: Path
+
+
+def open_model(model_dir: Path, task: Task, precision: Precision, verify: bool = True) -> ModelFiles:
+    """Read ``model_dir``'s manifest, refuse another task, verify checksums, pick the variant.
+
+    With ``verify`` (the default) every file the manifest lists is checked against its
+    sha256; the first mismatch raises BundleError naming the file.
+    """
+    model_dir = Path(model_dir)
+    _refuse_bundle_root(model_dir, task)
+    manifest = ModelManifest.read(model_dir)
+    if manifest.task is not task:
+        raise BundleError(
+            f"{model_dir} holds a {manifest.task.value} model, not a {task.value} model; "
+            f"pass the bundle's {task.value} folder instead."
+        )
+    variant = manifest.variants.get(precision)
+    if variant is None:
+        present = ", ".join(sorted(p.value for p in manifest.variants)) or "none"
+        raise BundleError(
+            f"{model_dir} has no {precision.value} variant (it has: {present}); choose one "
+            f"of those with --precision or re-export with {precision.value} enabled."
+        )
+    if verify:
+        verify_checksums(model_dir, manifest)
+    onnx_path = _inside(model_dir, variant.file)
+    if not onnx_path.is_file():
+        raise BundleError(f"{onnx_path} is missing; re-export the bundle with `bertrt export`.")
+    return ModelFiles(model_dir, manifest, precision, onnx_path)
+
+
+def verify_checksums(model_dir: Path, manifest: ModelManifest) -> None:
+    """Raise BundleError unless every file in ``manifest.files`` exists with its sha256."""
+    for name, expected in manifest.files.items():
+        path = _inside(model_dir, name)
+        if not path.is_file():
+            raise BundleError(
+                f"{path} is listed in the manifest but missing; re-export the bundle with "
+                "`bertrt export`."
+            )
+        if sha256_of(path) != expected:
+            raise BundleError(
+                f"{path} does not match its sha256 in the manifest (edited, truncated or "
+                "corrupted); re-export the bundle with `bertrt export`."
+            )
+
+
+def _inside(model_dir: Path, name: str) -> Path:
+    """``model_dir / name``, refusing names that point outside the folder."""
+    path = (model_dir / name).resolve()
+    if model_dir.resolve() not in path.parents:
+        raise BundleError(
+            f"The manifest in {model_dir} names {name!r}, which lies outside the model "
+            "folder; re-export the bundle."
+        )
+    return path
+
+
+def _refuse_bundle_root(model_dir: Path, task: Task) -> None:
+    """A clear error for the common slip of passing the bundle root to a runner."""
+    path = model_dir / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # ModelManifest.read reports unreadable manifests
+    if isinstance(data, dict) and "models" in data and "task" not in data:
+        raise BundleError(
+            f"{model_dir} is a bundle, not a model folder; use bertrt.load({str(model_dir)!r}) "
+            f"or pass the bundle's {task.value} folder."
+        )

@@ -1,0 +1,81 @@
+"""Runtime tunables: one dataclass, validated at construction, with a few named presets.
+
+Example::
+
+    from bertrt import RuntimeOptions
+    options = RuntimeOptions(intra_op_threads=2, batch_size=16)
+    plain_run = RuntimeOptions.preset("compare")  # IO binding off, for A/B timings
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import TypeVar
+
+from bertrt.errors import ConfigError
+
+E = TypeVar("E", bound=Enum)
+
+# ONNX Runtime's own names for its graph optimization levels, keyed by ours.
+GRAPH_OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How sessions are built and how requests are batched.
+
+    ``graph_optimization`` is one of ``disabled|basic|extended|all``; thread counts of 0
+    let ONNX Runtime pick (one intra-op thread per physical core). ``io_binding=False``
+    runs plain ``session.run`` instead of bound buffers, for comparison. ``batch_size``
+    caps the texts (or QA windows) per forward pass; ``group_by_length`` sorts a request
+    by token length before cutting it into batches so short texts are not padded to
+    long ones (results still come back in the caller's order).
+    """
+
+    graph_optimization: str = "all"
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    io_binding: bool = True
+    batch_size: int = 32
+    group_by_length: bool = True
+    cuda_device_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
+            raise ConfigError(
+                f"graph_optimization must be one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}, "
+                f"got {self.graph_optimization!r}."
+            )
+        for name in ("intra_op_threads", "inter_op_threads", "cuda_device_id"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}.")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be 1 or more, got {self.batch_size}.")
+
+    @classmethod
+    def preset(cls, name: str) -> RuntimeOptions:
+        """A named preset: ``default``, ``single-thread`` (one intra-op thread, for
+        services that run many requests in parallel) or ``compare`` (IO binding off)."""
+        presets = {
+            "default": cls(),
+            "single-thread": cls(intra_op_threads=1, inter_op_threads=1),
+            "compare": cls(io_binding=False),
+        }
+        if name not in presets:
+            raise ConfigError(f"Unknown preset {name!r}; choose one of {', '.join(presets)}.")
+        return presets[name]
+
+
+def coerce_enum(enum_type: type[E], value: E | str, what: str) -> E:
+    """``value`` as a member of ``enum_type``, or a ConfigError listing the valid values.
+
+    >>> from bertrt.types import Device
+    >>> coerce_enum(Device, "cpu", "device")
+    <Device.CPU: 'cpu'>
+    """
+    try:
+        return enum_type(value)
+    except ValueError:
+        valid = ", ".join(str(member.value) for member in enum_type)
+        raise ConfigError(f"Unknown {what} {value!r}; choose one of {valid}.") from None

@@ -1,0 +1,174 @@
+"""Execution-provider choice: which ONNX Runtime provider a session runs on, and why.
+
+``onnxruntime-gpu`` lists ``CUDAExecutionProvider`` as *available* even on a machine
+without a GPU or without the CUDA libraries, so availability proves nothing: the only
+reliable test is to create a session with the CUDA provider and read back
+``session.get_providers()``. That probe is made quietly (ONNX Runtime's error spew and
+``preload_dlls``' prints are suppressed) and its failure is remembered for the process,
+so later sessions neither retry nor repeat the noise. One log line on the ``bertrt``
+logger says which provider runs and why.
+
+Example::
+
+    session = create_session(Path("models/minilm/embedder/model.onnx"), Device.AUTO, RuntimeOptions())
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import threading
+from pathlib import Path
+
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+from bertrt.errors import BundleError, DeviceError
+from bertrt.options import RuntimeOptions
+from bertrt.types import Device
+
+logger = logging.getLogger("bertrt")
+
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+_GRAPH_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+# ONNX Runtime's default logger severity (warning); restored after a quiet CUDA probe.
+_ORT_DEFAULT_SEVERITY = 2
+_ORT_FATAL_ONLY = 4
+
+# What InferenceSession raises on a bad file: pybind classes that are not RuntimeErrors.
+_LOAD_ERRORS: tuple[type[BaseException], ...] = (
+    RuntimeError,
+    ort_state.Fail,
+    ort_state.InvalidProtobuf,
+    ort_state.InvalidGraph,
+    ort_state.InvalidArgument,
+    ort_state.NoSuchFile,
+    ort_state.NotImplemented,
+    ort_state.RuntimeException,
+)
+
+_probe_lock = threading.Lock()
+_cuda_failure: str | None = None  # why CUDA cannot run in this process, once known
+_dlls_preloaded = False
+
+
+def session_options(options: RuntimeOptions) -> ort.SessionOptions:
+    """ONNX Runtime SessionOptions for ``options`` (optimization level, thread counts)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = _GRAPH_LEVELS[options.graph_optimization]
+    so.intra_op_num_threads = options.intra_op_threads
+    so.inter_op_num_threads = options.inter_op_threads
+    return so
+
+
+def create_session(model_path: Path, device: Device, options: RuntimeOptions) -> ort.InferenceSession:
+    """An InferenceSession for ``model_path`` on ``device``; logs the provider and the reason.
+
+    ``cpu`` always uses the CPU provider; ``cuda`` raises DeviceError unless the CUDA
+    provider really runs; ``auto`` takes CUDA where it runs and the CPU otherwise.
+    """
+    so = session_options(options)
+    if device is Device.CPU:
+        session = _new_session(model_path, so, [CPU_PROVIDER])
+        reason = "--device cpu was asked for"
+    else:
+        session, failure = _try_cuda(model_path, so, options.cuda_device_id)
+        if failure is None:
+            reason = f"the CUDA provider loaded on GPU {options.cuda_device_id}"
+        elif device is Device.CUDA:
+            raise DeviceError(
+                f"--device cuda was asked for but {failure}; use --device auto or cpu, "
+                "or install onnxruntime-gpu with CUDA and cuDNN on a GPU machine."
+            )
+        else:
+            session = session or _new_session(model_path, so, [CPU_PROVIDER])
+            reason = f"--device auto fell back to the CPU because {failure}"
+    logger.info("%s runs on %s: %s.", _label(model_path), session.get_providers()[0], reason)
+    return session
+
+
+def _try_cuda(
+    model_path: Path, so: ort.SessionOptions, device_id: int
+) -> tuple[ort.InferenceSession | None, str | None]:
+    """(session, None) when CUDA runs; (a CPU session or None, the reason) when it does not."""
+    global _cuda_failure
+    with _probe_lock:
+        if _cuda_failure is not None:
+            return None, _cuda_failure
+        if CUDA_PROVIDER not in ort.get_available_providers():
+            _cuda_failure = "this onnxruntime build has no CUDA provider (install onnxruntime-gpu)"
+            return None, _cuda_failure
+        dll_notes = _preload_cuda_dlls()
+        providers: list[str | tuple[str, dict[str, object]]] = [
+            (CUDA_PROVIDER, {"device_id": device_id}),
+            CPU_PROVIDER,
+        ]
+        # The default logger is process-wide; silence it only for this probe.
+        ort.set_default_logger_severity(_ORT_FATAL_ONLY)
+        try:
+            session = _new_session(model_path, so, providers)
+        finally:
+            ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
+        if CUDA_PROVIDER in session.get_providers():
+            return session, None
+        detail = f" ({dll_notes})" if dll_notes else " (no GPU, or CUDA/cuDNN libraries missing)"
+        _cuda_failure = f"the CUDA provider did not start{detail}"
+        return session, _cuda_failure
+
+
+def _preload_cuda_dlls() -> str:
+    """Load CUDA/cuDNN from the NVIDIA pip packages where ORT offers it; returns the first
+    complaint it printed (it prints to stdout, which would corrupt ``--json`` output)."""
+    global _dlls_preloaded
+    if _dlls_preloaded or not hasattr(ort, "preload_dlls"):
+        return ""
+    _dlls_preloaded = True
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        try:
+            ort.preload_dlls()
+        except (OSError, RuntimeError) as exc:
+            print(exc)
+    lines = [line.strip() for line in captured.getvalue().splitlines() if line.strip()]
+    if lines:
+        logger.debug("onnxruntime.preload_dlls said: %s", " | ".join(lines))
+    return lines[0].split(": ")[0] if lines else ""
+
+
+def _new_session(
+    model_path: Path, so: ort.SessionOptions, providers: list[str | tuple[str, dict[str, object]]]
+) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
+    except _LOAD_ERRORS as exc:
+        raise BundleError(
+            f"ONNX Runtime cannot load {model_path} ({_first_line(exc)}); re-export the bundle "
+            "with `bertrt export`."
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _label(model_path: Path) -> str:
+    """``embedder/model.onnx`` rather than a long absolute path, for the log line."""
+    resolved = model_path.resolve()
+    return f"{resolved.parent.name}/{resolved.name}"
+
+
+def reset_cuda_probe() -> None:
+    """Forget a remembered CUDA failure (for tests and long-lived processes that install
+    drivers while running)."""
+    global _cuda_failure
+    with _probe_lock:
+        _cuda_failure = None

@@ -1,0 +1,125 @@
+"""Extractive question answering over contexts of any length.
+
+Windowing and span decoding live in :mod:`bertrt.qa_spans` (shared with the export
+stage's validation); this runner feeds the windows through the session in length-grouped
+batches and hands the logits back to the decoder.
+
+Example::
+
+    qa = QuestionAnswerer("models/minilm/qa")
+    result = qa.answer("Where is the Eiffel Tower?", "The Eiffel Tower is in Paris.")
+    result.best.text   # 'Paris' (an exact slice of the context)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from bertrt.batching import plan_batches
+from bertrt.errors import BundleError, InputError
+from bertrt.qa_spans import QAWindows, decode_answers, encode_qa
+from bertrt.results import QAResult
+from bertrt.runner import TaskRunner, as_texts
+from bertrt.types import Task
+
+START, END = "start_logits", "end_logits"
+
+
+class QuestionAnswerer(TaskRunner):
+    """Answers (question, context) pairs with spans copied from the context.
+
+    Contexts longer than the model window are cut into windows that overlap by the
+    manifest's ``doc_stride`` tokens; the best span across all windows wins.
+    """
+
+    task = Task.QA
+    required_outputs = (START, END)
+    training_hint = "re-export with --qa-data SQUAD.json to train it"
+
+    def _after_load(self) -> None:
+        if self.manifest.doc_stride is None:
+            raise BundleError(
+                f"{self.model.directory}'s manifest has no doc_stride; re-export the bundle."
+            )
+        self.doc_stride: int = self.manifest.doc_stride
+        # encode_qa reconfigures the tokenizer on every call, so QA gets its own instance,
+        # serialized by a lock (tokenizing is cheap next to the model run).
+        self._qa_tokenizer = self.tokenizer.fresh()
+        self._qa_lock = threading.Lock()
+
+    def __call__(
+        self,
+        questions: str | Sequence[str],
+        contexts: str | Sequence[str],
+        *,
+        top_k: int = 1,
+        max_answer_length: int = 30,
+        null_threshold: float | None = None,
+    ) -> list[QAResult]:
+        """Answer each ``questions[i]`` from ``contexts[i]`` (a str is one pair); one
+        :class:`QAResult` per pair, in order.
+
+        ``top_k`` distinct answers per pair, best first; spans of at most
+        ``max_answer_length`` tokens. With ``null_threshold`` set, a pair whose no-answer
+        score beats its best span by more than the threshold gets one empty answer.
+        """
+        questions = as_texts(questions, "question")
+        contexts = as_texts(contexts, "context")
+        if len(questions) != len(contexts):
+            raise InputError(
+                f"Got {len(questions)} questions but {len(contexts)} contexts; pass one context "
+                "per question."
+            )
+        if not questions:
+            return []
+        with self._qa_lock:
+            windows = encode_qa(
+                self._qa_tokenizer, questions, contexts, self.manifest.max_length, self.doc_stride
+            )
+        start, end = self._logits(windows)
+        answers = decode_answers(
+            start, end, windows, contexts, top_k, max_answer_length, null_threshold
+        )
+        counts = np.bincount(windows.example_index, minlength=len(contexts))
+        return [QAResult(tuple(a), int(n)) for a, n in zip(answers, counts)]
+
+    def answer(
+        self,
+        question: str,
+        context: str,
+        *,
+        top_k: int = 1,
+        max_answer_length: int = 30,
+        null_threshold: float | None = None,
+    ) -> QAResult:
+        """Answer one question from one context (see :meth:`__call__`)."""
+        [result] = self(
+            [question],
+            [context],
+            top_k=top_k,
+            max_answer_length=max_answer_length,
+            null_threshold=null_threshold,
+        )
+        return result
+
+    def _logits(self, windows: QAWindows) -> tuple[np.ndarray, np.ndarray]:
+        """Start and end logits ``(windows, seq)`` for every window, run in length groups.
+
+        Each batch is cut to its longest window; logits past a window's length stay 0,
+        which decoding ignores (it only reads context tokens and [CLS]).
+        """
+        lengths = windows.attention_mask.sum(axis=1)
+        inputs = windows.model_inputs()
+        start = np.zeros(windows.input_ids.shape, dtype=np.float32)
+        end = np.zeros(windows.input_ids.shape, dtype=np.float32)
+
+        batches = plan_batches(lengths.tolist(), self.options.batch_size, self.options.group_by_length)
+        for rows in batches:
+            width = int(lengths[rows].max())
+            outputs = self.session.run({k: v[rows, :width] for k, v in inputs.items()})
+            start[rows, :width] = outputs[START]
+            end[rows, :width] = outputs[END]
+        return start, end

@@ -1,0 +1,207 @@
+"""One ONNX Runtime session layer for every task: tensor maps, feeding and IO binding.
+
+:class:`OrtSession` wraps an ``InferenceSession`` (built by :mod:`bertrt.providers`) and
+owns the only IO-binding code path of the runtime. On every call:
+
+* inputs are fed only where the graph declares them, cast to the graph's dtype, and
+  bound from host NumPy arrays (ONNX Runtime copies them to the device when needed);
+* each output is bound to a pre-allocated buffer on the session's device (CPU or CUDA)
+  whose shape is worked out from the inputs' symbolic axes; the buffer is a flat
+  ``OrtValue`` reused across calls and replaced by a larger one only when a larger
+  batch x sequence arrives; the run writes into its prefix;
+* the results are copied to the host once (``copy_outputs_to_cpu``), so callers own them.
+
+An output whose shape cannot be derived from the inputs is bound to the device without a
+buffer and ONNX Runtime allocates it. ``RuntimeOptions(io_binding=False)`` runs plain
+``session.run`` instead, for comparison.
+
+Thread safety: ``InferenceSession.run`` and ``run_with_iobinding`` may be called from many
+threads at once, but an ``IOBinding`` and the buffers bound to it may not be shared
+between overlapping runs. Each thread therefore gets its own binding and buffers
+(``threading.local``), created on its first call: no lock on the hot path, at the cost of
+one set of output buffers per serving thread (they die with the thread).
+
+Example::
+
+    session = OrtSession(Path("model.onnx"), Device.CPU)
+    outputs = session.run({"input_ids": ids, "attention_mask": mask})
+    outputs["last_hidden_state"].shape  # (batch, seq, hidden)
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from bertrt.errors import BundleError
+from bertrt.options import RuntimeOptions
+from bertrt.providers import CUDA_PROVIDER, create_session
+from bertrt.types import Device
+
+# ONNX Runtime's tensor type names -> NumPy dtypes (the ones BERT graphs use).
+_NUMPY_TYPES: dict[str, type[np.generic]] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A graph input or output as the session reports it (symbolic axes are str or None)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...]
+
+
+class OrtSession:
+    """An ONNX Runtime session with IO binding, reusable output buffers and dtype-aware feeding.
+
+    ``inputs`` and ``outputs`` map names to :class:`TensorInfo`, built once at load.
+    ``provider`` names the execution provider that runs the graph.
+    """
+
+    def __init__(
+        self, model_path: Path, device: Device = Device.AUTO, options: RuntimeOptions | None = None
+    ) -> None:
+        self.options = options or RuntimeOptions()
+        self._session = create_session(Path(model_path), device, self.options)
+        self.provider: str = self._session.get_providers()[0]
+        self.inputs = {t.name: _tensor_info(t) for t in self._session.get_inputs()}
+        self.outputs = {t.name: _tensor_info(t) for t in self._session.get_outputs()}
+        self._axis_sources = _axis_sources(self.inputs)
+        on_cuda = self.provider == CUDA_PROVIDER
+        self._device_type = "cuda" if on_cuda else "cpu"
+        self._device_id = self.options.cuda_device_id if on_cuda else 0
+        self._local = threading.local()
+
+    @property
+    def io_binding(self) -> bool:
+        """Whether runs go through IO binding (the default) or plain ``session.run``."""
+        return self.options.io_binding
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph on host arrays; returns every output as a host array the caller owns.
+
+        Feeds the graph does not declare are ignored; a declared input that is missing
+        raises BundleError (the graph and the runtime disagree).
+        """
+        inputs = self._prepare(feeds)
+        if not self.io_binding:
+            names = list(self.outputs)
+            return dict(zip(names, self._session.run(names, inputs), strict=True))
+        return self._run_bound(inputs)
+
+    def _prepare(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        prepared = {}
+        for name, info in self.inputs.items():
+            if name not in feeds:
+                raise BundleError(
+                    f"The model expects an input named {name!r} that bertrt does not provide "
+                    f"(it feeds {', '.join(sorted(feeds))}); re-export it with `bertrt export`."
+                )
+            prepared[name] = np.ascontiguousarray(feeds[name], dtype=info.dtype)
+        return prepared
+
+    def _run_bound(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        state = self._thread_state()
+        binding = state.binding
+        # Cleared each call so copy_outputs_to_cpu returns outputs in self.outputs order.
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, array)
+        for name, info in self.outputs.items():
+            shape = self._output_shape(info, inputs)
+            if shape is None:
+                binding.bind_output(name, self._device_type, self._device_id)
+                continue
+            buffer = state.buffer(name, info.dtype, math.prod(shape))
+            binding.bind_output(
+                name, self._device_type, self._device_id, info.dtype, shape, buffer.data_ptr()
+            )
+        self._session.run_with_iobinding(binding)
+        arrays = binding.copy_outputs_to_cpu()
+        # `inputs` stays referenced until here: bound host arrays must outlive the run.
+        binding.clear_binding_inputs()
+        return dict(zip(self.outputs, arrays, strict=True))
+
+    def _output_shape(
+        self, info: TensorInfo, inputs: Mapping[str, np.ndarray]
+    ) -> tuple[int, ...] | None:
+        """The concrete output shape for these inputs, or None where an axis is unknown."""
+        shape = []
+        for dim in info.shape:
+            if isinstance(dim, int):
+                shape.append(dim)
+            elif dim in self._axis_sources:
+                input_name, axis = self._axis_sources[dim]
+                shape.append(inputs[input_name].shape[axis])
+            else:
+                return None
+        return tuple(shape)
+
+    def _thread_state(self) -> _BoundBuffers:
+        state: _BoundBuffers | None = getattr(self._local, "state", None)
+        if state is None:
+            state = _BoundBuffers(self._session.io_binding(), self._device_type, self._device_id)
+            self._local.state = state
+        return state
+
+    def buffer_capacity(self) -> dict[str, int]:
+        """Elements allocated per output buffer for the calling thread (0 before its first run)."""
+        state: _BoundBuffers | None = getattr(self._local, "state", None)
+        return {} if state is None else {n: v.shape()[0] for n, v in state.values.items()}
+
+
+class _BoundBuffers:
+    """One thread's IOBinding and its flat output buffers on the session's device."""
+
+    def __init__(self, binding: ort.IOBinding, device_type: str, device_id: int) -> None:
+        self.binding = binding
+        self.device_type = device_type
+        self.device_id = device_id
+        self.values: dict[str, ort.OrtValue] = {}
+
+    def buffer(self, name: str, dtype: np.dtype, elements: int) -> ort.OrtValue:
+        """A buffer of at least ``elements``; grown (never shrunk) to exactly the need, which
+        is rare because batches arrive longest first (see bertrt.batching)."""
+        current = self.values.get(name)
+        if current is None or current.shape()[0] < elements:
+            current = ort.OrtValue.ortvalue_from_shape_and_type(
+                [max(elements, 1)], dtype, self.device_type, self.device_id
+            )
+            self.values[name] = current
+        return current
+
+
+def _tensor_info(node: ort.NodeArg) -> TensorInfo:
+    if node.type not in _NUMPY_TYPES:
+        raise BundleError(
+            f"Graph tensor {node.name!r} has type {node.type}, which bertrt does not serve; "
+            "re-export the model with `bertrt export`."
+        )
+    return TensorInfo(node.name, np.dtype(_NUMPY_TYPES[node.type]), tuple(node.shape))
+
+
+def _axis_sources(inputs: Mapping[str, TensorInfo]) -> dict[str, tuple[str, int]]:
+    """Symbolic axis name -> (input, axis) where its size can be read at run time."""
+    sources: dict[str, tuple[str, int]] = {}
+    for info in inputs.values():
+        for axis, dim in enumerate(info.shape):
+            if isinstance(dim, str) and dim not in sources:
+                sources[dim] = (info.name, axis)
+    return sources
+

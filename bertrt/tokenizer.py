@@ -1,0 +1,144 @@
+"""Fast tokenization from a model folder's ``tokenizer.json`` (the `tokenizers` library only).
+
+:class:`TextTokenizer` truncates each text at the manifest's ``max_length`` (special
+tokens included, as the export validated) and does not pad: :meth:`TextTokenizer.pad`
+pads a batch to its longest member, so batching can group texts by length first.
+
+Thread safety: a `tokenizers.Tokenizer` is stateful (truncation/padding settings), and
+reconfiguring it while another thread encodes is unsafe. This class configures its
+tokenizer once, in ``__init__``, and afterwards only encodes, which many threads may do at
+once. Code that must reconfigure per call (QA windowing) takes its own instance from
+:meth:`TextTokenizer.fresh` and guards it.
+
+Example::
+
+    tok = TextTokenizer.from_dir(Path("models/minilm/embedder"), max_length=256)
+    encodings = tok.encode(["I love Paris", "short"])
+    batch = tok.pad(encodings)   # arrays of shape (2, longest)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Encoding as RawEncoding
+from tokenizers import Tokenizer
+
+from bertrt.errors import BundleError, InputError
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """One text's tokens, unpadded: ids and type ids (int64), token strings, and whether
+    the text was cut at ``max_length``."""
+
+    ids: np.ndarray
+    type_ids: np.ndarray
+    tokens: tuple[str, ...]
+    truncated: bool
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """A padded batch: ``input_ids``, ``attention_mask`` and ``token_type_ids``, each
+    ``(batch, longest)`` int64."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """The arrays by their usual graph input names."""
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "token_type_ids": self.token_type_ids,
+        }
+
+
+class TextTokenizer:
+    """Truncating, non-padding tokenizer for single texts, configured once at construction."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, pad_id: int) -> None:
+        self.max_length = max_length
+        self.pad_id = pad_id
+        self._source = tokenizer.to_str()
+        self._tokenizer = tokenizer
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length)
+
+    @classmethod
+    def from_dir(cls, model_dir: Path, max_length: int) -> TextTokenizer:
+        """Load ``model_dir/tokenizer.json``; the pad id comes from its padding settings,
+        else its ``[PAD]`` token, else ``pad_token_id`` in ``config.json``."""
+        path = model_dir / TOKENIZER_FILE
+        if not path.is_file():
+            raise BundleError(
+                f"{path} is missing, so the model cannot tokenize text; re-export the bundle "
+                "with `bertrt export`."
+            )
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises plain Exception on a bad file
+            raise BundleError(f"{path} cannot be loaded ({exc}); re-export the bundle.") from exc
+        return cls(tokenizer, max_length, _pad_id(tokenizer, model_dir))
+
+    def fresh(self) -> Tokenizer:
+        """A new, independent `tokenizers.Tokenizer` loaded from the same definition (for
+        callers that reconfigure it per call)."""
+        return Tokenizer.from_str(self._source)
+
+    def encode(self, texts: Sequence[str]) -> list[Encoding]:
+        """Tokenize ``texts`` (with special tokens), truncating each at ``max_length``."""
+        if not texts:
+            return []
+        return [_encoding(e) for e in self._tokenizer.encode_batch(list(texts))]
+
+    def pad(self, encodings: Sequence[Encoding]) -> TokenBatch:
+        """Pad ``encodings`` on the right to the longest of them."""
+        if not encodings:
+            raise InputError("Cannot pad an empty batch; pass at least one encoding.")
+        width = max(len(e) for e in encodings)
+        input_ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
+        attention_mask = np.zeros((len(encodings), width), dtype=np.int64)
+        token_type_ids = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            n = len(encoding)
+            input_ids[row, :n] = encoding.ids
+            attention_mask[row, :n] = 1
+            token_type_ids[row, :n] = encoding.type_ids
+        return TokenBatch(input_ids, attention_mask, token_type_ids)
+
+
+def _encoding(encoding: RawEncoding) -> Encoding:
+    return Encoding(
+        ids=np.asarray(encoding.ids, dtype=np.int64),
+        type_ids=np.asarray(encoding.type_ids, dtype=np.int64),
+        tokens=tuple(encoding.tokens),
+        # `overflowing` holds the cut-off pieces; it is empty when nothing was cut.
+        truncated=bool(encoding.overflowing),
+    )
+
+
+def _pad_id(tokenizer: Tokenizer, model_dir: Path) -> int:
+    padding = json.loads(tokenizer.to_str()).get("padding") or {}
+    if "pad_id" in padding:
+        return int(padding["pad_id"])
+    token_id = tokenizer.token_to_id("[PAD]")
+    if token_id is not None:
+        return token_id
+    config_path = model_dir / "config.json"
+    if config_path.is_file():
+        pad = json.loads(config_path.read_text(encoding="utf-8")).get("pad_token_id")
+        if isinstance(pad, int):
+            return pad
+    return 0
