@@ -35,8 +35,9 @@ Log = Callable[[str], None]
 
 # Folder name of each model inside a bundle.
 MODEL_DIRS: dict[Task, str] = {Task.EMBED: "embedder", Task.CLASSIFY: "classifier", Task.QA: "qa"}
+TORCH_DIR = "pytorch"
 SENTIMENT_LABELS = {0: "NEGATIVE", 1: "POSITIVE"}
-_MODEL_CLASSES: dict[Task, Any] = {
+MODEL_CLASSES: dict[Task, Any] = {
     Task.EMBED: AutoModel,
     Task.CLASSIFY: AutoModelForSequenceClassification,
     Task.QA: AutoModelForQuestionAnswering,
@@ -128,6 +129,9 @@ def _export_model(recipe: Recipe, task: Task, options: ExportOptions, model_dir:
 
     tokenizer.save_pretrained(model_dir)
     model.config.save_pretrained(model_dir)
+    # The PyTorch weights travel with the bundle so `bertrt validate` and `bertrt eval` can
+    # re-check the ONNX files against the exact model they came from (fine-tuned heads included).
+    model.save_pretrained(model_dir / TORCH_DIR, safe_serialization=True)
     manifest = ModelManifest(
         task=task,
         source=spec.source,
@@ -160,7 +164,7 @@ def load_source_model(task: Task, spec: ModelRecipe, seed: int = 0) -> Any:
             id2label=SENTIMENT_LABELS,
             label2id={v: k for k, v in SENTIMENT_LABELS.items()},
         )
-    return load_pretrained(_MODEL_CLASSES[task], spec.source, **kwargs).eval()
+    return load_pretrained(MODEL_CLASSES[task], spec.source, **kwargs).eval()
 
 
 def _train(

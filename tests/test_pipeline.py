@@ -114,3 +114,36 @@ def test_bundle_manifest_is_json_with_versions(tiny_bundle: Path) -> None:
 def test_reading_a_non_bundle_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="bertrt export"):
         BundleManifest.read(tmp_path)
+
+
+def test_validate_command_rechecks_bundle(tiny_bundle: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bertrt.cli import app
+
+    result = CliRunner().invoke(app, ["validate", "--models", str(tiny_bundle), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["passed"] is True
+    assert {c["model"] for c in data["checks"]} == {"embedder", "classifier", "qa"}
+
+
+def test_validate_command_exits_1_when_a_file_no_longer_matches(tiny_bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+    from typer.testing import CliRunner
+
+    from bertrt.cli import app
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    path = bundle / "classifier" / "model.onnx"
+    model = onnx.load(str(path))
+    weight = next(t for t in model.graph.initializer if t.name == "classifier.weight")
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) + 0.5, weight.name))
+    onnx.save(model, str(path))
+    result = CliRunner().invoke(app, ["validate", "--models", str(bundle)])
+    assert result.exit_code == 1
+    assert "FAILED" in result.stdout

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from bertrt.cli import app
+from bertrt.cli.common import DEFAULT_MODELS, JsonOption, ModelsOption
 from bertrt.errors import ConfigError
 from bertrt.types import Precision
 
@@ -107,3 +109,52 @@ def _summary_text(summary: Any) -> str:
         if not manifest.trained:
             lines.append("  qa span head is untrained (pass --qa-data to train it); its answers mean nothing yet")
     return "\n".join(lines)
+
+
+@app.command()
+def validate(
+    models: ModelsOption = DEFAULT_MODELS,
+    precision: Annotated[
+        list[Precision] | None, typer.Option(help="Only check this variant; repeat for several. Default: all.")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Re-check every file of a bundle against the PyTorch model it came from.
+
+    Prints, per model and variant, the max abs difference per output and the label or answer
+    agreement. Exits with 1 when any file is over its tolerance.
+    """
+    require_export_stage()
+    from export.revalidate import validate_bundle
+
+    checks = validate_bundle(models, tuple(precision) if precision else None)
+    failed = [c for c in checks if c.report.get("passed") is False]
+    if json_output:
+        typer.echo(json.dumps({"bundle": str(models), "passed": not failed, "checks": [c.to_dict() for c in checks]}, indent=2))
+    else:
+        typer.echo(f"{'model':<11}{'variant':<8}{'size':>9}  {'max abs diff':<14}{'agreement':<11}result")
+        for check in checks:
+            typer.echo(_check_row(check))
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def _check_row(check: Any) -> str:
+    report = check.report
+    size = f"{check.size_bytes / 1e6:.1f} MB"
+    if not report.get("ran"):
+        return f"{check.model:<11}{check.precision.value:<8}{size:>9}  {'-':<14}{'-':<11}not run: {report['reason']}"
+    worst = max(report["max_abs_diff"].values())
+    agreement_text = _agreement_text(report)
+    result = "ok" if report["passed"] else "FAILED: " + "; ".join(report["failures"])
+    return f"{check.model:<11}{check.precision.value:<8}{size:>9}  {worst:<14.2e}{agreement_text:<11}{result}"
+
+
+def _agreement_text(report: dict[str, Any]) -> str:
+    if "label_agreement" in report:
+        return f"labels {report['label_agreement']:.0%}"
+    if "answer_agreement" in report:
+        return f"spans {report['answer_agreement']:.0%}"
+    if "min_cosine_pooler" in report:
+        return f"cos {report['min_cosine_pooler']:.4f}"
+    return "-"

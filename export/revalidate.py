@@ -1,0 +1,65 @@
+"""Re-checking a written bundle against PyTorch: the engine of `bertrt validate`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer
+
+from bertrt.manifest import BundleManifest, ModelManifest
+from bertrt.types import Precision, Task
+from export import validate
+from export.pipeline import MODEL_CLASSES, TORCH_DIR
+from export.variants import variant_runs_here
+
+
+@dataclass(frozen=True)
+class VariantCheck:
+    """One row of the validation table: a model's variant and its fresh report."""
+
+    model: str
+    task: Task
+    precision: Precision
+    file: str
+    size_bytes: int
+    report: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "task": self.task.value,
+            "precision": self.precision.value,
+            "file": self.file,
+            "size_bytes": self.size_bytes,
+            **self.report,
+        }
+
+
+def load_torch_model(model_dir: Path, task: Task) -> tuple[Any, Any]:
+    """The PyTorch model and tokenizer saved beside a bundle's ONNX files."""
+    model = MODEL_CLASSES[task].from_pretrained(model_dir / TORCH_DIR).eval()
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def validate_bundle(bundle_dir: Path, precisions: tuple[Precision, ...] | None = None) -> list[VariantCheck]:
+    """Validate every variant of every model in the bundle against its PyTorch model."""
+    checks = []
+    for name, task in BundleManifest.read(bundle_dir).models.items():
+        model_dir = bundle_dir / name
+        manifest = ModelManifest.read(model_dir)
+        model, tokenizer = load_torch_model(model_dir, task)
+        reference = validate.torch_reference(task, model, tokenizer, manifest.max_length, manifest.doc_stride)
+        for precision, variant in manifest.variants.items():
+            if precisions and precision not in precisions:
+                continue
+            runs_here, why_not = variant_runs_here(precision)
+            report = (
+                validate.validate_onnx(model_dir / variant.file, task, precision, reference)
+                if runs_here
+                else validate.not_run_report(precision, why_not)
+            )
+            size = (model_dir / variant.file).stat().st_size
+            checks.append(VariantCheck(name, task, precision, variant.file, size, report))
+    return checks
