@@ -1,1 +1,272 @@
-"""Runtime commands: embed, classify, qa, info."""
+"""Runtime commands: embed, classify, qa, info.
+
+Each parses its options, calls the library once and prints a compact table, or JSON with
+``--json`` (then stdout holds the JSON document and nothing else). Errors print one line
+on stderr and exit with status 2; warnings (an untrained head) print one line on stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bertrt.bundle import Bundle
+from bertrt.cli import app
+from bertrt.cli.common import DEFAULT_MODELS, JsonOption, ModelsOption
+from bertrt.cli.render import answers_text, classifications_text, embeddings_text, info_text
+from bertrt.errors import BertrtError, InputError
+from bertrt.info import describe
+from bertrt.types import Device, Pooling, Precision
+
+STDIN = "-"
+
+DeviceOption = Annotated[
+    Device,
+    typer.Option(
+        "--device",
+        help="Where to run: auto takes CUDA when its provider really loads, else the CPU; "
+        "cuda fails unless a GPU runs it.",
+    ),
+]
+PrecisionOption = Annotated[
+    Precision,
+    typer.Option("--precision", help="Which exported variant to load (the bundle must have it)."),
+]
+VerboseOption = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", help="Log which execution provider runs and why (stderr)."),
+]
+TextsArgument = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="TEXT",
+        help="Texts to process; '-' reads one text per line from stdin (UTF-8).",
+        show_default=False,
+    ),
+]
+TopKOption = Annotated[int, typer.Option("--top-k", min=1, help="How many results to return per input, best first.")]
+
+
+@app.command()
+def embed(
+    texts: TextsArgument,
+    models: ModelsOption = DEFAULT_MODELS,
+    pooling: Annotated[
+        Pooling,
+        typer.Option(
+            "--pooling",
+            help="Sentence vector: cls (first token), mean (average of real tokens) or pooler "
+            "(the model's pooled [CLS] output).",
+        ),
+    ] = Pooling.MEAN,
+    normalize: Annotated[
+        bool, typer.Option("--normalize/--no-normalize", help="Scale each sentence vector to unit length.")
+    ] = False,
+    token_embeddings: Annotated[
+        bool,
+        typer.Option(
+            "--token-embeddings",
+            help="With --json, also print every token's vector (last_hidden_state rows).",
+        ),
+    ] = False,
+    device: DeviceOption = Device.AUTO,
+    precision: PrecisionOption = Precision.FP32,
+    json_output: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Embed texts: a sentence vector per text, plus its tokens (and their vectors with --json).
+
+    Example: bertrt embed "I love Paris" --pooling pooler --json
+    """
+    with _command(verbose):
+        inputs = _expand_stdin(texts)
+        embedder = Bundle(models, device=device, precision=precision).embedder
+        results = embedder(
+            inputs, pooling=pooling, normalize=normalize, token_embeddings=token_embeddings
+        )
+        if json_output:
+            _print_json(
+                [{"text": t, **r.to_dict(token_embeddings)} for t, r in zip(inputs, results)]
+            )
+        else:
+            typer.echo(embeddings_text(inputs, results))
+
+
+@app.command()
+def classify(
+    texts: TextsArgument,
+    models: ModelsOption = DEFAULT_MODELS,
+    top_k: TopKOption = 1,
+    device: DeviceOption = Device.AUTO,
+    precision: PrecisionOption = Precision.FP32,
+    json_output: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Classify texts: label, score and every label's probability.
+
+    Example: bertrt classify "I love Paris" "What a dull film" --top-k 2
+    """
+    with _command(verbose):
+        inputs = _expand_stdin(texts)
+        results = Bundle(models, device=device, precision=precision).classifier(inputs, top_k=top_k)
+        if json_output:
+            _print_json([{"text": t, **r.to_dict()} for t, r in zip(inputs, results)])
+        else:
+            typer.echo(classifications_text(inputs, results))
+
+
+@app.command()
+def qa(
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="STDIN",
+            help="'-' reads JSON lines from stdin, each {\"question\": ..., \"context\": ...}.",
+            show_default=False,
+        ),
+    ] = None,
+    question: Annotated[str | None, typer.Option("--question", "-q", help="The question to answer.")] = None,
+    context: Annotated[
+        str | None, typer.Option("--context", "-c", help="The text to find the answer in (any length).")
+    ] = None,
+    models: ModelsOption = DEFAULT_MODELS,
+    top_k: TopKOption = 1,
+    max_answer_length: Annotated[
+        int, typer.Option("--max-answer-length", min=1, help="Longest answer span, in tokens.")
+    ] = 30,
+    null_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--null-threshold",
+            help="Return an empty answer when the no-answer score beats the best span by more "
+            "than this (SQuAD 2.0 style); off by default.",
+        ),
+    ] = None,
+    device: DeviceOption = Device.AUTO,
+    precision: PrecisionOption = Precision.FP32,
+    json_output: JsonOption = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Answer questions with exact spans of their context (contexts longer than the model
+    window are read in overlapping windows).
+
+    Example: bertrt qa --question "Where is the tower?" --context "The tower is in Paris."
+    """
+    with _command(verbose):
+        questions, contexts = _qa_pairs(source, question, context)
+        results = Bundle(models, device=device, precision=precision).qa(
+            questions,
+            contexts,
+            top_k=top_k,
+            max_answer_length=max_answer_length,
+            null_threshold=null_threshold,
+        )
+        if json_output:
+            _print_json([{"question": q, **r.to_dict()} for q, r in zip(questions, results)])
+        else:
+            typer.echo(answers_text(questions, results))
+
+
+@app.command()
+def info(
+    models: ModelsOption = DEFAULT_MODELS,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Also check every file against its sha256 (reads every file).")
+    ] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Describe a bundle: recipe, models, tasks, variants, sizes, validation, training, trained flags."""
+    with _command(verbose=False):
+        description = describe(models, verify=verify)
+        if json_output:
+            _print_json(description)
+        else:
+            typer.echo(info_text(description))
+
+
+@contextlib.contextmanager
+def _command(verbose: bool) -> Iterator[None]:
+    """Run a command body: bertrt errors become one stderr line and exit 2, warnings one
+    stderr line each, and --verbose shows the runtime's log lines."""
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("bertrt: %(message)s"))
+        logger = logging.getLogger("bertrt")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    except BertrtError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    finally:
+        if verbose:
+            logging.getLogger("bertrt").removeHandler(handler)
+    for warning in caught:
+        typer.echo(f"warning: {warning.message}", err=True)
+
+
+def _expand_stdin(texts: Sequence[str]) -> list[str]:
+    """``texts`` with each ``-`` replaced by stdin's lines (empty lines skipped)."""
+    expanded: list[str] = []
+    for text in texts:
+        if text == STDIN:
+            expanded.extend(line for line in _stdin_lines() if line)
+        else:
+            expanded.append(text)
+    if not expanded:
+        raise InputError("No text was given; pass TEXT arguments or '-' with lines on stdin.")
+    return expanded
+
+
+def _qa_pairs(source: str | None, question: str | None, context: str | None) -> tuple[list[str], list[str]]:
+    if source is not None:
+        if source != STDIN or question is not None or context is not None:
+            raise InputError(
+                "Pass either --question and --context, or '-' alone to read JSON lines from stdin."
+            )
+        pairs = [_qa_line(number, line) for number, line in enumerate(_stdin_lines(), start=1) if line.strip()]
+        if not pairs:
+            raise InputError("stdin held no JSON lines; send one {\"question\", \"context\"} object per line.")
+        return [q for q, _ in pairs], [c for _, c in pairs]
+    if question is None or context is None:
+        raise InputError("qa needs both --question and --context (or '-' to read JSON lines from stdin).")
+    return [question], [context]
+
+
+def _qa_line(number: int, line: str) -> tuple[str, str]:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("question", "context")):
+        raise InputError(
+            f"stdin line {number} is not a JSON object with string fields question and context; "
+            "send one such object per line."
+        )
+    return data["question"], data["context"]
+
+
+def _stdin_lines() -> list[str]:
+    raw = typer.get_binary_stream("stdin").read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"stdin is not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start}); send UTF-8 text."
+        ) from None
+    return text.splitlines()
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, ensure_ascii=False))
