@@ -24,9 +24,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def plan_batches(
-    lengths: Sequence[int], batch_size: int, group_by_length: bool = True
-) -> list[list[int]]:
+def plan_batches(lengths: Sequence[int], batch_size: int, group_by_length: bool = True) -> list[list[int]]:
     """Indices ``0..len(lengths)-1`` cut into batches of at most ``batch_size``.
 
     With ``group_by_length`` the indices are ordered longest first (ties keep the

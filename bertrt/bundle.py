@@ -136,4 +136,3 @@ def load(
     >>> # bundle = bertrt.load("models/minilm", device="cpu", precision="int8")
     """
     return Bundle(path, device=device, precision=precision, options=options)
-

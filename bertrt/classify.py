@@ -51,11 +51,9 @@ class Classifier(TaskRunner):
             raise InputError(f"top_k must be a positive integer, got {top_k!r}.")
         k = min(top_k, len(self.labels))
 
-        def postprocess(
-            outputs: Mapping[str, np.ndarray], batch: list[Encoding]
-        ) -> list[Classification]:
+        def postprocess(outputs: Mapping[str, np.ndarray], batch: list[Encoding]) -> list[Classification]:
             probabilities = softmax(outputs[LOGITS])
-            return [self._result(row, k, e.truncated) for row, e in zip(probabilities, batch)]
+            return [self._result(row, k, e.truncated) for row, e in zip(probabilities, batch, strict=True)]
 
         return self._run_texts(texts, postprocess)
 
@@ -67,7 +65,7 @@ class Classifier(TaskRunner):
             label=top[0].label,
             score=top[0].score,
             top=top,
-            probabilities={label: float(p) for label, p in zip(self.labels, probabilities)},
+            probabilities={label: float(p) for label, p in zip(self.labels, probabilities, strict=True)},
             truncated=truncated,
         )
 
@@ -80,7 +78,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     """
     shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    probabilities: np.ndarray = exp / exp.sum(axis=-1, keepdims=True)
+    return probabilities
 
 
 def _config_labels(model_dir: Path) -> tuple[str, ...]:

@@ -86,10 +86,12 @@ def _pool(
     # Mask-aware mean: padding rows must not dilute the average.
     mask = (np.arange(hidden.shape[1])[None, :] < np.asarray(lengths)[:, None]).astype(hidden.dtype)
     summed = np.einsum("bsh,bs->bh", hidden, mask)
-    return summed / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
+    mean: np.ndarray = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1.0)
+    return mean
 
 
 def _l2_normalize(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     # A zero vector stays zero instead of becoming NaN.
-    return vectors / np.maximum(norms, np.finfo(vectors.dtype).tiny)
+    unit: np.ndarray = vectors / np.maximum(norms, np.finfo(vectors.dtype).tiny)
+    return unit

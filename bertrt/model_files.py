@@ -65,8 +65,7 @@ def verify_checksums(model_dir: Path, manifest: ModelManifest) -> None:
         path = _inside(model_dir, name)
         if not path.is_file():
             raise BundleError(
-                f"{path} is listed in the manifest but missing; re-export the bundle with "
-                "`bertrt export`."
+                f"{path} is listed in the manifest but missing; re-export the bundle with `bertrt export`."
             )
         if sha256_of(path) != expected:
             raise BundleError(

@@ -41,9 +41,7 @@ class QuestionAnswerer(TaskRunner):
 
     def _after_load(self) -> None:
         if self.manifest.doc_stride is None:
-            raise BundleError(
-                f"{self.model.directory}'s manifest has no doc_stride; re-export the bundle."
-            )
+            raise BundleError(f"{self.model.directory}'s manifest has no doc_stride; re-export the bundle.")
         self.doc_stride: int = self.manifest.doc_stride
         # encode_qa reconfigures the tokenizer on every call, so QA gets its own instance,
         # serialized by a lock (tokenizing is cheap next to the model run).
@@ -70,8 +68,7 @@ class QuestionAnswerer(TaskRunner):
         contexts = as_texts(contexts, "context")
         if len(questions) != len(contexts):
             raise InputError(
-                f"Got {len(questions)} questions but {len(contexts)} contexts; pass one context "
-                "per question."
+                f"Got {len(questions)} questions but {len(contexts)} contexts; pass one context per question."
             )
         if not questions:
             return []
@@ -80,11 +77,9 @@ class QuestionAnswerer(TaskRunner):
                 self._qa_tokenizer, questions, contexts, self.manifest.max_length, self.doc_stride
             )
         start, end = self._logits(windows)
-        answers = decode_answers(
-            start, end, windows, contexts, top_k, max_answer_length, null_threshold
-        )
+        answers = decode_answers(start, end, windows, contexts, top_k, max_answer_length, null_threshold)
         counts = np.bincount(windows.example_index, minlength=len(contexts))
-        return [QAResult(tuple(a), int(n)) for a, n in zip(answers, counts)]
+        return [QAResult(tuple(a), int(n)) for a, n in zip(answers, counts, strict=True)]
 
     def answer(
         self,

@@ -51,9 +51,7 @@ class TaskRunner:
             Path(model_dir), self.task, coerce_enum(Precision, precision, "precision")
         )
         self.manifest = self.model.manifest
-        self.session = OrtSession(
-            self.model.onnx_path, coerce_enum(Device, device, "device"), self.options
-        )
+        self.session = OrtSession(self.model.onnx_path, coerce_enum(Device, device, "device"), self.options)
         missing = [name for name in self.required_outputs if name not in self.session.outputs]
         if missing:
             raise BundleError(

@@ -138,9 +138,7 @@ class OrtSession:
         binding.clear_binding_inputs()
         return dict(zip(self.outputs, arrays, strict=True))
 
-    def _output_shape(
-        self, info: TensorInfo, inputs: Mapping[str, np.ndarray]
-    ) -> tuple[int, ...] | None:
+    def _output_shape(self, info: TensorInfo, inputs: Mapping[str, np.ndarray]) -> tuple[int, ...] | None:
         """The concrete output shape for these inputs, or None where an axis is unknown."""
         shape = []
         for dim in info.shape:
@@ -204,4 +202,3 @@ def _axis_sources(inputs: Mapping[str, TensorInfo]) -> dict[str, tuple[str, int]
             if isinstance(dim, str) and dim not in sources:
                 sources[dim] = (info.name, axis)
     return sources
-

@@ -135,7 +135,7 @@ def _pad_id(tokenizer: Tokenizer, model_dir: Path) -> int:
         return int(padding["pad_id"])
     token_id = tokenizer.token_to_id("[PAD]")
     if token_id is not None:
-        return token_id
+        return int(token_id)
     config_path = model_dir / "config.json"
     if config_path.is_file():
         pad = json.loads(config_path.read_text(encoding="utf-8")).get("pad_token_id")

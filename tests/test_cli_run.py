@@ -37,7 +37,7 @@ def test_embed_json_equals_the_library(tiny_bundle: Path, bundle: bertrt.Bundle)
     data = json.loads(out)
     expected = bundle.embedder(["i love paris", "the film"], pooling="pooler")
     assert [d["text"] for d in data] == ["i love paris", "the film"]
-    for item, result in zip(data, expected):
+    for item, result in zip(data, expected, strict=True):
         np.testing.assert_allclose(item["vector"], result.vector, rtol=1e-6)
         assert item["tokens"] == list(result.tokens) and item["pooling"] == "pooler"
         assert "token_embeddings" not in item
@@ -62,14 +62,21 @@ def test_embed_table_has_a_row_per_text(tiny_bundle: Path) -> None:
 def test_classify_reads_stdin_lines_in_order(tiny_bundle: Path, bundle: bertrt.Bundle) -> None:
     texts = ["i love paris", "the film was bad", "what is this?"]
     code, out, err = invoke(
-        "classify", "first", "-", "--models", str(tiny_bundle), "--json", "--top-k", "2",
+        "classify",
+        "first",
+        "-",
+        "--models",
+        str(tiny_bundle),
+        "--json",
+        "--top-k",
+        "2",
         stdin="\n".join(texts[:2]) + "\n\n" + texts[2] + "\n",
     )
     assert code == 0, err
     data = json.loads(out)
     assert [d["text"] for d in data] == ["first", *texts]
     expected = bundle.classifier(["first", *texts], top_k=2)
-    for item, result in zip(data, expected):
+    for item, result in zip(data, expected, strict=True):
         assert item["label"] == result.label and item["probabilities"] == pytest.approx(result.probabilities)
         assert [t["label"] for t in item["top"]] == [t.label for t in result.top]
 
@@ -85,8 +92,16 @@ def test_classify_table(tiny_bundle: Path) -> None:
 
 def test_qa_answers_are_slices_of_the_context(tiny_bundle: Path) -> None:
     code, out, err = invoke(
-        "qa", "--question", "what is the capital?", "--context", CONTEXT,
-        "--models", str(tiny_bundle), "--top-k", "3", "--json",
+        "qa",
+        "--question",
+        "what is the capital?",
+        "--context",
+        CONTEXT,
+        "--models",
+        str(tiny_bundle),
+        "--top-k",
+        "3",
+        "--json",
     )
     assert code == 0, err
     [item] = json.loads(out)
@@ -145,7 +160,9 @@ def test_errors_are_one_line_on_stderr(
 ) -> None:
     if args[-1] == "cuda" and bertrt.Embedder(tiny_bundle / "embedder").provider != "CPUExecutionProvider":
         pytest.skip("CUDA works on this machine")
-    models = ["--models", str(tmp_path / "missing")] if "{missing}" in args else ["--models", str(tiny_bundle)]
+    models = (
+        ["--models", str(tmp_path / "missing")] if "{missing}" in args else ["--models", str(tiny_bundle)]
+    )
     args = [a for a in args if a not in ("--models", "{missing}")]
     code, out, err = invoke(*args, *models, stdin=stdin)
     assert code == 2 and out == ""
@@ -166,7 +183,17 @@ def test_every_option_has_help() -> None:
 
 def test_subprocess_smoke_json_only_on_stdout(tiny_bundle: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bertrt.cli", "classify", "i love paris", "--models", str(tiny_bundle), "--json", "-v"],
+        [
+            sys.executable,
+            "-m",
+            "bertrt.cli",
+            "classify",
+            "i love paris",
+            "--models",
+            str(tiny_bundle),
+            "--json",
+            "-v",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -105,7 +105,10 @@ def test_classification_matches_pytorch(classifier: Classifier, tiny_torch_model
         np.testing.assert_allclose(list(result.probabilities.values()), probabilities[row], atol=TOLERANCE)
         assert result.label == classifier.labels[int(np.argmax(probabilities[row]))]
         assert result.score == pytest.approx(probabilities[row].max(), abs=TOLERANCE)
-        assert [t.label for t in result.top] == [result.label, *(l for l in classifier.labels if l != result.label)]
+        assert [t.label for t in result.top] == [
+            result.label,
+            *(name for name in classifier.labels if name != result.label),
+        ]
 
 
 def test_qa_matches_pytorch(qa: QuestionAnswerer, tiny_torch_models: dict[str, Any]) -> None:
@@ -115,14 +118,16 @@ def test_qa_matches_pytorch(qa: QuestionAnswerer, tiny_torch_models: dict[str, A
     windows = encode_qa(qa.tokenizer.fresh(), QUESTIONS, contexts, 64, 16)
     with torch.no_grad():
         out = tiny_torch_models["qa"](**{k: torch.from_numpy(v) for k, v in windows.model_inputs().items()})
-    expected = decode_answers(
-        out.start_logits.numpy(), out.end_logits.numpy(), windows, contexts, top_k=3
-    )
+    expected = decode_answers(out.start_logits.numpy(), out.end_logits.numpy(), windows, contexts, top_k=3)
     results = qa(QUESTIONS, contexts, top_k=3)
     assert results[0].windows > 1 and results[1].windows == 1
-    for result, answers in zip(results, expected):
-        assert [(a.text, a.start, a.end) for a in result.answers] == [(a.text, a.start, a.end) for a in answers]
-        np.testing.assert_allclose([a.score for a in result.answers], [a.score for a in answers], atol=TOLERANCE)
+    for result, answers in zip(results, expected, strict=True):
+        assert [(a.text, a.start, a.end) for a in result.answers] == [
+            (a.text, a.start, a.end) for a in answers
+        ]
+        np.testing.assert_allclose(
+            [a.score for a in result.answers], [a.score for a in answers], atol=TOLERANCE
+        )
 
 
 # --- IO binding, batching and grouping change nothing ----------------------------------------
@@ -147,16 +152,20 @@ def test_options_do_not_change_results_or_order(
 ) -> None:
     bundle = variants[name]
     texts = TEXTS * 2
-    for got, want in zip(bundle.embedder(texts, pooling="mean"), embedder(texts, pooling="mean")):
+    for got, want in zip(
+        bundle.embedder(texts, pooling="mean"), embedder(texts, pooling="mean"), strict=True
+    ):
         assert got.tokens == want.tokens
         np.testing.assert_allclose(got.vector, want.vector, atol=1e-6)
         np.testing.assert_allclose(got.token_embeddings, want.token_embeddings, atol=1e-6)  # type: ignore[arg-type]
-    for got_c, want_c in zip(bundle.classifier(texts), classifier(texts)):
+    for got_c, want_c in zip(bundle.classifier(texts), classifier(texts), strict=True):
         assert got_c.label == want_c.label and got_c.truncated == want_c.truncated
         assert got_c.score == pytest.approx(want_c.score, abs=1e-6)
     contexts = [CONTEXT * 4, CONTEXT, CONTEXT * 2]
     questions = [QUESTIONS[0], QUESTIONS[1], QUESTIONS[0]]
-    for got_q, want_q in zip(bundle.qa(questions, contexts, top_k=2), qa(questions, contexts, top_k=2)):
+    for got_q, want_q in zip(
+        bundle.qa(questions, contexts, top_k=2), qa(questions, contexts, top_k=2), strict=True
+    ):
         assert [(a.start, a.end) for a in got_q.answers] == [(a.start, a.end) for a in want_q.answers]
 
 
@@ -164,7 +173,7 @@ def test_io_binding_on_and_off_are_identical(variants: dict[str, Bundle], tiny_b
     bound = Classifier(tiny_bundle / "classifier", device="cpu")
     plain = variants["plain-run"].classifier
     assert bound.session.io_binding and not plain.session.io_binding
-    for a, b in zip(bound(TEXTS), plain(TEXTS)):
+    for a, b in zip(bound(TEXTS), plain(TEXTS), strict=True):
         assert a.probabilities == b.probabilities
 
 
@@ -202,7 +211,7 @@ def test_a_single_string_is_one_text(embedder: Embedder, classifier: Classifier)
 
 def test_answers_slice_back_out_of_their_context(qa: QuestionAnswerer) -> None:
     contexts = [CONTEXT * 3, CONTEXT]
-    for context, result in zip(contexts, qa(QUESTIONS, contexts, top_k=4, max_answer_length=5)):
+    for context, result in zip(contexts, qa(QUESTIONS, contexts, top_k=4, max_answer_length=5), strict=True):
         assert len(result.answers) == 4
         scores = [a.score for a in result.answers]
         assert scores == sorted(scores, reverse=True)
@@ -222,7 +231,12 @@ def test_answers_slice_back_out_of_their_context(qa: QuestionAnswerer) -> None:
     ],
 )
 def test_bad_requests_are_one_clear_error(
-    call: Any, error: type[Exception], match: str, embedder: Embedder, classifier: Classifier, qa: QuestionAnswerer
+    call: Any,
+    error: type[Exception],
+    match: str,
+    embedder: Embedder,
+    classifier: Classifier,
+    qa: QuestionAnswerer,
 ) -> None:
     runners = {"embed": embedder, "classify": classifier, "qa": qa}
     with pytest.raises(error, match=match):
@@ -364,7 +378,7 @@ def test_a_bundle_without_a_task_says_which_it_has(tiny_bundle: Path, tmp_path: 
     del manifest["models"]["qa"]
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"has no qa model \(it serves: embed, classify\)"):
-        bertrt.load(bundle).qa
+        _ = bertrt.load(bundle).qa
 
 
 def test_not_a_bundle(tmp_path: Path) -> None:
@@ -376,7 +390,9 @@ def test_not_a_bundle(tmp_path: Path) -> None:
 
 # --- the real MiniLM bundle (slow) -------------------------------------------------------------
 
-REAL_BUNDLE = Path(os.environ.get("BERTRT_TEST_BUNDLE", Path(__file__).resolve().parent.parent / "models" / "minilm"))
+REAL_BUNDLE = Path(
+    os.environ.get("BERTRT_TEST_BUNDLE", Path(__file__).resolve().parent.parent / "models" / "minilm")
+)
 IMMUNE_CONTEXT = (
     "The immune system is a network of biological processes that protects an organism from "
     "diseases. It detects and responds to a wide variety of pathogens, from viruses to parasitic "
@@ -398,9 +414,16 @@ def test_real_embeddings_match_pytorch_and_mean_similarity(real_bundle: Bundle) 
     from transformers import AutoTokenizer, BertModel
 
     source = gt.get_model_path()
-    texts = ["I love Paris", "Paris is a city I adore", "The stock market fell sharply today", IMMUNE_CONTEXT * 6]
+    texts = [
+        "I love Paris",
+        "Paris is a city I adore",
+        "The stock market fell sharply today",
+        IMMUNE_CONTEXT * 6,
+    ]
     ref = torch_outputs(
-        BertModel.from_pretrained(source).eval(), AutoTokenizer.from_pretrained(source), texts,
+        BertModel.from_pretrained(source).eval(),
+        AutoTokenizer.from_pretrained(source),
+        texts,
         real_bundle.embedder.manifest.max_length,
     )
     results = real_bundle.embedder(texts, pooling="pooler")
@@ -417,7 +440,9 @@ def test_real_embeddings_match_pytorch_and_mean_similarity(real_bundle: Bundle) 
 @pytest.mark.slow
 def test_real_classifier_and_qa(real_bundle: Bundle) -> None:
     classifier = real_bundle.classifier
-    results = classifier(["I loved this wonderful film, a true delight.", "A dull, boring and awful movie."], top_k=2)
+    results = classifier(
+        ["I loved this wonderful film, a true delight.", "A dull, boring and awful movie."], top_k=2
+    )
     assert all(sum(r.probabilities.values()) == pytest.approx(1.0) for r in results)
     if classifier.manifest.trained and classifier.manifest.training:
         assert [r.label for r in results] == [classifier.labels[1], classifier.labels[0]]
@@ -434,9 +459,11 @@ def test_real_classifier_and_qa(real_bundle: Bundle) -> None:
 
 @pytest.mark.slow
 def test_real_io_binding_on_and_off_agree(real_bundle: Bundle) -> None:
-    plain = Classifier(real_bundle.model_dir(Task.CLASSIFY), device="cpu", options=RuntimeOptions(io_binding=False))
+    plain = Classifier(
+        real_bundle.model_dir(Task.CLASSIFY), device="cpu", options=RuntimeOptions(io_binding=False)
+    )
     texts = ["I love Paris", IMMUNE_CONTEXT, "meh"]
-    for a, b in zip(real_bundle.classifier(texts), plain(texts)):
+    for a, b in zip(real_bundle.classifier(texts), plain(texts), strict=True):
         assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
 
 
@@ -452,7 +479,9 @@ def test_real_io_binding_on_and_off_agree(real_bundle: Bundle) -> None:
 def test_real_cli_commands_from_the_readme(real_bundle: Bundle, args: list[str]) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bertrt.cli", *args, "--models", str(REAL_BUNDLE)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     if "--json" in args:

@@ -70,7 +70,11 @@ def feeds(batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 def expected(f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     hidden = (f["input_ids"] * f["attention_mask"]).astype(np.float32)[..., None] * WEIGHTS[0]
-    return {"hidden": hidden, "pooled": hidden.max(axis=1), "nonzero": np.stack(np.nonzero(f["attention_mask"]))}
+    return {
+        "hidden": hidden,
+        "pooled": hidden.max(axis=1),
+        "nonzero": np.stack(np.nonzero(f["attention_mask"])),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +179,9 @@ def test_cuda_without_a_working_provider_is_one_clear_error(graph: Path) -> None
     if OrtSession(graph, Device.AUTO).provider != CPU_PROVIDER:
         pytest.skip("CUDA works on this machine")
     for _ in range(2):  # the second attempt uses the remembered probe result
-        with pytest.raises(DeviceError, match="--device cuda was asked for but .*; use --device auto or cpu"):
+        with pytest.raises(
+            DeviceError, match=r"--device cuda was asked for but .*; use --device auto or cpu"
+        ):
             OrtSession(graph, Device.CUDA)
 
 
@@ -188,7 +194,9 @@ def test_a_file_onnx_runtime_cannot_parse_is_a_bundle_error(tmp_path: Path) -> N
 
 def test_session_options_follow_runtime_options(graph: Path) -> None:
     session = OrtSession(
-        graph, Device.CPU, RuntimeOptions(graph_optimization="disabled", intra_op_threads=1, inter_op_threads=1)
+        graph,
+        Device.CPU,
+        RuntimeOptions(graph_optimization="disabled", intra_op_threads=1, inter_op_threads=1),
     )
     f = feeds(2, 3)
     np.testing.assert_array_equal(session.run(f)["hidden"], expected(f)["hidden"])

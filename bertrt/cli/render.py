@@ -21,10 +21,10 @@ TEXT_WIDTH = 48
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned columns separated by two spaces; the last column is not padded."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
     lines = []
     for row in [list(header), *rows]:
-        cells = [str(c).ljust(w) for c, w in zip(row[:-1], widths)] + [str(row[-1])]
+        cells = [str(c).ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)] + [str(row[-1])]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
@@ -50,7 +50,7 @@ def embeddings_text(texts: Sequence[str], results: Sequence[Embedding]) -> str:
             _preview(r.vector),
             clip(text),
         ]
-        for i, (text, r) in enumerate(zip(texts, results))
+        for i, (text, r) in enumerate(zip(texts, results, strict=True))
     ]
     footer = _truncation_note(results)
     return table(["#", "tokens", "dim", "norm", "vector", "text"], rows) + footer
@@ -60,7 +60,7 @@ def classifications_text(texts: Sequence[str], results: Sequence[Classification]
     """``#  label  score  [top-k]  text``; the top-k column appears when k > 1."""
     show_top = any(len(r.top) > 1 for r in results)
     rows = []
-    for i, (text, r) in enumerate(zip(texts, results)):
+    for i, (text, r) in enumerate(zip(texts, results, strict=True)):
         row = [str(i), r.label + ("+" if r.truncated else ""), f"{r.score:.4f}"]
         if show_top:
             row.append(", ".join(f"{t.label} {t.score:.3f}" for t in r.top))
@@ -72,7 +72,7 @@ def classifications_text(texts: Sequence[str], results: Sequence[Classification]
 def answers_text(questions: Sequence[str], results: Sequence[QAResult]) -> str:
     """One block per question: its answers ranked, with score and character span."""
     blocks = []
-    for question, result in zip(questions, results):
+    for question, result in zip(questions, results, strict=True):
         rows = [
             [str(rank), f"{a.score:.4f}", f"{a.start}-{a.end}", clip(a.text) if a.text else "(no answer)"]
             for rank, a in enumerate(result.answers, start=1)

@@ -13,7 +13,6 @@ import logging
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -52,7 +51,9 @@ TextsArgument = Annotated[
         show_default=False,
     ),
 ]
-TopKOption = Annotated[int, typer.Option("--top-k", min=1, help="How many results to return per input, best first.")]
+TopKOption = Annotated[
+    int, typer.Option("--top-k", min=1, help="How many results to return per input, best first.")
+]
 
 
 @app.command()
@@ -89,12 +90,10 @@ def embed(
     with _command(verbose):
         inputs = _expand_stdin(texts)
         embedder = Bundle(models, device=device, precision=precision).embedder
-        results = embedder(
-            inputs, pooling=pooling, normalize=normalize, token_embeddings=token_embeddings
-        )
+        results = embedder(inputs, pooling=pooling, normalize=normalize, token_embeddings=token_embeddings)
         if json_output:
             _print_json(
-                [{"text": t, **r.to_dict(token_embeddings)} for t, r in zip(inputs, results)]
+                [{"text": t, **r.to_dict(token_embeddings)} for t, r in zip(inputs, results, strict=True)]
             )
         else:
             typer.echo(embeddings_text(inputs, results))
@@ -118,7 +117,7 @@ def classify(
         inputs = _expand_stdin(texts)
         results = Bundle(models, device=device, precision=precision).classifier(inputs, top_k=top_k)
         if json_output:
-            _print_json([{"text": t, **r.to_dict()} for t, r in zip(inputs, results)])
+            _print_json([{"text": t, **r.to_dict()} for t, r in zip(inputs, results, strict=True)])
         else:
             typer.echo(classifications_text(inputs, results))
 
@@ -129,7 +128,7 @@ def qa(
         str | None,
         typer.Argument(
             metavar="STDIN",
-            help="'-' reads JSON lines from stdin, each {\"question\": ..., \"context\": ...}.",
+            help='\'-\' reads JSON lines from stdin, each {"question": ..., "context": ...}.',
             show_default=False,
         ),
     ] = None,
@@ -170,7 +169,7 @@ def qa(
             null_threshold=null_threshold,
         )
         if json_output:
-            _print_json([{"question": q, **r.to_dict()} for q, r in zip(questions, results)])
+            _print_json([{"question": q, **r.to_dict()} for q, r in zip(questions, results, strict=True)])
         else:
             typer.echo(answers_text(questions, results))
 
@@ -235,9 +234,11 @@ def _qa_pairs(source: str | None, question: str | None, context: str | None) -> 
             raise InputError(
                 "Pass either --question and --context, or '-' alone to read JSON lines from stdin."
             )
-        pairs = [_qa_line(number, line) for number, line in enumerate(_stdin_lines(), start=1) if line.strip()]
+        pairs = [
+            _qa_line(number, line) for number, line in enumerate(_stdin_lines(), start=1) if line.strip()
+        ]
         if not pairs:
-            raise InputError("stdin held no JSON lines; send one {\"question\", \"context\"} object per line.")
+            raise InputError('stdin held no JSON lines; send one {"question", "context"} object per line.')
         return [q for q, _ in pairs], [c for _, c in pairs]
     if question is None or context is None:
         raise InputError("qa needs both --question and --context (or '-' to read JSON lines from stdin).")
