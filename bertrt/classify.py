@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bertrt.errors import BundleError, InputError
+from bertrt.errors import BundleError
 from bertrt.results import Classification, LabelScore
-from bertrt.runner import TaskRunner, as_texts
+from bertrt.runner import TaskRunner, as_texts, check_positive
 from bertrt.tokenizer import Encoding
 from bertrt.types import Task
 
@@ -47,9 +47,7 @@ class Classifier(TaskRunner):
         ``top_k`` labels (by probability, at most the number of labels) go in ``top``.
         """
         texts = as_texts(texts)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise InputError(f"top_k must be a positive integer, got {top_k!r}.")
-        k = min(top_k, len(self.labels))
+        k = min(check_positive(top_k, "top_k"), len(self.labels))
 
         def postprocess(outputs: Mapping[str, np.ndarray], batch: list[Encoding]) -> list[Classification]:
             probabilities = softmax(outputs[LOGITS])

@@ -22,7 +22,7 @@ from bertrt.batching import plan_batches
 from bertrt.errors import BundleError, InputError
 from bertrt.qa_spans import QAWindows, decode_answers, encode_qa
 from bertrt.results import QAResult
-from bertrt.runner import TaskRunner, as_texts
+from bertrt.runner import TaskRunner, as_texts, check_positive
 from bertrt.types import Task
 
 START, END = "start_logits", "end_logits"
@@ -70,6 +70,8 @@ class QuestionAnswerer(TaskRunner):
             raise InputError(
                 f"Got {len(questions)} questions but {len(contexts)} contexts; pass one context per question."
             )
+        check_positive(top_k, "top_k")
+        check_positive(max_answer_length, "max_answer_length")
         if not questions:
             return []
         with self._qa_lock:

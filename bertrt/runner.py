@@ -97,6 +97,17 @@ class TaskRunner:
         )
 
 
+def check_positive(value: object, name: str) -> int:
+    """``value`` when it is an int of 1 or more, else an InputError naming ``name``.
+
+    >>> check_positive(3, "top_k")
+    3
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
 def as_texts(texts: str | Sequence[str], what: str = "text") -> list[str]:
     """``texts`` as a list of str: a single str becomes a list of one; anything that is not
     a str raises InputError naming its position.

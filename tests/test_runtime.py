@@ -227,6 +227,8 @@ def test_answers_slice_back_out_of_their_context(qa: QuestionAnswerer) -> None:
         (lambda r: r["embed"]("x", pooling="max"), ConfigError, "cls, mean, pooler"),
         (lambda r: r["classify"]("x", top_k=0), InputError, "top_k"),
         (lambda r: r["qa"](["q1", "q2"], ["c"]), InputError, "2 questions but 1 contexts"),
+        (lambda r: r["qa"]("q", "c", top_k=0), InputError, "top_k must be a positive integer, got 0"),
+        (lambda r: r["qa"]("q", "c", max_answer_length=True), InputError, "max_answer_length"),
         (lambda r: r["qa"]("what?", "   "), InputError, "empty"),
     ],
 )
