@@ -1,0 +1,334 @@
+"""int8 variants for CPUs whose outputs do not depend on the batch they are computed in.
+
+ONNX Runtime's dynamic quantization (``quantize_dynamic``) picks one activation scale per
+tensor per call, from the whole batch, padding included: the same text gets different
+outputs alone, beside longer texts or padded to 256 tokens. The default scheme here,
+:attr:`Int8Scheme.STATIC`, builds the same fast integer graph (QAttention, MatMulInteger,
+QEmbedLayerNormalization) but fixes every activation scale from calibration texts, so a row
+is computed exactly the same way whatever shares its batch.
+
+>>> feeds = calibration_feeds(Path("tokenizer.json"), texts, max_length=256)
+>>> report = quantize_int8(Path("model.onnx"), Path("model.int8.onnx"), feeds)
+>>> report["scheme"], report["batch_invariance_gap"]
+('static', 0.0)
+
+Keep accuracy-sensitive parts in fp32 with :class:`Int8Config` (``keep_fp32`` groups such
+as ``"head"`` or ``"ffn-output"``, or explicit ``nodes_to_exclude``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from bertrt.errors import ConfigError, ExportError
+from export.optimize import batch_invariance_gap, probe_feeds
+
+# Node groups that can stay fp32, matched on optimum's exported node names and fused op types.
+KEEP_GROUPS = ("head", "attention", "attention-output", "ffn-input", "ffn-output", "embeddings")
+# Padding used by the invariance check each int8 file gets before it is reported.
+_CHECK_PAD = 64
+
+
+class Int8Scheme(str, Enum):
+    """How activations are quantized."""
+
+    STATIC = "static"  # calibrated, fixed activation scales: batch-invariant and fast
+    WEIGHT_ONLY = "weight-only"  # int8 weights, per-token activations (MatMulNBits): invariant, slower
+    DYNAMIC = "dynamic"  # per-batch scales (quantize_dynamic): fast, NOT batch-invariant
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    """Settings of an int8 variant.
+
+    ``keep_fp32`` names groups of :data:`KEEP_GROUPS` left in fp32 (the task head by default:
+    it is a sliver of the compute and its outputs are the answer). ``per_channel`` gives each
+    weight column its own scale. ``reduce_range`` uses 7-bit weights, which avoids overflow
+    on x86 CPUs without VNNI. ``block_size`` is the weight-only scheme's quantization block.
+    """
+
+    scheme: Int8Scheme = Int8Scheme.STATIC
+    keep_fp32: tuple[str, ...] = ("head",)
+    nodes_to_exclude: tuple[str, ...] = ()
+    per_channel: bool = True
+    reduce_range: bool = False
+    block_size: int = 32
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.keep_fp32) - set(KEEP_GROUPS))
+        if unknown:
+            raise ConfigError(f"Unknown keep_fp32 group(s) {unknown}; choose from {list(KEEP_GROUPS)}.")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"block_size must be a power of two of at least 16, got {self.block_size}.")
+
+
+def quantize_int8(
+    src: Path,
+    dst: Path,
+    calibration_feeds: Sequence[Mapping[str, np.ndarray]] | None = None,
+    config: Int8Config = Int8Config(),
+) -> dict[str, Any]:
+    """Write an int8 copy of the fp32 graph ``src`` (fused by ``optimize_fp32``, ideally).
+
+    ``calibration_feeds`` are tokenized batches of real texts (:func:`calibration_feeds`);
+    the static scheme needs them, the others ignore them. Returns a JSON-ready report with
+    the nodes kept in fp32, the quantized op counts and the measured batch-invariance gap.
+    """
+    if not src.is_file():
+        raise ExportError(f"{src} does not exist; export and optimize the fp32 model first.")
+    excluded = sorted(set(select_nodes(src, config.keep_fp32)) | set(config.nodes_to_exclude))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"scheme": config.scheme.value, "kept_fp32": excluded}
+    if config.scheme is Int8Scheme.WEIGHT_ONLY:
+        report["block_size"] = config.block_size
+        onnx.save(_weight_only(onnx.load(str(src)), excluded, config.block_size), str(dst))
+    else:
+        report.update(per_channel=config.per_channel, reduce_range=config.reduce_range)
+        model = _integer_graph(src, excluded, config)
+        if config.scheme is Int8Scheme.STATIC:
+            if not calibration_feeds:
+                raise ConfigError(
+                    "The static int8 scheme needs calibration_feeds (tokenized real texts); "
+                    "pass some, or choose Int8Scheme.WEIGHT_ONLY."
+                )
+            ranges, tokens = _activation_ranges(src, _dynamic_inputs(model), calibration_feeds)
+            _fix_scales(model, ranges)
+            report["calibration"] = {"batches": len(calibration_feeds), "tokens": tokens, "tensors": len(ranges)}
+        onnx.save(model, str(dst))
+    report["quantized_ops"] = _quantized_ops(dst)
+    report["onnxruntime"] = ort.__version__
+    report["batch_invariance_gap"] = _probe_invariance(dst)
+    return report
+
+
+def calibration_feeds(
+    tokenizer_file: Path,
+    texts: Sequence[str | tuple[str, str]],
+    max_length: int,
+    batch_size: int = 8,
+) -> list[dict[str, np.ndarray]]:
+    """Tokenize texts (or question/context pairs) into right-padded int64 batches.
+
+    >>> feeds = calibration_feeds(Path("tokenizer.json"), ["a fine film", "dull"], 128)
+    >>> feeds[0]["input_ids"].shape
+    (2, 5)
+    """
+    from tokenizers import Tokenizer
+
+    if not texts:
+        raise ConfigError("Calibration needs at least one text.")
+    if max_length < 2 or batch_size < 1:
+        raise ConfigError(f"max_length must be >= 2 and batch_size >= 1, got {max_length}, {batch_size}.")
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.enable_truncation(max_length)
+    tokenizer.enable_padding()
+    batches = []
+    for start in range(0, len(texts), batch_size):
+        encodings = tokenizer.encode_batch(list(texts[start : start + batch_size]))
+        batches.append({
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        })
+    return batches
+
+
+def select_nodes(model: Path, groups: Iterable[str]) -> list[str]:
+    """Names of the quantizable nodes of ``model`` in the given :data:`KEEP_GROUPS`.
+
+    >>> select_nodes(Path("model.onnx"), ["head"])
+    ['/qa_outputs/MatMul']
+    """
+    wanted = set(groups)
+    unknown = sorted(wanted - set(KEEP_GROUPS))
+    if unknown:
+        raise ConfigError(f"Unknown node group(s) {unknown}; choose from {list(KEEP_GROUPS)}.")
+    nodes = onnx.load(str(model), load_external_data=False).graph.node
+    if wanted and not any("/encoder/" in n.name for n in nodes):
+        raise ConfigError(
+            f"{model.name} does not name its nodes the way optimum's exporter does; "
+            "list the nodes to keep in fp32 with nodes_to_exclude instead."
+        )
+    return [n.name for n in nodes if n.name and _groups_of(n) & wanted]
+
+
+def _groups_of(node: onnx.NodeProto) -> set[str]:
+    name, op = node.name, node.op_type
+    if op == "Attention":
+        return {"attention"}
+    if op == "EmbedLayerNormalization" or (op == "Gather" and "/embeddings/" in name):
+        return {"embeddings"}
+    if op not in ("MatMul", "Gemm"):
+        return set()
+    if "/encoder/" not in name:
+        return {"head"}  # classifier, QA span head and pooler
+    if "/attention/output/dense/" in name:
+        return {"attention-output"}
+    if "/intermediate/dense/" in name:
+        return {"ffn-input"}
+    if "/output/dense/" in name:
+        return {"ffn-output"}
+    return set()
+
+
+def _integer_graph(src: Path, excluded: Sequence[str], config: Int8Config) -> onnx.ModelProto:
+    """ORT's dynamic quantization of ``src``: int8 weights, DynamicQuantizeLinear activations."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "int8.onnx"
+        quantize_dynamic(
+            src,
+            out,
+            weight_type=QuantType.QInt8,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            nodes_to_exclude=list(excluded),
+            # Fused contrib ops have no ONNX shape inference; their outputs are float.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+        return onnx.load(str(out))
+
+
+def _dynamic_inputs(model: onnx.ModelProto) -> list[str]:
+    return [n.input[0] for n in model.graph.node if n.op_type == "DynamicQuantizeLinear"]
+
+
+def _activation_ranges(
+    src: Path, tensors: Sequence[str], feeds: Sequence[Mapping[str, np.ndarray]]
+) -> tuple[dict[str, tuple[float, float]], int]:
+    """Min and max of each tensor over the real (unpadded) tokens of the calibration batches."""
+    model = onnx.load(str(src))
+    present = {o.name for o in model.graph.output}
+    model.graph.output.extend(
+        helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors if t not in present
+    )
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}
+    # Start at 0 so 0.0 is exactly representable, as DynamicQuantizeLinear guarantees.
+    ranges = {t: (0.0, 0.0) for t in tensors}
+    tokens = 0
+    for batch in feeds:
+        if "attention_mask" not in batch:
+            raise ConfigError("Calibration batches need an attention_mask to tell real tokens from padding.")
+        mask = np.asarray(batch["attention_mask"]).astype(bool)
+        tokens += int(mask.sum())
+        outputs = session.run(list(tensors), {k: v for k, v in batch.items() if k in wanted})
+        for name, value in zip(tensors, outputs):
+            real = value[mask] if value.shape[:2] == mask.shape else value
+            low, high = ranges[name]
+            ranges[name] = (min(low, float(real.min())), max(high, float(real.max())))
+    return ranges, tokens
+
+
+def _fix_scales(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]]) -> None:
+    """Replace each DynamicQuantizeLinear by a QuantizeLinear with calibrated uint8 parameters.
+
+    The scale and zero-point keep the tensor names the dynamic node produced, so QAttention
+    and MatMulInteger consumers read constants instead of per-batch values.
+    """
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type != "DynamicQuantizeLinear":
+            nodes.append(node)
+            continue
+        low, high = ranges[node.input[0]]
+        scale = max((high - low) / 255.0, np.finfo(np.float32).tiny)
+        zero_point = int(np.clip(np.rint(-low / scale), 0, 255))
+        quantized, scale_name, zero_name = node.output
+        model.graph.initializer.extend([
+            numpy_helper.from_array(np.array(scale, dtype=np.float32), scale_name),
+            numpy_helper.from_array(np.array(zero_point, dtype=np.uint8), zero_name),
+        ])
+        nodes.append(helper.make_node("QuantizeLinear", [node.input[0], scale_name, zero_name], [quantized], name=node.name))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def _weight_only(model: onnx.ModelProto, excluded: Sequence[str], block_size: int) -> onnx.ModelProto:
+    """Replace MatMuls with constant 2-D weights by 8-bit MatMulNBits (symmetric, blockwise).
+
+    ORT's CPU kernel quantizes each activation row per block by itself, so no row depends
+    on another; blocks of 32 measured batch-invariant where 128 did not (ORT 1.31).
+    """
+    weights = {t.name: t for t in model.graph.initializer}
+    skip = set(excluded)
+    replaced: set[str] = set()
+    nodes = []
+    for node in model.graph.node:
+        weight = weights.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if weight is None or len(weight.dims) != 2 or node.name in skip:
+            nodes.append(node)
+            continue
+        packed, scales = _block_quantize(numpy_helper.to_array(weight).astype(np.float32), block_size)
+        k, n = weight.dims
+        model.graph.initializer.extend([
+            numpy_helper.from_array(packed, f"{weight.name}_q8"),
+            numpy_helper.from_array(scales, f"{weight.name}_q8_scale"),
+        ])
+        nodes.append(helper.make_node(
+            "MatMulNBits", [node.input[0], f"{weight.name}_q8", f"{weight.name}_q8_scale"], list(node.output),
+            name=f"{node.name}_q8", domain="com.microsoft", K=k, N=n, bits=8, block_size=block_size,
+            # Level 4: int8 dot products on the CPU, activations quantized per row and block.
+            accuracy_level=4,
+        ))
+        replaced.add(weight.name)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    still_used = {i for node in nodes for i in node.input}
+    kept = [t for t in model.graph.initializer if t.name not in replaced or t.name in still_used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
+
+
+def _block_quantize(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """MatMulNBits layout: uint8 [N, blocks, block_size] offset by 128, and fp32 scales [N*blocks]."""
+    k, n = weight.shape
+    blocks = -(-k // block_size)
+    # Zero rows pad K to whole blocks; they add nothing to the product.
+    padded = np.zeros((blocks * block_size, n), dtype=np.float32)
+    padded[:k] = weight
+    columns = padded.T.reshape(n, blocks, block_size)
+    scales = np.abs(columns).max(axis=-1) / 127.0
+    scales[scales == 0] = 1.0
+    quantized = np.clip(np.rint(columns / scales[..., None]), -127, 127) + 128
+    return quantized.astype(np.uint8), scales.reshape(-1).astype(np.float32)
+
+
+def _quantized_ops(path: Path) -> dict[str, int]:
+    ops = Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+    integer_ops = ("QAttention", "QEmbedLayerNormalization", "MatMulInteger", "MatMulNBits", "DynamicQuantizeLinear")
+    return {op: ops[op] for op in integer_ops if ops[op]}
+
+
+def _probe_invariance(path: Path) -> float:
+    """Batch-invariance gap on random sequences; 0.0 for the static and weight-only schemes."""
+    feeds = probe_feeds(path)
+    rows = [ids[mask.astype(bool)].tolist() for ids, mask in zip(feeds["input_ids"], feeds["attention_mask"])]
+    return batch_invariance_gap(path, rows, pad_to=max(_CHECK_PAD, max(map(len, rows))))
+
+
+__all__ = [
+    "KEEP_GROUPS",
+    "Int8Config",
+    "Int8Scheme",
+    "calibration_feeds",
+    "quantize_int8",
+    "select_nodes",
+]
