@@ -82,7 +82,9 @@ class Variant:
 class ModelManifest:
     """Everything the runtime needs to know about one exported model.
 
-    ``files`` maps every file of the model folder (but manifest.json) to its sha256;
+    ``files`` maps every file the runtime uses (but manifest.json) to its sha256, checked
+    before a session is created; ``reference_files`` lists the PyTorch weights kept for
+    re-validation, which the runtime never reads;
     ``labels`` is the classifier's id2label in id order; ``max_length`` is the truncation
     length the export validated with, and ``doc_stride`` the QA window overlap.
     """
@@ -99,6 +101,7 @@ class ModelManifest:
     training: dict[str, Any] | None = None
     labels: tuple[str, ...] | None = None
     doc_stride: int | None = None
+    reference_files: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,6 +131,7 @@ class ModelManifest:
                 training=data.get("training"),
                 labels=tuple(data["labels"]) if data.get("labels") is not None else None,
                 doc_stride=data.get("doc_stride"),
+                reference_files=dict(data.get("reference_files", {})),
                 format_version=int(data.get("format_version", FORMAT_VERSION)),
             )
         except (KeyError, ValueError, TypeError) as exc:

@@ -12,17 +12,28 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import transformers
-from transformers import AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoModel,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 
 from bertrt.errors import ValidationFailed
-from bertrt.manifest import MANIFEST_NAME, BundleManifest, ModelManifest, Variant, sha256_of
+from bertrt.manifest import (
+    MANIFEST_NAME,
+    BundleManifest,
+    ModelManifest,
+    Variant,
+    sha256_of,
+)
 from bertrt.types import Precision, Task
 from export import validate
 from export.atomic import remove_stale_partials, staged_directory
@@ -91,7 +102,7 @@ def export_bundle(recipe: Recipe, options: ExportOptions, log: Log = print) -> E
                 summary.models.append(ModelResult(name, manifest, time.perf_counter() - t0))
             BundleManifest(
                 recipe=recipe.name,
-                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                created=datetime.now(UTC).isoformat(timespec="seconds"),
                 versions=_library_versions(),
                 models={MODEL_DIRS[t]: t for t in MODEL_DIRS},
             ).write(staging)
@@ -139,7 +150,8 @@ def _export_model(recipe: Recipe, task: Task, options: ExportOptions, model_dir:
         inputs=inputs,
         outputs=outputs,
         opset=recipe.opset,
-        files=_checksums(model_dir),
+        files=_checksums(model_dir, exclude=TORCH_DIR),
+        reference_files=_checksums(model_dir / TORCH_DIR, prefix=TORCH_DIR),
         variants=variants,
         trained=trained,
         training=training,
@@ -175,20 +187,22 @@ def _train(
         return None, True
     if task is Task.CLASSIFY:
         if not spec.finetune:
-            return None, True
+            return None, _has_trained_head(model, "ForSequenceClassification")
         from export.data import load_sentiment
         from export.finetune import finetune_classifier
 
         splits = load_sentiment(recipe.classifier_training, options.sentiment_csv)
         log(f"      fine-tuning on {len(splits.train)} IMDB reviews")
         metrics = finetune_classifier(model, tokenizer, splits, recipe.classifier_training, work / "classifier")
+        # The split settings let `bertrt eval` rebuild the same never-trained-on held-out set.
+        metrics["config"] = asdict(recipe.classifier_training)
         log(
             f"      held-out IMDB accuracy {metrics['imdb_heldout_accuracy']:.2%}, "
             f"Rotten Tomatoes {metrics['rotten_tomatoes_accuracy']:.2%}"
         )
         return metrics, True
     if spec.finetune is False:
-        return None, True
+        return None, _has_trained_head(model, "ForQuestionAnswering")
     if options.qa_data is None:
         if spec.finetune is True:
             raise ValidationFailed("The recipe fine-tunes the QA model; pass SQuAD-format training data with --qa-data.")
@@ -200,6 +214,8 @@ def _train(
     examples = load_squad(options.qa_data, limit=recipe.qa_training.max_examples)
     log(f"      fine-tuning on {len(examples)} questions from {options.qa_data.name}")
     metrics = finetune_qa(model, tokenizer, examples, recipe.qa_training, work / "qa")
+    metrics["config"] = asdict(recipe.qa_training)
+    metrics["data"] = options.qa_data.name
     if options.qa_eval_data is not None:
         held = load_squad(options.qa_eval_data, limit=recipe.qa_training.eval_size)
         scores = evaluate_qa(model, tokenizer, held, recipe.qa_training)
@@ -208,16 +224,24 @@ def _train(
     return metrics, True
 
 
+def _has_trained_head(model: Any, head_suffix: str) -> bool:
+    """Whether the source checkpoint already carried this task head (a bare encoder does not)."""
+    return any(name.endswith(head_suffix) for name in (model.config.architectures or ()))
+
+
 def _model_recipe(recipe: Recipe, task: Task) -> ModelRecipe:
     return {Task.EMBED: recipe.embedder, Task.CLASSIFY: recipe.classifier, Task.QA: recipe.qa}[task]
 
 
-def _checksums(model_dir: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(model_dir)): sha256_of(p)
-        for p in sorted(model_dir.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_NAME
-    }
+def _checksums(folder: Path, exclude: str | None = None, prefix: str | None = None) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (but manifests and the ``exclude`` subfolder)."""
+    sums = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if not path.is_file() or path.name == MANIFEST_NAME or (exclude and relative.parts[0] == exclude):
+            continue
+        sums[str(Path(prefix) / relative) if prefix else str(relative)] = sha256_of(path)
+    return sums
 
 
 def _describe(report: dict[str, Any]) -> str:

@@ -39,6 +39,8 @@ def test_classifier_has_labels_and_qa_is_marked_untrained(tiny_bundle: Path) -> 
     assert classifier.labels is not None and len(classifier.labels) == 2
     qa = ModelManifest.read(tiny_bundle / "qa")
     assert qa.trained is False and qa.doc_stride == 16
+    # a random head on a bare encoder is not a trained classifier
+    assert classifier.trained is False
     assert [o.name for o in qa.outputs] == ["start_logits", "end_logits"]
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from bertrt.cli import app
-from bertrt.cli.common import DEFAULT_MODELS, JsonOption, ModelsOption
+from bertrt.cli.common import DEFAULT_MODELS, JsonOption, ModelsOption, command_errors
 from bertrt.errors import ConfigError
 from bertrt.types import Precision
 
@@ -59,30 +60,32 @@ def export(
     The bundle appears at --out only when every file passed validation against PyTorch;
     a failed or interrupted export leaves the previous bundle untouched.
     """
-    require_export_stage()
-    from export.pipeline import ExportOptions, export_bundle
-    from export.recipe import load_recipe
-
-    for path, option in ((qa_data, "--qa-data"), (qa_eval_data, "--qa-eval-data")):
-        if path is not None and not path.is_file():
-            raise ConfigError(f"{option} {path} does not exist; pass the path of a SQuAD-format JSON file.")
-    loaded = load_recipe(recipe).with_overrides(
-        classifier={
+    overrides = {
+        "classifier": {
             "train_size": train_size,
             "heldout_size": heldout_size,
             "epochs": epochs,
             "learning_rate": learning_rate,
             "max_length": max_length,
         },
-        qa={"epochs": qa_epochs, "max_examples": qa_max_examples, "eval_size": qa_eval_size},
-    )
-    options = ExportOptions(
-        out=out or Path("models") / loaded.name,
-        precisions=tuple(dict.fromkeys(precision)) if precision else ExportOptions.precisions,
-        qa_data=qa_data,
-        qa_eval_data=qa_eval_data,
-    )
-    summary = export_bundle(loaded, options, log=lambda line: typer.echo(line, err=True))
+        "qa": {"epochs": qa_epochs, "max_examples": qa_max_examples, "eval_size": qa_eval_size},
+    }
+    with command_errors(capture_warnings=False):
+        require_export_stage()
+        from export.pipeline import ExportOptions, export_bundle
+        from export.recipe import load_recipe
+
+        for path, option in ((qa_data, "--qa-data"), (qa_eval_data, "--qa-eval-data")):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{option} {path} does not exist; pass the path of a SQuAD-format JSON file.")
+        loaded = load_recipe(recipe).with_overrides(**overrides)
+        options = ExportOptions(
+            out=out or Path("models") / loaded.name,
+            precisions=tuple(dict.fromkeys(precision)) if precision else ExportOptions.precisions,
+            qa_data=qa_data,
+            qa_eval_data=qa_eval_data,
+        )
+        summary = export_bundle(loaded, options, log=lambda line: typer.echo(line, err=True))
     typer.echo(_summary_text(summary))
 
 
@@ -124,10 +127,11 @@ def validate(
     Prints, per model and variant, the max abs difference per output and the label or answer
     agreement. Exits with 1 when any file is over its tolerance.
     """
-    require_export_stage()
-    from export.revalidate import validate_bundle
+    with command_errors(capture_warnings=False):
+        require_export_stage()
+        from export.revalidate import validate_bundle
 
-    checks = validate_bundle(models, tuple(precision) if precision else None)
+        checks = validate_bundle(models, tuple(precision) if precision else None)
     failed = [c for c in checks if c.report.get("passed") is False]
     if json_output:
         typer.echo(json.dumps({"bundle": str(models), "passed": not failed, "checks": [c.to_dict() for c in checks]}, indent=2))
@@ -158,3 +162,54 @@ def _agreement_text(report: dict[str, Any]) -> str:
     if "min_cosine_pooler" in report:
         return f"cos {report['min_cosine_pooler']:.4f}"
     return "-"
+
+
+class EvalTask(str, Enum):
+    """Which model `bertrt eval` scores."""
+
+    CLASSIFY = "classify"
+    QA = "qa"
+
+
+@app.command(name="eval")
+def evaluate(
+    task: Annotated[EvalTask, typer.Option(help="classify: held-out IMDB + Rotten Tomatoes; qa: SQuAD EM/F1 on --data.")],
+    data: Annotated[Path | None, typer.Option(help="SQuAD-format JSON to score QA on (required for --task qa).")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Score only the first N examples of each data set.")] = None,
+    models: ModelsOption = DEFAULT_MODELS,
+    json_output: JsonOption = False,
+) -> None:
+    """Task accuracy of PyTorch and every bertrt variant, side by side on the same examples.
+
+    Also reports, per variant, how often its label or answer text equals PyTorch's.
+    """
+    with command_errors(capture_warnings=False):
+        require_export_stage()
+        from export.evaluate import eval_classify, eval_qa
+
+        if task is EvalTask.QA:
+            if data is None or not data.is_file():
+                raise ConfigError("--task qa needs --data pointing at a SQuAD-format JSON file.")
+            report = eval_qa(models, data, limit, progress=not json_output)
+        else:
+            report = eval_classify(models, limit, progress=not json_output)
+    if json_output:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        typer.echo(_eval_table(report))
+
+
+def _eval_table(report: dict[str, Any]) -> str:
+    if report["task"] == "qa":
+        lines = [f"SQuAD {report['data']} ({report['count']} questions)", f"{'system':<14}{'EM':>7}{'F1':>7}{'same answer':>13}"]
+        for name, scores in report["systems"].items():
+            same = f"{scores['answer_agreement']:.1%}" if "answer_agreement" in scores else "-"
+            lines.append(f"{name:<14}{scores['exact_match']:>7.1f}{scores['f1']:>7.1f}{same:>13}")
+        return "\n".join(lines)
+    lines = []
+    for dataset, result in report["datasets"].items():
+        lines += [f"{dataset} ({result['count']} texts)", f"{'system':<14}{'accuracy':>10}{'same label':>12}"]
+        for name, scores in result["systems"].items():
+            same = f"{scores['label_agreement']:.1%}" if "label_agreement" in scores else "-"
+            lines.append(f"{name:<14}{scores['accuracy']:>10.2%}{same:>12}")
+    return "\n".join(lines)

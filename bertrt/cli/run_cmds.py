@@ -7,42 +7,35 @@ on stderr and exit with status 2; warnings (an untrained head) print one line on
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import sys
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
 
 from bertrt.bundle import Bundle
 from bertrt.cli import app
-from bertrt.cli.common import DEFAULT_MODELS, JsonOption, ModelsOption
-from bertrt.cli.render import answers_text, classifications_text, embeddings_text, info_text
-from bertrt.errors import BertrtError, InputError
+from bertrt.cli.common import (
+    DEFAULT_MODELS,
+    DeviceOption,
+    JsonOption,
+    ModelsOption,
+    PrecisionOption,
+    VerboseOption,
+    command_errors,
+)
+from bertrt.cli.render import (
+    answers_text,
+    classifications_text,
+    embeddings_text,
+    info_text,
+)
+from bertrt.errors import InputError
 from bertrt.info import describe
 from bertrt.types import Device, Pooling, Precision
 
 STDIN = "-"
 
-DeviceOption = Annotated[
-    Device,
-    typer.Option(
-        "--device",
-        help="Where to run: auto takes CUDA when its provider really loads, else the CPU; "
-        "cuda fails unless a GPU runs it.",
-    ),
-]
-PrecisionOption = Annotated[
-    Precision,
-    typer.Option("--precision", help="Which exported variant to load (the bundle must have it)."),
-]
-VerboseOption = Annotated[
-    bool,
-    typer.Option("--verbose", "-v", help="Log which execution provider runs and why (stderr)."),
-]
 TextsArgument = Annotated[
     list[str],
     typer.Argument(
@@ -87,7 +80,7 @@ def embed(
 
     Example: bertrt embed "I love Paris" --pooling pooler --json
     """
-    with _command(verbose):
+    with command_errors(verbose):
         inputs = _expand_stdin(texts)
         embedder = Bundle(models, device=device, precision=precision).embedder
         results = embedder(inputs, pooling=pooling, normalize=normalize, token_embeddings=token_embeddings)
@@ -113,7 +106,7 @@ def classify(
 
     Example: bertrt classify "I love Paris" "What a dull film" --top-k 2
     """
-    with _command(verbose):
+    with command_errors(verbose):
         inputs = _expand_stdin(texts)
         results = Bundle(models, device=device, precision=precision).classifier(inputs, top_k=top_k)
         if json_output:
@@ -159,7 +152,7 @@ def qa(
 
     Example: bertrt qa --question "Where is the tower?" --context "The tower is in Paris."
     """
-    with _command(verbose):
+    with command_errors(verbose):
         questions, contexts = _qa_pairs(source, question, context)
         results = Bundle(models, device=device, precision=precision).qa(
             questions,
@@ -183,36 +176,12 @@ def info(
     json_output: JsonOption = False,
 ) -> None:
     """Describe a bundle: recipe, models, tasks, variants, sizes, validation, training, trained flags."""
-    with _command(verbose=False):
+    with command_errors():
         description = describe(models, verify=verify)
         if json_output:
             _print_json(description)
         else:
             typer.echo(info_text(description))
-
-
-@contextlib.contextmanager
-def _command(verbose: bool) -> Iterator[None]:
-    """Run a command body: bertrt errors become one stderr line and exit 2, warnings one
-    stderr line each, and --verbose shows the runtime's log lines."""
-    if verbose:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("bertrt: %(message)s"))
-        logger = logging.getLogger("bertrt")
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield
-    except BertrtError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2) from None
-    finally:
-        if verbose:
-            logging.getLogger("bertrt").removeHandler(handler)
-    for warning in caught:
-        typer.echo(f"warning: {warning.message}", err=True)
 
 
 def _expand_stdin(texts: Sequence[str]) -> list[str]:

@@ -1,0 +1,5 @@
+"""`python -m bertrt` runs the command line."""
+
+from bertrt.cli import main
+
+main()
