@@ -294,8 +294,9 @@ def _span_band(
 
 def _logsumexp(logits: FloatArray, mask: BoolArray) -> FloatArray:
     masked = np.where(mask, logits, -np.inf)
-    peak = masked.max(axis=1)
-    return peak + np.log(np.exp(masked - peak[:, None]).sum(axis=1))
+    peak: FloatArray = masked.max(axis=1)
+    total: FloatArray = np.exp(masked - peak[:, None]).sum(axis=1)
+    return peak + np.log(total)
 
 
 def _best_spans(

@@ -15,7 +15,7 @@ from bertrt.errors import InputError
 from bertrt.qa_spans import Answer, QAWindows, decode_answers, encode_qa
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = "the of to and in is was what who where capital city paris france river seine flows through old".split()
+WORDS = ["the", "of", "to", "and", "in", "is", "was", "what", "who", "where", "capital", "city", "paris", "france", "river", "seine", "flows", "through", "old"]
 CHARS = list(string.ascii_lowercase + string.digits + string.punctuation)
 FILLER = "the river flows through the city and the city is old . "
 QUESTION = "What is the capital of France?"
