@@ -1,0 +1,151 @@
+"""The benchmark run: every requested system through every requested workload, then the
+physical limit and the footprint; one JSON-ready results dict.
+
+Systems run one after another in one process, each closed before the next loads (memory
+stays flat), on inputs built once and shared, with the same thread count and batch size.
+A system whose libraries or variant files are missing is skipped with a note.
+
+Example::
+
+    results = run_benchmark(BenchConfig.preset("full", bundle=Path("models/minilm")))
+    results["figures"]["w1.classify.short"]["bertrt-fp32"]["p50_ms"]
+    results["ratios"]["w1.classify.short"]["bertrt-fp32"]["torch-pipeline"]   # speed-up
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Any
+
+from benchmarks import report, workloads
+from benchmarks.config import BASELINES, BenchConfig
+from benchmarks.footprint import measure_footprint
+from benchmarks.machine import load_average, machine_info
+from benchmarks.measure import Inputs, Log, Recorder, SystemMeasurement
+from benchmarks.physical import BertShape, gemm_rate
+from benchmarks.subjects import ModelInfo, bundle_models
+from benchmarks.systems import SystemSettings, make_system
+from bertrt.errors import BertrtError
+from bertrt.types import Task
+
+# Agreement is measured against the first of these that ran.
+REFERENCES = ("torch-pipeline", "torch", "bertrt-fp32")
+SCHEMA = 1
+
+
+def run_benchmark(config: BenchConfig, log: Log | None = None) -> dict[str, Any]:
+    """Run ``config``; the results dict is described in ``benchmarks/README.md``."""
+    log = log or _stderr
+    started = time.perf_counter()
+    models = bundle_models(config.bundle)
+    notes: list[str] = []
+    inputs = prepare_inputs(config, models, notes)
+    results: dict[str, Any] = {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "smoke": config.smoke,
+        "machine": machine_info(),
+        "config": _config_dict(config),
+        "bundle": {"path": str(config.bundle), "variants": sorted({p.value for m in models.values() for p in m.variants})},
+        "load_average": {"start": load_average()},
+        "skipped": {},
+        "notes": notes,
+    }
+    recorder = Recorder()
+    settings = SystemSettings(config.threads, config.batch_size, config.device)
+    for name in config.systems:
+        try:
+            system = make_system(name, models, settings)
+        except BertrtError as exc:
+            results["skipped"][name] = str(exc)
+            log(f"skip {name}: {exc}")
+            continue
+        results["load_average"][name] = load_average()
+        log(f"{name}: starting (load average {results['load_average'][name]})")
+        SystemMeasurement(system, config, recorder, log).run(models, inputs)
+        system.close()
+        del system
+        gc.collect()
+    results["figures"] = recorder.figures
+    if config.wants("gemm"):
+        log("gemm: the machine's fp32 matrix-multiply rate")
+        results["gemm"] = gemm_rate(config.gemm_size, threads=config.threads)
+        results["gemm"]["peak_batch"] = peak_batch_rates(recorder.figures, models, results["gemm"]["peak_gflops"])
+    if config.wants("footprint"):
+        results["footprint"] = _footprint(config, inputs, log)
+    results["load_average"]["end"] = load_average()
+    results["agreement"] = report.agreement(recorder.outputs, REFERENCES)
+    results["ratios"] = report.speedups(recorder.figures, BASELINES)
+    results["targets"] = report.targets(results)
+    results["seconds"] = time.perf_counter() - started
+    return results
+
+
+def prepare_inputs(config: BenchConfig, models: Mapping[Task, ModelInfo], notes: list[str]) -> Inputs:
+    """W1 texts, the W2 stream and the W3 questions; a workload whose data is not installed
+    is skipped with a line in ``notes``."""
+    text_model = models.get(Task.CLASSIFY) or next(iter(models.values()))
+    tokenizer = workloads.load_tokenizer(text_model.directory)
+    w1 = workloads.w1_texts(tokenizer, long_tokens=min(128, text_model.max_length))
+    stream = squad = None
+    if config.wants("w2"):
+        try:
+            stream = workloads.mixed_stream(config.stream_texts, config.seed)
+        except BertrtError as exc:
+            notes.append(f"W2 skipped: {exc}")
+    qa = models.get(Task.QA)
+    if config.wants("w3") and qa is not None:
+        fits = workloads.question_fits(workloads.load_tokenizer(qa.directory), qa.max_length, qa.doc_stride or 0)
+        try:
+            squad = workloads.squad_pairs(config.squad_path, config.qa_questions, config.seed, fits)
+        except BertrtError as exc:
+            notes.append(f"W3 skipped: {exc}")
+    return Inputs(w1, stream, squad)
+
+
+def peak_batch_rates(
+    figures: Mapping[str, Mapping[str, Mapping[str, Any]]], models: Mapping[Task, ModelInfo], peak_gflops: float
+) -> dict[str, Any]:
+    """GFLOP/s each system reaches on W2's biggest batch, and its share of the GEMM peak."""
+    if Task.CLASSIFY not in models:
+        return {}
+    shape = BertShape.from_config(models[Task.CLASSIFY].directory / "config.json")
+    rates = {}
+    for key, by_system in figures.items():
+        if not key.startswith("peak_batch."):
+            continue
+        for name, stats in by_system.items():
+            gflops = shape.forward_flops(stats["batch"], stats["seq"]) / (stats["p50_ms"] / 1e3) / 1e9
+            rates[name] = {"batch": stats["batch"], "seq": stats["seq"], "gflops": gflops, "share_of_peak": gflops / peak_gflops}
+    return rates
+
+
+def _footprint(config: BenchConfig, inputs: Inputs, log: Log) -> dict[str, Any]:
+    stacks = ["bertrt"]
+    wants_torch = any(name.startswith("torch") for name in config.systems)
+    if wants_torch and all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
+        stacks.append("torch")
+    question, context = "What kind of story does the film follow?", inputs.w1["long"]
+    if inputs.squad is not None:
+        question, context = inputs.squad.questions[0], inputs.squad.contexts[0]
+    log(f"footprint: {', '.join(stacks)}, each in a fresh process")
+    return measure_footprint(
+        config.bundle, threads=config.threads, texts=list(inputs.w1.values()), question=question, context=context,
+        stacks=stacks, import_repeats=2 if config.smoke else 5,
+    )
+
+
+def _config_dict(config: BenchConfig) -> dict[str, Any]:
+    data = asdict(config)
+    data.update(bundle=str(config.bundle), squad_path=str(config.squad_path), device=config.device.value)
+    return data
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

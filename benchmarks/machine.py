@@ -1,0 +1,97 @@
+"""The machine and software a run was measured on: CPU model, cores, GPU, load, versions.
+
+Timings mean nothing without these, and comparing runs across machines is the most
+common benchmarking mistake, so every results file carries them.
+
+Example::
+
+    machine_info()["cpu_model"]   # 'AMD EPYC 9R14 96-Core Processor'
+    load_average()                # (0.42, 0.61, 0.80)
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+# Distributions whose versions explain the numbers; absent ones are reported as None.
+_VERSIONED = ("bertrt", "onnxruntime-gpu", "onnxruntime", "numpy", "tokenizers", "torch", "transformers",
+              "optimum", "optimum-onnx")
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, logical and usable cores, memory, GPU name (None without one), OS, Python
+    and library versions."""
+    return {
+        "cpu_model": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gb": _memory_gb(),
+        "gpu": gpu_name(),
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "versions": library_versions(),
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, ``platform`` elsewhere)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def gpu_name() -> str | None:
+    """The first NVIDIA GPU's name from ``nvidia-smi``, or None where there is none."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = [line.strip() for line in out.splitlines() if line.strip()]
+    return names[0] if names else None
+
+
+def load_average() -> tuple[float, float, float] | None:
+    """The 1, 5 and 15-minute load averages (None where the OS does not report them).
+
+    Other processes on the machine skew every figure, so runs record this before and after.
+    """
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of the libraries that shape the numbers (None when absent)."""
+    versions: dict[str, str | None] = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _memory_gb() -> float | None:
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.is_file():
+        return None
+    for line in meminfo.read_text(encoding="utf-8").splitlines():
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) / 2**20, 1)
+    return None

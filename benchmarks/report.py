@@ -1,0 +1,172 @@
+"""Turning figures into claims: speed-ups against every baseline, agreement between
+systems, the targets of the benchmark issue, and the printed (Markdown) table.
+
+A figure's *cost* is its median latency (``p50_ms``) or, for a stream, the time per item
+(``1 / items_per_s``); the speed-up of system S over baseline B is ``cost(B) / cost(S)``,
+always between figures measured in the same run.
+
+Example::
+
+    speedups({"w1.classify.short": {"ort": {"p50_ms": 4.0}, "bertrt-fp32": {"p50_ms": 2.0}}}, ("ort",))
+    # {"w1.classify.short": {"bertrt-fp32": {"ort": 2.0}}}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Figure-key prefixes shown in the printed table (scaling curves go to the plots).
+TABLE_PREFIXES = ("w1.", "w2.", "w3.", "peak_batch.")
+# The baselines whose speed-ups get a column in the table.
+TABLE_BASELINES = ("torch-pipeline", "optimum-pipeline", "torch", "ort")
+
+
+def cost(figure: Mapping[str, Any]) -> float:
+    """Seconds-like cost of a figure: median latency, or time per item for a stream.
+
+    >>> cost({"items_per_s": 4.0})
+    0.25
+    """
+    if "p50_ms" in figure:
+        return float(figure["p50_ms"]) / 1e3
+    return 1.0 / float(figure["items_per_s"])
+
+
+def speedups(figures: Mapping[str, Mapping[str, Mapping[str, Any]]], baselines: Sequence[str]) -> dict[str, Any]:
+    """``{key: {system: {baseline: cost(baseline) / cost(system)}}}`` for every baseline
+    measured on the same figure."""
+    ratios: dict[str, Any] = {}
+    for key, by_system in figures.items():
+        present = [b for b in baselines if b in by_system]
+        ratios[key] = {
+            name: {b: cost(by_system[b]) / cost(figure) for b in present if b != name}
+            for name, figure in by_system.items()
+        }
+    return ratios
+
+
+def agreement(outputs: Mapping[str, Mapping[str, Sequence[Any]]], references: Sequence[str]) -> dict[str, Any]:
+    """Share of identical outputs (labels, answer texts) of each system against the first
+    of ``references`` that produced the figure."""
+    shares: dict[str, Any] = {}
+    for key, by_system in outputs.items():
+        reference = next((r for r in references if r in by_system), None)
+        if reference is None:
+            continue
+        expected = by_system[reference]
+        shares[key] = {
+            "reference": reference,
+            "systems": {
+                name: sum(a == b for a, b in zip(got, expected)) / max(len(expected), 1)
+                for name, got in by_system.items()
+            },
+        }
+    return shares
+
+
+@dataclass(frozen=True)
+class Target:
+    """One claim of the benchmark issue: ``value`` must be at least (or at most) ``bound``."""
+
+    name: str
+    bound: float
+    at_least: bool = True
+
+    def judge(self, value: float | None) -> dict[str, Any]:
+        """The target with its measured value and whether it is met (None: not measured)."""
+        met = None if value is None else (value >= self.bound if self.at_least else value <= self.bound)
+        return {"name": self.name, "bound": self.bound, "at_least": self.at_least, "value": value, "met": met}
+
+
+def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets judged on ``results`` (a target whose systems did not run has
+    ``met: None``)."""
+
+    def ratio(key: str, system: str, baseline: str) -> float | None:
+        return results.get("ratios", {}).get(key, {}).get(system, {}).get(baseline)
+
+    peak = results.get("gemm", {}).get("peak_batch", {}).get("bertrt-fp32", {})
+    footprint = results.get("footprint", {})
+    rss = {stack: footprint.get(stack, {}).get("peak_rss_mb") for stack in ("bertrt", "torch")}
+    qa_agreement = results.get("agreement", {}).get("w3.qa", {})
+    checks: list[tuple[Target, float | None]] = [
+        (Target("W1 short: bertrt-fp32 speed-up over the transformers pipeline", 3.0),
+         ratio("w1.classify.short", "bertrt-fp32", "torch-pipeline")),
+        (Target("W1 short: bertrt-fp32 speed-up over optimum's pipeline", 1.5),
+         ratio("w1.classify.short", "bertrt-fp32", "optimum-pipeline")),
+    ]
+    for task in ("classify", "embed"):
+        for system, bound in (("bertrt-fp32", 2.5), ("bertrt-int8", 4.0)):
+            checks.append((Target(f"W2 {task}: {system} speed-up over the transformers pipeline", bound),
+                           ratio(f"w2.{task}", system, "torch-pipeline")))
+    checks += [
+        (Target("W3: bertrt-fp32 speed-up over the transformers QA pipeline", 2.5), ratio("w3.qa", "bertrt-fp32", "torch-pipeline")),
+        (Target("W3: bertrt-fp32 answers equal to the transformers pipeline's", 0.995),
+         qa_agreement.get("systems", {}).get("bertrt-fp32") if qa_agreement.get("reference") == "torch-pipeline" else None),
+        (Target("Large batch: bertrt-fp32 share of the measured GEMM rate", 0.7), peak.get("share_of_peak")),
+        (Target("Footprint: bertrt peak RSS / PyTorch peak RSS", 0.4, at_least=False),
+         rss["bertrt"] / rss["torch"] if rss["bertrt"] and rss["torch"] else None),
+        (Target("import bertrt, seconds", 0.3, at_least=False), footprint.get("import_bertrt_s")),
+    ]
+    return [target.judge(value) for target, value in checks]
+
+
+def markdown_table(results: Mapping[str, Any]) -> str:
+    """The results as Markdown: one row per figure and system with its value, speed-ups
+    over the main baselines and agreement; then the GEMM rate, footprint and targets."""
+    figures, ratios = results.get("figures", {}), results.get("ratios", {})
+    columns = [b for b in TABLE_BASELINES if any(b in s for s in figures.values())]
+    lines = ["| figure | system | value | " + " | ".join(f"x {b}" for b in columns) + " | agreement |",
+             "|" + "---|" * (4 + len(columns))]
+    for key, by_system in figures.items():
+        if not key.startswith(TABLE_PREFIXES):
+            continue
+        agree = results.get("agreement", {}).get(key, {}).get("systems", {})
+        for name, figure in by_system.items():
+            speed = [_fmt(ratios.get(key, {}).get(name, {}).get(b), "x") for b in columns]
+            share = f"{agree[name]:.1%}" if name in agree else ""
+            lines.append(f"| {key} | {name} | {_value(figure)} | " + " | ".join(speed) + f" | {share} |")
+    return "\n".join(lines + [""] + _summary(results))
+
+
+def _summary(results: Mapping[str, Any]) -> list[str]:
+    lines = []
+    gemm = results.get("gemm")
+    if gemm:
+        lines.append(f"GEMM fp32 {gemm['size']}^2: NumPy {gemm['numpy_gflops']:.1f} GFLOP/s, "
+                     f"ONNX Runtime {_fmt(gemm['ort_gflops'], ' GFLOP/s')}")
+        for name, rate in gemm.get("peak_batch", {}).items():
+            lines.append(f"  {name} at {rate['batch']}x{rate['seq']}: {rate['gflops']:.1f} GFLOP/s = {rate['share_of_peak']:.0%} of peak")
+    footprint = results.get("footprint")
+    if footprint:
+        for stack in ("bertrt", "torch"):
+            if "peak_rss_mb" in footprint.get(stack, {}):
+                lines.append(f"Peak RSS, {stack} serving W1 with all three models: {footprint[stack]['peak_rss_mb']:.0f} MiB")
+        lines.append(f"import bertrt: {footprint['import_bertrt_s'] * 1e3:.0f} ms")
+    lines += ["", "| target | bound | value | met |", "|---|---|---|---|"]
+    for t in results.get("targets", []):
+        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        lines.append(f"| {t['name']} | {'>=' if t['at_least'] else '<='} {t['bound']} | {_fmt(t['value'])} | {met} |")
+    return lines
+
+
+def _value(figure: Mapping[str, Any]) -> str:
+    if "p50_ms" in figure:
+        return f"p50 {figure['p50_ms']:.2f} ms (p90 {figure['p90_ms']:.2f}, p99 {figure['p99_ms']:.2f})"
+    return f"{figure['items_per_s']:.1f} items/s"
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    return "" if value is None else f"{value:.2f}{unit}"
+
+
+def write_json(results: Mapping[str, Any], path: Path) -> Path:
+    """Write ``results`` as indented JSON at ``path`` (folders created); returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return path

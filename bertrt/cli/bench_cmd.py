@@ -1,0 +1,74 @@
+"""`bertrt bench`: time bertrt against PyTorch, optimum and plain ONNX Runtime on a bundle.
+
+The harness lives in the ``benchmarks`` package and is imported only when the command
+runs; the PyTorch-based baselines are imported only when requested and installed, so
+``bertrt bench --system ort --system bertrt-fp32`` works without torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bertrt.cli import app
+from bertrt.cli.common import DEFAULT_MODELS, DeviceOption, JsonOption, ModelsOption, command_errors
+from bertrt.types import Device
+
+
+@app.command()
+def bench(
+    models: ModelsOption = DEFAULT_MODELS,
+    json_output: JsonOption = False,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Draw the results into this PNG file.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the results JSON to this file.")] = None,
+    smoke: Annotated[bool, typer.Option("--smoke", help="A few iterations of everything on small workloads.")] = False,
+    system: Annotated[
+        list[str] | None,
+        typer.Option("--system", help="System to time; repeat for several. Default: every one installed: torch, "
+                     "torch-pipeline, optimum, optimum-pipeline, ort, bertrt-fp32, bertrt-int8, bertrt-fp16."),
+    ] = None,
+    workload: Annotated[
+        list[str] | None,
+        typer.Option("--workload", help="Workload to run; repeat for several: w1, w2, w3, scaling, gemm, footprint. Default: all."),
+    ] = None,
+    device: DeviceOption = Device.CPU,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads given to every engine.")] = 2,
+    squad: Annotated[Path | None, typer.Option("--squad", help="SQuAD v1.1 JSON for W3 (default: the shared heldout8 file).")] = None,
+) -> None:
+    """Time every system on the same inputs and threads; print a table (or --json), with ratios to the baselines."""
+    with command_errors(capture_warnings=True):
+        from benchmarks.config import BenchConfig
+        from benchmarks.harness import run_benchmark
+        from benchmarks.report import markdown_table, write_json
+
+        overrides: dict[str, object] = {"device": device, "threads": threads}
+        if system:
+            overrides["systems"] = tuple(system)
+        if workload:
+            overrides["workloads"] = tuple(workload)
+        if squad is not None:
+            overrides["squad_path"] = squad
+        config = BenchConfig.preset("smoke" if smoke else "full", bundle=models, **overrides)
+        results = run_benchmark(config, log=lambda line: typer.echo(line, err=True))
+        results["command"] = "bertrt bench " + " ".join(_command_args(models, smoke, system, workload, device, threads))
+        if out is not None:
+            write_json(results, out)
+        if plot is not None:
+            from benchmarks.plots import write_plots
+
+            write_plots(results, plot)
+        typer.echo(json.dumps(results, indent=2) if json_output else markdown_table(results))
+
+
+def _command_args(
+    models: Path, smoke: bool, system: list[str] | None, workload: list[str] | None, device: Device, threads: int
+) -> list[str]:
+    """The options that shaped this run, for the results file (paths of outputs left out)."""
+    args = [f"--models {models}", f"--device {device.value}", f"--threads {threads}"]
+    args += ["--smoke"] if smoke else []
+    args += [f"--system {s}" for s in system or []]
+    args += [f"--workload {w}" for w in workload or []]
+    return args

@@ -1,0 +1,141 @@
+"""The benchmark harness cannot rot: a smoke run on the tiny bundle writes well-formed
+results (and a PNG), runs without torch for the torch-free systems, and its arithmetic
+(percentiles, speed-ups, agreement, FLOPs, workload sizes) holds."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from benchmarks import report, workloads
+from benchmarks.config import BenchConfig
+from benchmarks.harness import run_benchmark
+from benchmarks.physical import BertShape
+from benchmarks.timing import LatencyStats, measure_latency
+from bertrt.cli import app
+from bertrt.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_figures(results: dict[str, Any], systems: set[str]) -> None:
+    """Every figure is a positive number for a system that ran, with speed-ups that agree."""
+    assert set(results["figures"]["w1.classify.short"]) == systems
+    for key, by_system in results["figures"].items():
+        for name, figure in by_system.items():
+            value = figure.get("p50_ms") or figure.get("items_per_s")
+            assert value is not None and value > 0 and math.isfinite(value), (key, name)
+            for baseline, ratio in results["ratios"][key][name].items():
+                assert ratio == pytest.approx(report.cost(by_system[baseline]) / report.cost(figure))
+
+
+def test_smoke_cli_writes_results_and_plot(tiny_bundle: Path, tmp_path: Path) -> None:
+    out, plot = tmp_path / "results.json", tmp_path / "plot.png"
+    args = ["bench", "--models", str(tiny_bundle), "--smoke", "--json", "--out", str(out), "--plot", str(plot),
+            "--system", "ort", "--system", "bertrt-fp32", "--system", "bertrt-fp16"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    written = json.loads(out.read_text(encoding="utf-8"))
+    assert printed["figures"] == written["figures"]
+    _check_figures(written, {"ort", "bertrt-fp32"})
+    assert "bertrt-fp16" in written["skipped"]  # fp16 is not timed on the CPU
+    assert written["machine"]["logical_cores"] >= 1 and written["machine"]["cpu_model"]
+    assert written["gemm"]["peak_gflops"] > 0
+    assert written["footprint"]["bertrt"]["peak_rss_mb"] > 0
+    assert all({"name", "bound", "value", "met"} <= set(t) for t in written["targets"])
+    assert plot.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_smoke_run_covers_every_baseline(tiny_bundle: Path) -> None:
+    config = BenchConfig.preset("smoke", bundle=tiny_bundle, workloads=("w1", "w2", "w3"), repeats=2)
+    results = run_benchmark(config, log=lambda _: None)
+    baselines = {"torch", "torch-pipeline", "optimum", "optimum-pipeline", "ort"}
+    _check_figures(results, baselines | {"bertrt-fp32"})
+    assert set(results["figures"]["w3.qa"]) == {"torch-pipeline", "optimum-pipeline", "bertrt-fp32"}
+    # Same file, same tokenizer, same truncation: every system picks the same labels.
+    assert all(share == 1.0 for share in results["agreement"]["w2.classify"]["systems"].values())
+    json.loads(json.dumps(results))  # JSON-ready as it stands
+
+
+def test_bench_runs_without_torch(tiny_bundle: Path, tmp_path: Path) -> None:
+    # `None` in sys.modules makes `import torch` fail, as on a runtime-only install.
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'transformers', 'optimum'): sys.modules[name] = None\n"
+        "from bertrt.cli import app\n"
+        f"app(['bench', '--models', {str(tiny_bundle)!r}, '--smoke', '--out', {str(tmp_path / 'r.json')!r},\n"
+        "     '--system', 'torch-pipeline', '--system', 'bertrt-fp32', '--workload', 'w1', '--workload', 'footprint'])\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert "pip install" in results["skipped"]["torch-pipeline"]
+    assert set(results["figures"]["w1.classify.short"]) == {"bertrt-fp32"}
+    assert "torch" not in results["footprint"]
+
+
+def test_unknown_system_is_refused() -> None:
+    with pytest.raises(ConfigError, match="bertrt-fp32"):
+        BenchConfig(bundle=Path("."), systems=("bertrt-fp64",))
+
+
+def test_latency_percentiles_follow_the_samples() -> None:
+    rng = np.random.default_rng(0)
+    samples = rng.exponential(0.01, size=1000).tolist()
+    stats = LatencyStats.from_seconds(samples)
+    assert stats.count == 1000
+    assert stats.min_ms <= stats.p50_ms <= stats.p90_ms <= stats.p99_ms <= stats.max_ms
+    assert stats.p50_ms == pytest.approx(np.median(samples) * 1e3)
+    calls: list[int] = []
+    measured = measure_latency(lambda: calls.append(1), warmup=3, repeats=7)
+    assert measured.count == 7 and len(calls) == 10
+
+
+def test_speedups_and_agreement() -> None:
+    figures = {"f": {"ort": {"p50_ms": 6.0}, "bertrt-fp32": {"p50_ms": 2.0}}, "g": {"ort": {"items_per_s": 10.0}, "bertrt-fp32": {"items_per_s": 25.0}}}
+    ratios = report.speedups(figures, ("ort",))
+    assert ratios["f"]["bertrt-fp32"]["ort"] == pytest.approx(3.0)
+    assert ratios["g"]["bertrt-fp32"]["ort"] == pytest.approx(2.5)
+    assert ratios["f"]["ort"] == {}
+    shares = report.agreement({"f": {"torch": ["a", "b", "c", "d"], "bertrt-fp32": ["a", "b", "x", "d"]}}, ("torch",))
+    assert shares["f"]["systems"] == {"torch": 1.0, "bertrt-fp32": 0.75}
+
+
+def test_forward_flops_match_a_matmul_count() -> None:
+    shape = BertShape(layers=2, hidden=8, intermediate=20)
+    batch, seq = 3, 5
+    per_layer = sum(2 * batch * seq * k * n for k, n in [(8, 8)] * 4 + [(8, 20), (20, 8)])
+    per_layer += 2 * 2 * batch * seq * seq * 8  # Q K^T and the weighted sum of V
+    assert shape.forward_flops(batch, seq) == 2 * per_layer
+
+
+def test_w1_long_text_has_the_asked_token_count(tiny_bundle: Path) -> None:
+    tokenizer = workloads.load_tokenizer(tiny_bundle / "classifier")
+    source = workloads.LONG_SOURCE
+    for n in (16, 40, 64):
+        text = workloads.w1_texts(tokenizer, long_tokens=n)["long"]
+        assert source.startswith(text) and len(tokenizer.encode(text).ids) <= n
+        # The longest such prefix cut between words: one more word would not fit.
+        next_space = source.find(" ", len(text) + 1)
+        assert len(tokenizer.encode(source[:next_space]).ids) > n
+
+
+def test_mixed_stream_is_seeded_and_three_to_one() -> None:
+    stream = workloads.mixed_stream(400, seed=3)
+    assert stream == workloads.mixed_stream(400, seed=3)
+    assert stream != workloads.mixed_stream(400, seed=4)
+    # Rotten Tomatoes sentences are short, IMDB reviews long: the share of long texts is ~1/4.
+    long_share = np.mean([len(t) > 400 for t in stream])
+    assert 0.15 < long_share < 0.3
