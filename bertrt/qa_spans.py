@@ -151,22 +151,24 @@ def decode_answers(
     start = np.asarray(start_logits, dtype=np.float64)
     end = np.asarray(end_logits, dtype=np.float64)
     _check_decode_args(start, end, windows, contexts, top_k, max_answer_length)
-    span_logits, valid = _span_band(start, end, windows.context_mask, max_answer_length)
     # A window's softmax runs over its context tokens and [CLS], as the transformers pipeline does.
     scored = windows.context_mask.copy()
     scored[:, CLS_POSITION] = True
     log_norm = _logsumexp(start, scored) + _logsumexp(end, scored)
-    span_log_prob = span_logits - log_norm[:, None, None]
+    span_log_prob, valid = _span_band(start, end, windows.context_mask, max_answer_length)
+    span_log_prob -= log_norm[:, None, None]
     results: list[list[Answer]] = []
-    for index, context in enumerate(contexts):
-        rows = np.flatnonzero(windows.example_index == index)
+    for index, rows in enumerate(_rows_by_pair(windows.example_index, len(contexts))):
+        if rows.size == 0:  # a pair the caller gave no window for
+            results.append([])
+            continue
         answers, best_logit = _best_spans(
-            span_log_prob[rows], span_logits[rows], valid[rows], windows.offsets[rows], context, top_k
+            span_log_prob[rows], valid[rows], log_norm[rows], windows.offsets[rows], contexts[index], top_k
         )
         if null_threshold is not None:
-            null = _null_answer(start[rows], end[rows], log_norm[rows])
-            if not answers or null[0] - best_logit > null_threshold:
-                answers = [null[1]]
+            null_logit, null = _null_answer(start[rows], end[rows], log_norm[rows])
+            if not answers or null_logit - best_logit > null_threshold:
+                answers = [null]
         results.append(answers)
     return results
 
@@ -277,7 +279,8 @@ def _check_decode_args(
 def _span_band(
     start: FloatArray, end: FloatArray, context_mask: BoolArray, max_answer_length: int
 ) -> tuple[FloatArray, BoolArray]:
-    """Start+end logit sums of every span as a band ``[window, start token, length - 1]``.
+    """Start+end logit sums of every span as a band ``[window, start token, length - 1]``, and
+    whether each lies inside the context.
 
     Only the ``max_answer_length`` diagonals of the upper triangle are materialized, so the
     cost is ``seq * max_answer_length`` per window instead of ``seq ** 2``.
@@ -292,6 +295,13 @@ def _span_band(
     return span_logits, valid
 
 
+def _rows_by_pair(example_index: IntArray, n_pairs: int) -> list[IntArray]:
+    """The window rows of each pair, in one sort instead of a scan per pair."""
+    order = np.argsort(example_index, kind="stable")
+    bounds = np.searchsorted(example_index[order], np.arange(n_pairs + 1))
+    return [order[bounds[i] : bounds[i + 1]] for i in range(n_pairs)]
+
+
 def _logsumexp(logits: FloatArray, mask: BoolArray) -> FloatArray:
     masked = np.where(mask, logits, -np.inf)
     peak: FloatArray = masked.max(axis=1)
@@ -301,8 +311,8 @@ def _logsumexp(logits: FloatArray, mask: BoolArray) -> FloatArray:
 
 def _best_spans(
     log_prob: FloatArray,
-    logits: FloatArray,
     valid: BoolArray,
+    log_norm: FloatArray,
     offsets: IntArray,
     context: str,
     top_k: int,
@@ -318,7 +328,7 @@ def _best_spans(
     while True:
         cut = np.argpartition(-flat_log_prob, take - 1)[:take]
         order = cut[np.argsort(-flat_log_prob[cut], kind="stable")]
-        answers, best_logit = _distinct(candidates[order], log_prob, logits, offsets, context, top_k)
+        answers, best_logit = _distinct(candidates[order], log_prob, log_norm, offsets, context, top_k)
         if len(answers) == top_k or take == candidates.size:
             return answers, best_logit
         take = min(candidates.size, take * 2)
@@ -327,7 +337,7 @@ def _best_spans(
 def _distinct(
     flat_order: IntArray,
     log_prob: FloatArray,
-    logits: FloatArray,
+    log_norm: FloatArray,
     offsets: IntArray,
     context: str,
     top_k: int,
@@ -346,7 +356,8 @@ def _distinct(
         answers.append(Answer(context[span[0] : span[1]], span[0], span[1], score))
         if len(answers) == top_k:
             break
-    best_logit = float(logits[window[0], start_token[0], length[0]])
+    # Undo the window's normalization: the no-answer rule compares raw start+end logit sums.
+    best_logit = float(log_prob[window[0], start_token[0], length[0]] + log_norm[window[0]])
     return answers, best_logit
 
 
