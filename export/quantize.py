@@ -31,13 +31,20 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from bertrt.errors import ConfigError, ExportError
+from bertrt.errors import ConfigError, ExportError, ValidationFailed
 from export.optimize import batch_invariance_gap, probe_feeds
 
 # Node groups that can stay fp32, matched on optimum's exported node names and fused op types.
 KEEP_GROUPS = ("head", "attention", "attention-output", "ffn-input", "ffn-output", "embeddings")
+# Operators that hold int8 weights or quantize activations, counted in the report.
+_INTEGER_OPS = (
+    "QAttention", "QEmbedLayerNormalization", "MatMulInteger", "MatMulNBits", "DynamicQuantizeLinear"
+)
+# Largest change of an output with batch make-up that still counts as invariant.
+INVARIANCE_TOLERANCE = 1e-5
 # Padding used by the invariance check each int8 file gets before it is reported.
 _CHECK_PAD = 64
+_CPU = ["CPUExecutionProvider"]
 
 
 class Int8Scheme(str, Enum):
@@ -70,7 +77,7 @@ class Int8Config:
         if unknown:
             raise ConfigError(f"Unknown keep_fp32 group(s) {unknown}; choose from {list(KEEP_GROUPS)}.")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise ConfigError(f"block_size must be a power of two of at least 16, got {self.block_size}.")
+            raise ConfigError(f"block_size must be a power of two, 16 or more; got {self.block_size}.")
 
 
 def quantize_int8(
@@ -87,28 +94,35 @@ def quantize_int8(
     """
     if not src.is_file():
         raise ExportError(f"{src} does not exist; export and optimize the fp32 model first.")
+    feeds = list(calibration_feeds or [])
+    if config.scheme is Int8Scheme.STATIC and not feeds:
+        raise ConfigError(
+            "The static int8 scheme needs calibration_feeds (tokenized real texts); "
+            "pass some, or choose Int8Scheme.WEIGHT_ONLY."
+        )
     excluded = sorted(set(select_nodes(src, config.keep_fp32)) | set(config.nodes_to_exclude))
-    dst.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"scheme": config.scheme.value, "kept_fp32": excluded}
     if config.scheme is Int8Scheme.WEIGHT_ONLY:
         report["block_size"] = config.block_size
-        onnx.save(_weight_only(onnx.load(str(src)), excluded, config.block_size), str(dst))
+        model = _weight_only(onnx.load(str(src)), excluded, config.block_size)
     else:
         report.update(per_channel=config.per_channel, reduce_range=config.reduce_range)
         model = _integer_graph(src, excluded, config)
-        if config.scheme is Int8Scheme.STATIC:
-            if not calibration_feeds:
-                raise ConfigError(
-                    "The static int8 scheme needs calibration_feeds (tokenized real texts); "
-                    "pass some, or choose Int8Scheme.WEIGHT_ONLY."
-                )
-            ranges, tokens = _activation_ranges(src, _dynamic_inputs(model), calibration_feeds)
-            _fix_scales(model, ranges)
-            report["calibration"] = {"batches": len(calibration_feeds), "tokens": tokens, "tensors": len(ranges)}
-        onnx.save(model, str(dst))
-    report["quantized_ops"] = _quantized_ops(dst)
+    if config.scheme is Int8Scheme.STATIC:
+        ranges, tokens = _activation_ranges(src, _dynamic_inputs(model), feeds)
+        _fix_scales(model, ranges)
+        report["calibration"] = {"batches": len(feeds), "tokens": tokens, "tensors": len(ranges)}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dst))
+    report["quantized_ops"] = _quantized_ops(model)
     report["onnxruntime"] = ort.__version__
-    report["batch_invariance_gap"] = _probe_invariance(dst)
+    report["batch_invariance_gap"] = gap = _probe_invariance(dst)
+    if config.scheme is not Int8Scheme.DYNAMIC and gap > INVARIANCE_TOLERANCE:
+        dst.unlink()
+        raise ValidationFailed(
+            f"The {config.scheme.value} int8 file's outputs change with batch make-up (by {gap:.3g}); "
+            "use the static scheme, or weight-only with block_size 32."
+        )
     return report
 
 
@@ -129,7 +143,7 @@ def calibration_feeds(
     if not texts:
         raise ConfigError("Calibration needs at least one text.")
     if max_length < 2 or batch_size < 1:
-        raise ConfigError(f"max_length must be >= 2 and batch_size >= 1, got {max_length}, {batch_size}.")
+        raise ConfigError(f"Need max_length >= 2 and batch_size >= 1, not {max_length} and {batch_size}.")
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     tokenizer.enable_truncation(max_length)
     tokenizer.enable_padding()
@@ -194,7 +208,8 @@ def _integer_graph(src: Path, excluded: Sequence[str], config: Int8Config) -> on
             weight_type=QuantType.QInt8,
             per_channel=config.per_channel,
             reduce_range=config.reduce_range,
-            nodes_to_exclude=list(excluded),
+            # quantize_dynamic first rewrites each Gemm as "<name>_MatMul" + "<name>_Add".
+            nodes_to_exclude=[*excluded, *(f"{name}_MatMul" for name in excluded)],
             # Fused contrib ops have no ONNX shape inference; their outputs are float.
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
@@ -211,19 +226,18 @@ def _activation_ranges(
     """Min and max of each tensor over the real (unpadded) tokens of the calibration batches."""
     model = onnx.load(str(src))
     present = {o.name for o in model.graph.output}
-    model.graph.output.extend(
-        helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors if t not in present
-    )
+    missing = [t for t in tensors if t not in present]
+    model.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in missing)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=_CPU)
     wanted = {i.name for i in session.get_inputs()}
     # Start at 0 so 0.0 is exactly representable, as DynamicQuantizeLinear guarantees.
     ranges = {t: (0.0, 0.0) for t in tensors}
     tokens = 0
     for batch in feeds:
         if "attention_mask" not in batch:
-            raise ConfigError("Calibration batches need an attention_mask to tell real tokens from padding.")
+            raise ConfigError("Each calibration batch needs an attention_mask to tell tokens from padding.")
         mask = np.asarray(batch["attention_mask"]).astype(bool)
         tokens += int(mask.sum())
         outputs = session.run(list(tensors), {k: v for k, v in batch.items() if k in wanted})
@@ -253,7 +267,8 @@ def _fix_scales(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]
             numpy_helper.from_array(np.array(scale, dtype=np.float32), scale_name),
             numpy_helper.from_array(np.array(zero_point, dtype=np.uint8), zero_name),
         ])
-        nodes.append(helper.make_node("QuantizeLinear", [node.input[0], scale_name, zero_name], [quantized], name=node.name))
+        inputs = [node.input[0], scale_name, zero_name]
+        nodes.append(helper.make_node("QuantizeLinear", inputs, [quantized], name=node.name))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
 
@@ -264,67 +279,77 @@ def _weight_only(model: onnx.ModelProto, excluded: Sequence[str], block_size: in
     ORT's CPU kernel quantizes each activation row per block by itself, so no row depends
     on another; blocks of 32 measured batch-invariant where 128 did not (ORT 1.31).
     """
-    weights = {t.name: t for t in model.graph.initializer}
+    weights = {t.name: t for t in model.graph.initializer if len(t.dims) == 2}
     skip = set(excluded)
-    replaced: set[str] = set()
+    packed: set[str] = set()
     nodes = []
     for node in model.graph.node:
-        weight = weights.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if weight is None or len(weight.dims) != 2 or node.name in skip:
+        weight = weights.get(node.input[1]) if node.op_type == "MatMul" else None
+        if weight is None or node.name in skip:
             nodes.append(node)
             continue
-        packed, scales = _block_quantize(numpy_helper.to_array(weight).astype(np.float32), block_size)
+        if weight.name not in packed:
+            model.graph.initializer.extend(_block_quantize(weight, block_size))
+            packed.add(weight.name)
         k, n = weight.dims
-        model.graph.initializer.extend([
-            numpy_helper.from_array(packed, f"{weight.name}_q8"),
-            numpy_helper.from_array(scales, f"{weight.name}_q8_scale"),
-        ])
         nodes.append(helper.make_node(
-            "MatMulNBits", [node.input[0], f"{weight.name}_q8", f"{weight.name}_q8_scale"], list(node.output),
-            name=f"{node.name}_q8", domain="com.microsoft", K=k, N=n, bits=8, block_size=block_size,
-            # Level 4: int8 dot products on the CPU, activations quantized per row and block.
-            accuracy_level=4,
+            "MatMulNBits",
+            [node.input[0], f"{weight.name}_q8", f"{weight.name}_q8_scale"],
+            list(node.output),
+            name=f"{node.name}_q8",
+            domain="com.microsoft",
+            K=k, N=n, bits=8, block_size=block_size,
+            accuracy_level=4,  # int8 dot products, activations quantized per row and block
         ))
-        replaced.add(weight.name)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    still_used = {i for node in nodes for i in node.input}
-    kept = [t for t in model.graph.initializer if t.name not in replaced or t.name in still_used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    _replace_nodes(model, nodes)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model
 
 
-def _block_quantize(weight: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """MatMulNBits layout: uint8 [N, blocks, block_size] offset by 128, and fp32 scales [N*blocks]."""
-    k, n = weight.shape
+def _replace_nodes(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto]) -> None:
+    """Set the graph's nodes and drop the initializers no node reads any more."""
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {name for node in nodes for name in node.input} | {o.name for o in model.graph.output}
+    kept = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+
+
+def _block_quantize(weight: onnx.TensorProto, block_size: int) -> list[onnx.TensorProto]:
+    """MatMulNBits layout: uint8 [N, blocks, block_size] offset by 128, fp32 scales [N*blocks]."""
+    values = numpy_helper.to_array(weight).astype(np.float32)
+    k, n = values.shape
     blocks = -(-k // block_size)
     # Zero rows pad K to whole blocks; they add nothing to the product.
     padded = np.zeros((blocks * block_size, n), dtype=np.float32)
-    padded[:k] = weight
+    padded[:k] = values
     columns = padded.T.reshape(n, blocks, block_size)
     scales = np.abs(columns).max(axis=-1) / 127.0
     scales[scales == 0] = 1.0
     quantized = np.clip(np.rint(columns / scales[..., None]), -127, 127) + 128
-    return quantized.astype(np.uint8), scales.reshape(-1).astype(np.float32)
+    return [
+        numpy_helper.from_array(quantized.astype(np.uint8), f"{weight.name}_q8"),
+        numpy_helper.from_array(scales.reshape(-1).astype(np.float32), f"{weight.name}_q8_scale"),
+    ]
 
 
-def _quantized_ops(path: Path) -> dict[str, int]:
-    ops = Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
-    integer_ops = ("QAttention", "QEmbedLayerNormalization", "MatMulInteger", "MatMulNBits", "DynamicQuantizeLinear")
-    return {op: ops[op] for op in integer_ops if ops[op]}
+def _quantized_ops(model: onnx.ModelProto) -> dict[str, int]:
+    ops = Counter(n.op_type for n in model.graph.node)
+    return {op: ops[op] for op in _INTEGER_OPS if ops[op]}
 
 
 def _probe_invariance(path: Path) -> float:
     """Batch-invariance gap on random sequences; 0.0 for the static and weight-only schemes."""
     feeds = probe_feeds(path)
-    rows = [ids[mask.astype(bool)].tolist() for ids, mask in zip(feeds["input_ids"], feeds["attention_mask"])]
+    pairs = zip(feeds["input_ids"], feeds["attention_mask"])
+    rows = [ids[mask.astype(bool)].tolist() for ids, mask in pairs]
     return batch_invariance_gap(path, rows, pad_to=max(_CHECK_PAD, max(map(len, rows))))
 
 
 __all__ = [
+    "INVARIANCE_TOLERANCE",
     "KEEP_GROUPS",
     "Int8Config",
     "Int8Scheme",
