@@ -52,7 +52,6 @@ class BenchConfig:
     max_seconds: float = 4.0
     stream_texts: int = 2000
     stream_passes: int = 1
-    max_length: int = 256
     qa_questions: int = 500
     squad_path: Path = DEFAULT_SQUAD
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
@@ -66,7 +65,7 @@ class BenchConfig:
         _known("system", self.systems, ALL_SYSTEMS)
         _known("workload", self.workloads, WORKLOADS)
         positive = ("threads", "batch_size", "repeats", "min_repeats", "stream_texts", "stream_passes",
-                    "max_length", "qa_questions", "scaling_seq", "gemm_size")
+                    "qa_questions", "scaling_seq", "gemm_size")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be 1 or more, got {getattr(self, name)}.")
@@ -85,7 +84,7 @@ class BenchConfig:
             "smoke": dict(
                 smoke=True, warmup=1, repeats=3, min_repeats=2, max_seconds=0.5, stream_texts=48,
                 qa_questions=4, batch_sizes=(1, 4), scaling_seq=32, seq_lengths=(16, 64),
-                gemm_size=256, max_length=64,
+                gemm_size=256,
             ),
         }
         if name not in presets:

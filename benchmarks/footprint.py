@@ -6,8 +6,8 @@ nothing the harness itself imported is counted.
 Example::
 
     footprint = measure_footprint(Path("models/minilm"), threads=2, texts=["I love Paris"],
-                                  question="Where?", context="In Paris.", stacks=("bertrt", "torch"))
-    footprint["bertrt"]["peak_rss_mb"], footprint["import_bertrt_s"]
+                                  question="Where?", context="In Paris.", stacks=("bertrt-fp32", "torch"))
+    footprint["bertrt-fp32"]["peak_rss_mb"], footprint["import_bertrt_s"]
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ def measure_footprint(
     stacks: Sequence[str],
     import_repeats: int = 5,
 ) -> dict[str, Any]:
-    """Peak RSS (MiB) of each stack (``bertrt``, ``torch``) loading all three models and
-    serving W1, and the median wall time of ``import bertrt`` in a fresh interpreter."""
+    """Peak RSS (MiB) of each stack (``bertrt-fp32``, ``bertrt-int8``, ``torch``) loading all
+    three models and serving W1, and the median wall time of ``import bertrt`` in a fresh
+    interpreter."""
     request = {"bundle": str(Path(bundle).resolve()), "threads": threads, "texts": list(texts),
                "question": question, "context": context}
     result: dict[str, Any] = {stack: _child(stack, request) for stack in stacks}

@@ -5,7 +5,7 @@ stack's own.
 Run by :mod:`benchmarks.footprint`; by hand::
 
     echo '{"bundle": "models/minilm", "threads": 2, "texts": ["I love Paris"],
-           "question": "Where?", "context": "In Paris."}' | python -m benchmarks.footprint_child bertrt
+           "question": "Where?", "context": "In Paris."}' | python -m benchmarks.footprint_child bertrt-fp32
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ FOLDERS = {"embedder": "feature-extraction", "classifier": "text-classification"
 
 
 def serve_bertrt(request: dict[str, Any]) -> dict[str, Any]:
-    """Load the bundle with bertrt, serve every W1 request once per task."""
+    """Load the bundle's ``precision`` variants with bertrt, serve every W1 request once per task."""
     start = time.perf_counter()
     import bertrt
 
     import_s = time.perf_counter() - start
     options = bertrt.RuntimeOptions(intra_op_threads=request["threads"])
-    bundle = bertrt.load(request["bundle"], device="cpu", options=options).load_all()
+    bundle = bertrt.load(request["bundle"], device="cpu", precision=request["precision"], options=options).load_all()
     for text in request["texts"]:
         bundle.classifier(text)
         bundle.embedder(text, pooling="mean")
@@ -63,10 +63,14 @@ def serve_torch(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    """``python -m benchmarks.footprint_child bertrt|torch`` with the request on stdin."""
+    """``python -m benchmarks.footprint_child bertrt-fp32|bertrt-int8|torch`` with the
+    request on stdin."""
     stack = sys.argv[1]
     request = json.loads(sys.stdin.read())
-    report = {"bertrt": serve_bertrt, "torch": serve_torch}[stack](request)
+    if stack.startswith("bertrt-"):
+        report = serve_bertrt({**request, "precision": stack.removeprefix("bertrt-")})
+    else:
+        report = serve_torch(request)
     report["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(report))
 

@@ -32,7 +32,7 @@ from benchmarks.physical import BertShape, gemm_rate
 from benchmarks.subjects import ModelInfo, bundle_models
 from benchmarks.systems import SystemSettings, make_system
 from bertrt.errors import BertrtError
-from bertrt.types import Task
+from bertrt.types import Precision, Task
 
 # Agreement is measured against the first of these that ran.
 REFERENCES = ("torch-pipeline", "torch", "bertrt-fp32")
@@ -57,6 +57,10 @@ def run_benchmark(config: BenchConfig, log: Log | None = None) -> dict[str, Any]
         "skipped": {},
         "notes": notes,
     }
+    if config.wants("gemm"):
+        # First, while no engine's thread pool is alive in this process to compete with BLAS.
+        log("gemm: the machine's fp32 matrix-multiply rate")
+        results["gemm"] = gemm_rate(config.gemm_size, threads=config.threads)
     recorder = Recorder()
     settings = SystemSettings(config.threads, config.batch_size, config.device)
     for name in config.systems:
@@ -74,11 +78,9 @@ def run_benchmark(config: BenchConfig, log: Log | None = None) -> dict[str, Any]
         gc.collect()
     results["figures"] = recorder.figures
     if config.wants("gemm"):
-        log("gemm: the machine's fp32 matrix-multiply rate")
-        results["gemm"] = gemm_rate(config.gemm_size, threads=config.threads)
         results["gemm"]["peak_batch"] = peak_batch_rates(recorder.figures, models, results["gemm"]["peak_gflops"])
     if config.wants("footprint"):
-        results["footprint"] = _footprint(config, inputs, log)
+        results["footprint"] = _footprint(config, models, inputs, log)
     results["load_average"]["end"] = load_average()
     results["agreement"] = report.agreement(recorder.outputs, REFERENCES)
     results["ratios"] = report.speedups(recorder.figures, BASELINES)
@@ -126,8 +128,9 @@ def peak_batch_rates(
     return rates
 
 
-def _footprint(config: BenchConfig, inputs: Inputs, log: Log) -> dict[str, Any]:
-    stacks = ["bertrt"]
+def _footprint(config: BenchConfig, models: Mapping[Task, ModelInfo], inputs: Inputs, log: Log) -> dict[str, Any]:
+    # bertrt at every CPU-side precision that all three models have, then PyTorch.
+    stacks = [f"bertrt-{p.value}" for p in (Precision.FP32, Precision.INT8) if all(p in m.variants for m in models.values())]
     wants_torch = any(name.startswith("torch") for name in config.systems)
     if wants_torch and all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
         stacks.append("torch")

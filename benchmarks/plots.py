@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.config import ALL_SYSTEMS
+from benchmarks.report import FOOTPRINT_STACKS
 from bertrt.errors import ConfigError
 
 Figures = Mapping[str, Mapping[str, Mapping[str, Any]]]
@@ -102,10 +103,10 @@ def _physical(ax: Any, gemm: Mapping[str, Any]) -> None:
 
 def _footprint(ax: Any, footprint: Mapping[str, Any]) -> None:
     ax.set_title("Peak RSS serving W1 with all three models (MiB)", fontsize=10)
-    stacks = [s for s in ("bertrt", "torch") if "peak_rss_mb" in footprint.get(s, {})]
+    stacks = [s for s in FOOTPRINT_STACKS if "peak_rss_mb" in footprint.get(s, {})]
     if not stacks:
         return _empty(ax)
-    ax.bar(stacks, [footprint[s]["peak_rss_mb"] for s in stacks], color=["tab:green", "tab:gray"][: len(stacks)])
+    ax.bar(stacks, [footprint[s]["peak_rss_mb"] for s in stacks], color=["tab:gray" if s == "torch" else "tab:green" for s in stacks])
     if "import_bertrt_s" in footprint:
         ax.text(0.02, 0.95, f"import bertrt: {footprint['import_bertrt_s'] * 1e3:.0f} ms", transform=ax.transAxes, va="top")
 

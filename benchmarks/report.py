@@ -23,6 +23,7 @@ from typing import Any
 TABLE_PREFIXES = ("w1.", "w2.", "w3.", "peak_batch.")
 # The baselines whose speed-ups get a column in the table.
 TABLE_BASELINES = ("torch-pipeline", "optimum-pipeline", "torch", "ort")
+FOOTPRINT_STACKS = ("bertrt-fp32", "bertrt-int8", "torch")
 
 
 def cost(figure: Mapping[str, Any]) -> float:
@@ -91,7 +92,7 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     peak = results.get("gemm", {}).get("peak_batch", {}).get("bertrt-fp32", {})
     footprint = results.get("footprint", {})
-    rss = {stack: footprint.get(stack, {}).get("peak_rss_mb") for stack in ("bertrt", "torch")}
+    rss = {stack: footprint.get(stack, {}).get("peak_rss_mb") for stack in FOOTPRINT_STACKS}
     qa_agreement = results.get("agreement", {}).get("w3.qa", {})
     checks: list[tuple[Target, float | None]] = [
         (Target("W1 short: bertrt-fp32 speed-up over the transformers pipeline", 3.0),
@@ -108,10 +109,11 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         (Target("W3: bertrt-fp32 answers equal to the transformers pipeline's", 0.995),
          qa_agreement.get("systems", {}).get("bertrt-fp32") if qa_agreement.get("reference") == "torch-pipeline" else None),
         (Target("Large batch: bertrt-fp32 share of the measured GEMM rate", 0.7), peak.get("share_of_peak")),
-        (Target("Footprint: bertrt peak RSS / PyTorch peak RSS", 0.4, at_least=False),
-         rss["bertrt"] / rss["torch"] if rss["bertrt"] and rss["torch"] else None),
-        (Target("import bertrt, seconds", 0.3, at_least=False), footprint.get("import_bertrt_s")),
     ]
+    for stack in ("bertrt-fp32", "bertrt-int8"):
+        checks.append((Target(f"Footprint: {stack} peak RSS / PyTorch peak RSS", 0.4, at_least=False),
+                       rss[stack] / rss["torch"] if rss[stack] and rss["torch"] else None))
+    checks.append((Target("import bertrt, seconds", 0.3, at_least=False), footprint.get("import_bertrt_s")))
     return [target.judge(value) for target, value in checks]
 
 
@@ -143,7 +145,7 @@ def _summary(results: Mapping[str, Any]) -> list[str]:
             lines.append(f"  {name} at {rate['batch']}x{rate['seq']}: {rate['gflops']:.1f} GFLOP/s = {rate['share_of_peak']:.0%} of peak")
     footprint = results.get("footprint")
     if footprint:
-        for stack in ("bertrt", "torch"):
+        for stack in FOOTPRINT_STACKS:
             if "peak_rss_mb" in footprint.get(stack, {}):
                 lines.append(f"Peak RSS, {stack} serving W1 with all three models: {footprint[stack]['peak_rss_mb']:.0f} MiB")
         lines.append(f"import bertrt: {footprint['import_bertrt_s'] * 1e3:.0f} ms")

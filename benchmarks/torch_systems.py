@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -129,6 +130,7 @@ class TorchPipelineSystem(TorchModelSystem):
         return self._pipelines[task]
 
     def _create_pipeline(self, task: Task) -> Any:
+        transformers.logging.set_verbosity_error()  # no "Device set to use cpu" per pipeline
         return transformers.pipeline(
             PIPELINE_TASKS[task], model=self.load_model(task), tokenizer=self.tokenizer(task), device=self.torch_device
         )
@@ -152,11 +154,14 @@ class TorchPipelineSystem(TorchModelSystem):
         return np.stack([h[0].float().mean(dim=0).cpu().numpy() for h in hidden])
 
     def answer(self, questions: Sequence[str], contexts: Sequence[str]) -> list[str]:
-        info = self.models[Task.QA]
-        results = self.pipeline(Task.QA)(
-            question=list(questions), context=list(contexts), batch_size=self.settings.batch_size,
-            max_seq_len=info.max_length, doc_stride=info.doc_stride, max_answer_len=MAX_ANSWER_TOKENS,
-        )
+        info, pipe = self.models[Task.QA], self.pipeline(Task.QA)
+        with warnings.catch_warnings():
+            # The QA pipeline's post-processing trips a NumPy 2 deprecation on every call.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            results = pipe(
+                question=list(questions), context=list(contexts), batch_size=self.settings.batch_size,
+                max_seq_len=info.max_length, doc_stride=info.doc_stride, max_answer_len=MAX_ANSWER_TOKENS,
+            )
         if isinstance(results, dict):  # one question comes back unwrapped
             results = [results]
         return [r["answer"] for r in results]
@@ -175,6 +180,7 @@ class OptimumPipelineSystem(TorchPipelineSystem):
     def _create_pipeline(self, task: Task) -> Any:
         from optimum.onnxruntime import pipeline
 
+        transformers.logging.set_verbosity_error()
         return pipeline(PIPELINE_TASKS[task], model=self.load_model(task), tokenizer=self.tokenizer(task))
 
 

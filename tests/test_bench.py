@@ -52,7 +52,7 @@ def test_smoke_cli_writes_results_and_plot(tiny_bundle: Path, tmp_path: Path) ->
     assert "bertrt-fp16" in written["skipped"]  # fp16 is not timed on the CPU
     assert written["machine"]["logical_cores"] >= 1 and written["machine"]["cpu_model"]
     assert written["gemm"]["peak_gflops"] > 0
-    assert written["footprint"]["bertrt"]["peak_rss_mb"] > 0
+    assert written["footprint"]["bertrt-fp32"]["peak_rss_mb"] > 0
     assert all({"name", "bound", "value", "met"} <= set(t) for t in written["targets"])
     assert plot.read_bytes().startswith(PNG_SIGNATURE)
 

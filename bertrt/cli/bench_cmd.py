@@ -37,6 +37,9 @@ def bench(
     device: DeviceOption = Device.CPU,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads given to every engine.")] = 2,
     squad: Annotated[Path | None, typer.Option("--squad", help="SQuAD v1.1 JSON for W3 (default: the shared heldout8 file).")] = None,
+    stream_texts: Annotated[int | None, typer.Option("--stream-texts", min=1, help="W2 stream size (default 2000).")] = None,
+    qa_questions: Annotated[int | None, typer.Option("--qa-questions", min=1, help="W3 questions (default 500).")] = None,
+    repeats: Annotated[int | None, typer.Option("--repeats", min=1, help="Most timed calls per latency figure (default 200).")] = None,
 ) -> None:
     """Time every system on the same inputs and threads; print a table (or --json), with ratios to the baselines."""
     with command_errors(capture_warnings=True):
@@ -49,11 +52,11 @@ def bench(
             overrides["systems"] = tuple(system)
         if workload:
             overrides["workloads"] = tuple(workload)
-        if squad is not None:
-            overrides["squad_path"] = squad
+        sizes = {"squad_path": squad, "stream_texts": stream_texts, "qa_questions": qa_questions, "repeats": repeats}
+        overrides.update({k: v for k, v in sizes.items() if v is not None})
         config = BenchConfig.preset("smoke" if smoke else "full", bundle=models, **overrides)
         results = run_benchmark(config, log=lambda line: typer.echo(line, err=True))
-        results["command"] = "bertrt bench " + " ".join(_command_args(models, smoke, system, workload, device, threads))
+        results["command"] = "bertrt bench " + " ".join(_command_args(models, smoke, system, workload, overrides))
         if out is not None:
             write_json(results, out)
         if plot is not None:
@@ -64,11 +67,15 @@ def bench(
 
 
 def _command_args(
-    models: Path, smoke: bool, system: list[str] | None, workload: list[str] | None, device: Device, threads: int
+    models: Path, smoke: bool, system: list[str] | None, workload: list[str] | None, overrides: dict[str, object]
 ) -> list[str]:
-    """The options that shaped this run, for the results file (paths of outputs left out)."""
-    args = [f"--models {models}", f"--device {device.value}", f"--threads {threads}"]
-    args += ["--smoke"] if smoke else []
-    args += [f"--system {s}" for s in system or []]
-    args += [f"--workload {w}" for w in workload or []]
+    """The options that shaped this run, for the results file (output paths left out)."""
+    args = [f"--models {models}"] + (["--smoke"] if smoke else [])
+    args += [f"--system {s}" for s in system or []] + [f"--workload {w}" for w in workload or []]
+    flags = {"device": "--device", "threads": "--threads", "squad_path": "--squad", "stream_texts": "--stream-texts",
+             "qa_questions": "--qa-questions", "repeats": "--repeats"}
+    for key, flag in flags.items():
+        if key in overrides:
+            value = overrides[key]
+            args.append(f"{flag} {value.value if isinstance(value, Device) else value}")
     return args
