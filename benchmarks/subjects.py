@@ -66,12 +66,13 @@ def bundle_models(path: Path) -> dict[Task, ModelInfo]:
             max_length=manifest.max_length,
             doc_stride=manifest.doc_stride,
             labels=manifest.labels,
-            vocab_size=_vocab_size(directory),
+            vocab_size=read_vocab_size(directory),
         )
     return models
 
 
-def _vocab_size(directory: Path) -> int:
+def read_vocab_size(directory: Path) -> int:
+    """``vocab_size`` from a model folder's ``config.json``."""
     try:
         return int(json.loads((directory / "config.json").read_text(encoding="utf-8"))["vocab_size"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
