@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from benchmarks import report, workloads
 from benchmarks.config import BenchConfig
 from benchmarks.harness import run_benchmark
+from benchmarks.op_profile import summarize
 from benchmarks.physical import BertShape
 from benchmarks.timing import LatencyStats, measure_latency
 from bertrt.cli import app
@@ -60,9 +61,11 @@ def test_smoke_cli_writes_results_and_plot(tiny_bundle: Path, tmp_path: Path) ->
 def test_smoke_run_covers_every_baseline(tiny_bundle: Path) -> None:
     config = BenchConfig.preset("smoke", bundle=tiny_bundle, workloads=("w1", "w2", "w3"), repeats=2)
     results = run_benchmark(config, log=lambda _: None)
+    # Every variant the bundle holds that runs on the CPU is timed; fp16 is for GPUs.
+    bertrt_systems = {f"bertrt-{p}" for p in results["bundle"]["variants"] if p != "fp16"}
     baselines = {"torch", "torch-pipeline", "optimum", "optimum-pipeline", "ort"}
-    _check_figures(results, baselines | {"bertrt-fp32"})
-    assert set(results["figures"]["w3.qa"]) == {"torch-pipeline", "optimum-pipeline", "bertrt-fp32"}
+    _check_figures(results, baselines | bertrt_systems)
+    assert set(results["figures"]["w3.qa"]) == {"torch-pipeline", "optimum-pipeline"} | bertrt_systems
     # Same file, same tokenizer, same truncation: every system picks the same labels.
     assert all(share == 1.0 for share in results["agreement"]["w2.classify"]["systems"].values())
     json.loads(json.dumps(results))  # JSON-ready as it stands
@@ -111,6 +114,19 @@ def test_speedups_and_agreement() -> None:
     assert ratios["f"]["ort"] == {}
     shares = report.agreement({"f": {"torch": ["a", "b", "c", "d"], "bertrt-fp32": ["a", "b", "x", "d"]}}, ("torch",))
     assert shares["f"]["systems"] == {"torch": 1.0, "bertrt-fp32": 0.75}
+
+
+def test_op_profile_sums_kernel_time_per_operator() -> None:
+    def node(name: str, op: str, ts: int, dur: int) -> dict[str, Any]:
+        return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+
+    runs = [{"cat": "Session", "name": "model_run", "ts": ts} for ts in (0, 100, 200)]
+    events = runs + [node("warm", "MatMul", 10, 999), node("a", "MatMul", 110, 30), node("b", "MatMul", 120, 10),
+                     node("c", "Add", 130, 20), node("a", "MatMul", 210, 30), node("c", "Add", 230, 10)]
+    summary = summarize(events, total_runs=3)
+    assert summary["by_op"]["MatMul"] == {"ms_per_run": 0.035, "share": 0.7, "nodes": 2}
+    assert summary["by_op"]["Add"]["ms_per_run"] == pytest.approx(0.015)
+    assert list(summary["by_op"]) == ["MatMul", "Add"]
 
 
 def test_forward_flops_match_a_matmul_count() -> None:
