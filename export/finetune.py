@@ -178,9 +178,21 @@ def classification_accuracy(
     max_length: int,
     batch_size: int = EVAL_BATCH_SIZE,
 ) -> float:
-    """Share of ``texts`` whose argmax label equals ``labels`` (batched, longest texts together)."""
+    """Share of ``texts`` whose argmax label equals ``labels``."""
     if not texts:
         raise ExportError("No texts to score the classifier on; give a non-empty held-out set.")
+    predicted = predict_labels(model, tokenizer, texts, max_length, batch_size)
+    return float(np.mean(predicted == np.asarray(labels)))
+
+
+def predict_labels(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    texts: Sequence[str],
+    max_length: int,
+    batch_size: int = EVAL_BATCH_SIZE,
+) -> np.ndarray:
+    """Argmax label id of each text (batched, texts of similar length together)."""
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     order = np.argsort([len(ids) for ids in encoded], kind="stable")
     predicted = np.empty(len(texts), dtype=np.int64)
@@ -193,7 +205,7 @@ def classification_accuracy(
             batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
             logits = model(**{k: v.to(model.device) for k, v in batch.items()}).logits
             predicted[rows] = logits.argmax(dim=-1).cpu().numpy()
-    return float(np.mean(predicted == np.asarray(labels)))
+    return predicted
 
 
 def _tokenize_texts(batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerFast, max_length: int) -> Any:

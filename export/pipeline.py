@@ -34,13 +34,14 @@ from bertrt.manifest import (
     Variant,
     sha256_of,
 )
-from bertrt.types import Precision, Task
+from bertrt.types import Device, Precision, Task
 from export import validate
 from export.atomic import remove_stale_partials, staged_directory
 from export.convert import export_onnx, graph_signature
 from export.recipe import ModelRecipe, Recipe
 from export.sources import load_pretrained
-from export.variants import build_variant, variant_runs_here
+from export.calibration import calibration_texts
+from export.variants import build_order, build_variant, variant_runs_here
 
 Log = Callable[[str], None]
 
@@ -92,7 +93,7 @@ def export_bundle(recipe: Recipe, options: ExportOptions, log: Log = print) -> E
     started = time.perf_counter()
     summary = ExportSummary(out=options.out)
     remove_stale_partials(options.out)
-    with _quiet_transformers(), tempfile.TemporaryDirectory(prefix="bertrt-train-") as work:
+    with _quiet_libraries(), tempfile.TemporaryDirectory(prefix="bertrt-train-") as work:
         with staged_directory(options.out) as staging:
             for step, task in enumerate(MODEL_DIRS, start=1):
                 name = MODEL_DIRS[task]
@@ -122,24 +123,19 @@ def _export_model(recipe: Recipe, task: Task, options: ExportOptions, model_dir:
     inputs, outputs = graph_signature(raw)
     reference = validate.torch_reference(task, model, tokenizer, max_length, doc_stride)
     model_dir.mkdir(parents=True)
-    variants: dict[Precision, Variant] = {}
-    for precision in options.precisions:
-        variant = build_variant(raw, model_dir, precision, model.config, reference.feeds)
-        runs_here, why_not = variant_runs_here(precision)
-        if runs_here:
-            report = validate.validate_onnx(model_dir / variant.file, task, precision, reference)
-        else:
-            report = validate.not_run_report(precision, why_not)
-        log(f"      {precision.value}: {_describe(report)}")
-        if report["passed"] is False:
-            raise ValidationFailed(
-                f"{model_dir.name} {precision.value} failed validation against PyTorch: "
-                f"{'; '.join(report['failures'])}; no bundle was written."
-            )
-        variants[precision] = Variant(precision, variant.file, report, variant.optimization)
-
+    # Tokenizer first: int8 calibration tokenizes with the bundle's own tokenizer.json.
     tokenizer.save_pretrained(model_dir)
     model.config.save_pretrained(model_dir)
+    calibration = (
+        calibration_texts(task, recipe, options.qa_data, options.sentiment_csv)
+        if Precision.INT8 in options.precisions
+        else []
+    )
+    variants: dict[Precision, Variant] = {}
+    for precision in build_order(options.precisions):
+        built = build_variant(raw, model_dir, precision, model.config, calibration, max_length)
+        report = _validated(model_dir, built.file, task, precision, reference, log)
+        variants[precision] = Variant(precision, built.file, report, built.optimization)
     # The PyTorch weights travel with the bundle so `bertrt validate` and `bertrt eval` can
     # re-check the ONNX files against the exact model they came from (fine-tuned heads included).
     model.save_pretrained(model_dir / TORCH_DIR, safe_serialization=True)
@@ -160,6 +156,25 @@ def _export_model(recipe: Recipe, task: Task, options: ExportOptions, model_dir:
     )
     manifest.write(model_dir)
     return manifest
+
+
+def _validated(
+    model_dir: Path, file: str, task: Task, precision: Precision, reference: validate.Reference, log: Log
+) -> dict[str, Any]:
+    """Validate one variant file; raise ValidationFailed (nothing is published) when it fails."""
+    runs_here, why_not = variant_runs_here(precision)
+    if not runs_here:
+        report = validate.not_run_report(precision, why_not)
+    else:
+        device = Device.CUDA if precision is Precision.FP16 else Device.CPU
+        report = validate.validate_onnx(model_dir / file, task, precision, reference, device)
+    log(f"      {precision.value}: {_describe(report)}")
+    if report["passed"] is False:
+        raise ValidationFailed(
+            f"{model_dir.name} {precision.value} failed validation against PyTorch: "
+            f"{'; '.join(report['failures'])}; no bundle was written."
+        )
+    return report
 
 
 def load_source_model(task: Task, spec: ModelRecipe, seed: int = 0) -> Any:
@@ -264,15 +279,16 @@ def _library_versions() -> dict[str, str]:
     return versions
 
 
-class _quiet_transformers:
-    """Keep transformers' load-time chatter (expected missing head weights) off the console."""
+class _quiet_libraries:
+    """Keep library chatter off the console: transformers' expected missing-head notes and the
+    ONNX Runtime optimizer's and quantizer's advisory log lines. Errors still show."""
 
     def __enter__(self) -> None:
-        self._level = transformers.logging.get_verbosity()
+        self._verbosity = transformers.logging.get_verbosity()
         transformers.logging.set_verbosity_error()
+        self._root_level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)
 
     def __exit__(self, *exc: object) -> None:
-        transformers.logging.set_verbosity(self._level)
-
-
-logging.getLogger("bertrt").addHandler(logging.NullHandler())
+        transformers.logging.set_verbosity(self._verbosity)
+        logging.getLogger().setLevel(self._root_level)

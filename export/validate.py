@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from bertrt.qa_spans import decode_answers, encode_qa
-from bertrt.types import Precision, Task
+from bertrt.session import OrtSession
+from bertrt.types import Device, Precision, Task
 from export import samples
 
 
@@ -80,7 +80,7 @@ def validate_onnx(
     task: Task,
     precision: Precision,
     reference: Reference,
-    provider: str = "CPUExecutionProvider",
+    device: Device = Device.CPU,
 ) -> dict[str, Any]:
     """Compare one ONNX file with the PyTorch reference; return a JSON-ready report.
 
@@ -89,11 +89,11 @@ def validate_onnx(
     tolerance = TOLERANCES[precision]
     report: dict[str, Any] = {
         "ran": True,
-        "provider": provider,
+        "device": device.value,
         "samples": int(next(iter(reference.feeds.values())).shape[0]),
         "tolerance": {k: v for k, v in asdict(tolerance).items() if v is not None},
     }
-    outputs = run_onnx(onnx_path, reference.feeds, provider)
+    outputs = run_onnx(onnx_path, reference.feeds, device)
     mask = reference.feeds["attention_mask"].astype(bool)
     report["max_abs_diff"] = {
         name: _masked_max_abs_diff(reference.outputs[name], outputs[name], mask)
@@ -138,15 +138,10 @@ def not_run_report(precision: Precision, reason: str) -> dict[str, Any]:
     }
 
 
-def run_onnx(onnx_path: Path, feeds: dict[str, np.ndarray], provider: str = "CPUExecutionProvider") -> dict[str, np.ndarray]:
-    """Run an ONNX file once with plain ``session.run``, feeding only the inputs it declares."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=[provider])
-    declared = {i.name for i in session.get_inputs()}
-    names = [o.name for o in session.get_outputs()]
-    values = session.run(names, {k: v for k, v in feeds.items() if k in declared})
-    return {name: np.asarray(value, dtype=np.float32) for name, value in zip(names, values)}
+def run_onnx(onnx_path: Path, feeds: dict[str, np.ndarray], device: Device = Device.CPU) -> dict[str, np.ndarray]:
+    """Run an ONNX file once through the runtime's own session (IO binding and all)."""
+    outputs = OrtSession(onnx_path, device=device).run(feeds)
+    return {name: np.asarray(value, dtype=np.float32) for name, value in outputs.items()}
 
 
 def _masked_max_abs_diff(expected: np.ndarray, actual: np.ndarray, mask: np.ndarray) -> float:

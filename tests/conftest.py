@@ -83,7 +83,24 @@ def tiny_torch_models(tiny_recipe: Any, tiny_source: Path) -> dict[str, Any]:
 def _built_precisions() -> tuple[Any, ...]:
     from bertrt.types import Precision
 
-    return (Precision.FP32,)
+    return (Precision.FP32, Precision.FP16, Precision.INT8)
 
 
 BUILT_PRECISIONS = _built_precisions()
+
+
+@pytest.fixture(scope="session")
+def fp32_only_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny bundle whose models have only their fp32 variant."""
+    import json
+    import shutil
+
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("fp32-only") / "tiny"))
+    for manifest_path in bundle.glob("*/manifest.json"):
+        manifest = json.loads(manifest_path.read_text())
+        for precision in ("fp16", "int8"):
+            file = manifest["variants"].pop(precision)["file"]
+            manifest["files"].pop(file)
+            (manifest_path.parent / file).unlink()
+        manifest_path.write_text(json.dumps(manifest))
+    return bundle

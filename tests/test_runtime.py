@@ -350,9 +350,9 @@ def test_a_folder_of_another_task_is_refused(tiny_bundle: Path) -> None:
         Embedder(tiny_bundle / "classifier")
 
 
-def test_a_missing_precision_names_the_variants_present(tiny_bundle: Path) -> None:
+def test_a_missing_precision_names_the_variants_present(fp32_only_bundle: Path, tiny_bundle: Path) -> None:
     with pytest.raises(BundleError, match=r"no int8 variant \(it has: fp32\)"):
-        Classifier(tiny_bundle / "classifier", precision=Precision.INT8)
+        Classifier(fp32_only_bundle / "classifier", precision=Precision.INT8)
     with pytest.raises(ConfigError, match="fp32, fp16, int8"):
         Classifier(tiny_bundle / "classifier", precision="fp64")
 
