@@ -75,7 +75,8 @@ def test_finetune_classifier_learns_and_reports(tiny_source: Path, tokenizer: An
     assert metrics["rotten_tomatoes_accuracy"] >= 0.9
     assert (metrics["train_examples"], metrics["heldout_examples"], metrics["rotten_tomatoes_examples"]) == (96, 40, 20)
     assert (metrics["epochs"], metrics["learning_rate"]) == (6, 3e-3)
-    assert metrics["train_seconds"] > 0
+    assert metrics["train_seconds"] > 0 and metrics["eval_seconds"] > 0
+    assert not model.training  # ready to export
     assert math.isfinite(metrics["train_loss"]) and metrics["train_loss"] > 0
     assert not torch.equal(before, model.classifier.weight)
     assert not list((tmp_path / "work").glob("checkpoint-*"))  # nothing saved
@@ -105,6 +106,7 @@ def test_finetune_qa_learns_and_evaluates(tiny_source: Path, tokenizer: Any, tmp
     assert metrics["train_features"] > 80  # long paragraphs span several windows
     assert (metrics["max_length"], metrics["doc_stride"], metrics["epochs"]) == (48, 16, 3)
     assert math.isfinite(metrics["train_loss"])
+    assert not model.training
     scores = evaluate_qa(model, tokenizer, held, cfg)
     assert scores["count"] == 20 == untrained["count"]
     assert scores["f1"] >= 80 > untrained["f1"]
