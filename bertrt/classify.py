@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from bertrt.errors import BundleError
+from bertrt.limits import check_texts, check_top_k
 from bertrt.results import Classification, LabelScore
-from bertrt.runner import TaskRunner, as_texts, check_positive
+from bertrt.runner import TaskRunner
 from bertrt.tokenizer import Encoding
 from bertrt.types import Task
 
@@ -44,10 +45,12 @@ class Classifier(TaskRunner):
     def __call__(self, texts: str | Sequence[str], *, top_k: int = 1) -> list[Classification]:
         """Classify ``texts`` (a str is one text); one :class:`Classification` per text.
 
-        ``top_k`` labels (by probability, at most the number of labels) go in ``top``.
+        ``top_k`` labels (by probability, at most the number of labels) go in ``top``;
+        ``top_k`` above ``options.max_top_k`` is an InputError. An empty or blank text is
+        classified as the empty input ``[CLS] [SEP]``.
         """
-        texts = as_texts(texts)
-        k = min(check_positive(top_k, "top_k"), len(self.labels))
+        texts = check_texts(texts, self.options)
+        k = min(check_top_k(top_k, self.options), len(self.labels))
 
         def postprocess(outputs: Mapping[str, np.ndarray], batch: list[Encoding]) -> list[Classification]:
             probabilities = softmax(outputs[LOGITS])

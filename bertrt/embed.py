@@ -15,9 +15,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from bertrt.errors import ConfigError
+from bertrt.limits import check_texts
 from bertrt.options import coerce_enum
 from bertrt.results import Embedding
-from bertrt.runner import TaskRunner, as_texts
+from bertrt.runner import TaskRunner
 from bertrt.tokenizer import Encoding
 from bertrt.types import Pooling, Task
 
@@ -46,7 +47,7 @@ class Embedder(TaskRunner):
         over ``[CLS]``). ``normalize`` scales each sentence vector to unit L2 norm.
         ``token_embeddings=False`` skips copying the per-token vectors.
         """
-        texts = as_texts(texts)
+        texts = check_texts(texts, self.options)
         mode = coerce_enum(Pooling, pooling, "pooling")
         if mode is Pooling.POOLER and POOLER not in self.session.outputs:
             raise ConfigError(

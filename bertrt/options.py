@@ -5,6 +5,7 @@ Example::
     from bertrt import RuntimeOptions
     options = RuntimeOptions(intra_op_threads=2, batch_size=16)
     plain_run = RuntimeOptions.preset("compare")  # IO binding off, for A/B timings
+    service = RuntimeOptions(max_texts_per_call=256, max_chars_per_text=20_000)
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ E = TypeVar("E", bound=Enum)
 
 # ONNX Runtime's own names for its graph optimization levels, keyed by ours.
 GRAPH_OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
+# The request limits, by field name (all positive integers).
+LIMITS = ("max_texts_per_call", "max_chars_per_text", "max_context_chars", "max_top_k")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,13 @@ class RuntimeOptions:
     caps the texts (or QA windows) per forward pass; ``group_by_length`` sorts a request
     by token length before cutting it into batches so short texts are not padded to
     long ones (results still come back in the caller's order).
+
+    Request limits make an oversized call fail fast with an InputError instead of eating
+    memory (see :mod:`bertrt.limits`): ``max_texts_per_call`` (texts, or QA pairs, per
+    call), ``max_chars_per_text`` (characters of each text or question; longer texts are
+    still only *read* up to the model window, so this bounds what a caller may send, not
+    the work), ``max_context_chars`` (characters of each QA context, which is read whole,
+    window after window) and ``max_top_k`` (answers or labels asked for per input).
     """
 
     graph_optimization: str = "all"
@@ -40,6 +50,10 @@ class RuntimeOptions:
     batch_size: int = 32
     group_by_length: bool = True
     cuda_device_id: int = 0
+    max_texts_per_call: int = 10_000
+    max_chars_per_text: int = 2_000_000
+    max_context_chars: int = 100_000
+    max_top_k: int = 100
 
     def __post_init__(self) -> None:
         if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
@@ -50,8 +64,9 @@ class RuntimeOptions:
         for name in ("intra_op_threads", "inter_op_threads", "cuda_device_id"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}.")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be 1 or more, got {self.batch_size}.")
+        for name in ("batch_size", *LIMITS):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be 1 or more, got {getattr(self, name)}.")
 
     @classmethod
     def preset(cls, name: str) -> RuntimeOptions:

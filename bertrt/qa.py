@@ -20,12 +20,36 @@ import numpy as np
 
 from bertrt.batching import plan_batches
 from bertrt.errors import BundleError, InputError
-from bertrt.qa_spans import QAWindows, decode_answers, encode_qa
+from bertrt.limits import check_positive, check_texts, check_top_k
+from bertrt.qa_spans import QAWindows, check_pairs, decode_answers, encode_qa
 from bertrt.results import QAResult
-from bertrt.runner import TaskRunner, as_texts, check_positive
+from bertrt.runner import TaskRunner
 from bertrt.types import Task
 
 START, END = "start_logits", "end_logits"
+
+
+def pair_chunks(contexts: Sequence[str], max_chars: int, max_pairs: int) -> list[slice]:
+    """Consecutive runs of pairs holding at most ``max_chars`` context characters and
+    ``max_pairs`` pairs (one pair alone may hold up to ``max_chars``).
+
+    A call is windowed, run and decoded chunk by chunk, so its working memory (windows,
+    logits and the span band, ~20 bytes per token per answer length) is that of one
+    chunk, whatever the number of pairs: results are the only thing that grows.
+
+    >>> pair_chunks(["aa", "bb", "cccc", "d"], max_chars=4, max_pairs=8)
+    [slice(0, 2, None), slice(2, 3, None), slice(3, 4, None)]
+    """
+    chunks: list[slice] = []
+    first, chars = 0, 0
+    for index, context in enumerate(contexts):
+        if index > first and (chars + len(context) > max_chars or index - first >= max_pairs):
+            chunks.append(slice(first, index))
+            first, chars = index, 0
+        chars += len(context)
+    if first < len(contexts):
+        chunks.append(slice(first, len(contexts)))
+    return chunks
 
 
 class QuestionAnswerer(TaskRunner):
@@ -60,28 +84,29 @@ class QuestionAnswerer(TaskRunner):
         """Answer each ``questions[i]`` from ``contexts[i]`` (a str is one pair); one
         :class:`QAResult` per pair, in order.
 
-        ``top_k`` distinct answers per pair, best first; spans of at most
+        ``top_k`` distinct answers per pair, best first (fewer when the context holds
+        fewer spans; at most ``options.max_top_k``); spans of at most
         ``max_answer_length`` tokens. With ``null_threshold`` set, a pair whose no-answer
-        score beats its best span by more than the threshold gets one empty answer.
+        score beats its best span by more than the threshold gets one empty answer. A
+        context with no readable token (control characters only) gets no answers.
+
+        Empty or blank questions and contexts, a question too long for the model window,
+        and contexts over ``options.max_context_chars`` raise InputError.
         """
-        questions = as_texts(questions, "question")
-        contexts = as_texts(contexts, "context")
-        if len(questions) != len(contexts):
-            raise InputError(
-                f"Got {len(questions)} questions but {len(contexts)} contexts; pass one context per question."
-            )
-        check_positive(top_k, "top_k")
+        questions = check_texts(questions, self.options, "question")
+        contexts = check_texts(
+            contexts, self.options, "context", self.options.max_context_chars, "max_context_chars"
+        )
+        check_top_k(top_k, self.options)
         check_positive(max_answer_length, "max_answer_length")
-        if not questions:
-            return []
-        with self._qa_lock:
-            windows = encode_qa(
-                self._qa_tokenizer, questions, contexts, self.manifest.max_length, self.doc_stride
-            )
-        start, end = self._logits(windows)
-        answers = decode_answers(start, end, windows, contexts, top_k, max_answer_length, null_threshold)
-        counts = np.bincount(windows.example_index, minlength=len(contexts))
-        return [QAResult(tuple(a), int(n)) for a, n in zip(answers, counts, strict=True)]
+        # Every pair is checked before any chunk runs: a bad pair late in a call fails it fast.
+        check_pairs(questions, contexts, self.manifest.max_length, self.doc_stride)
+        self._check_question_lengths(questions)
+        results: list[QAResult] = []
+        for chunk in pair_chunks(contexts, self.options.max_context_chars, 4 * self.options.batch_size):
+            pairs = (questions[chunk], contexts[chunk])
+            results += self._answer(chunk, *pairs, top_k, max_answer_length, null_threshold)
+        return results
 
     def answer(
         self,
@@ -101,6 +126,35 @@ class QuestionAnswerer(TaskRunner):
             null_threshold=null_threshold,
         )
         return result
+
+    def _answer(
+        self,
+        chunk: slice,
+        questions: list[str],
+        contexts: list[str],
+        top_k: int,
+        max_answer_length: int,
+        null_threshold: float | None,
+    ) -> list[QAResult]:
+        """Window, run and decode the pairs of one ``chunk`` of the call."""
+        with self._qa_lock:
+            windows = encode_qa(
+                self._qa_tokenizer, questions, contexts, self.manifest.max_length, self.doc_stride, chunk.start
+            )
+        start, end = self._logits(windows)
+        answers = decode_answers(start, end, windows, contexts, top_k, max_answer_length, null_threshold)
+        counts = np.bincount(windows.example_index, minlength=len(contexts))
+        return [QAResult(tuple(a), int(n)) for a, n in zip(answers, counts, strict=True)]
+
+    def _check_question_lengths(self, questions: list[str]) -> None:
+        """Refuse a question that fills the window before its full length is tokenized: the
+        truncating tokenizer reads only the head of a long text."""
+        for index, encoding in enumerate(self.tokenizer.encode(questions)):
+            if encoding.truncated:
+                raise InputError(
+                    f"Question #{index} is longer than the model window ({self.manifest.max_length} "
+                    "tokens), leaving no room for the context; shorten the question."
+                )
 
     def _logits(self, windows: QAWindows) -> tuple[np.ndarray, np.ndarray]:
         """Start and end logits ``(windows, seq)`` for every window, run in length groups.

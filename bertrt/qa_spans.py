@@ -93,11 +93,13 @@ def encode_qa(
     contexts: Sequence[str],
     max_length: int,
     doc_stride: int,
+    first_index: int = 0,
 ) -> QAWindows:
     """Cut question/context pairs into model windows, as Hugging Face's SQuAD preprocessing does.
 
     Long contexts overflow into further windows that overlap by ``doc_stride`` tokens.
-    Questions are left-stripped (leading spaces only waste window room).
+    Questions are left-stripped (leading spaces only waste window room). Error messages
+    number pairs from ``first_index`` (for callers that encode a long call in chunks).
 
     The tokenizer's truncation and padding settings are overwritten, so pass an instance
     dedicated to QA and do not share it between threads without a lock.
@@ -107,13 +109,13 @@ def encode_qa(
         windows = encode_qa(tok, ["Where?"], ["In Paris."], max_length=384, doc_stride=128)
         windows.input_ids.shape  # (1, n_tokens)
     """
-    _check_pairs(questions, contexts, max_length, doc_stride)
+    check_pairs(questions, contexts, max_length, doc_stride, first_index)
     stripped = [question.lstrip() for question in questions]
     n_special = tokenizer.num_special_tokens_to_add(is_pair=True)
     tokenizer.no_padding()
     tokenizer.no_truncation()
     question_lengths = [len(e.ids) for e in tokenizer.encode_batch(stripped, add_special_tokens=False)]
-    _check_room(tokenizer, stripped, contexts, question_lengths, n_special, max_length, doc_stride)
+    _check_room(tokenizer, stripped, contexts, question_lengths, n_special, max_length, doc_stride, first_index)
     tokenizer.enable_truncation(max_length, stride=doc_stride, strategy="only_second")
     encodings = tokenizer.encode_batch(list(zip(stripped, contexts)))
     rows: list[Encoding] = []
@@ -173,9 +175,11 @@ def decode_answers(
     return results
 
 
-def _check_pairs(
-    questions: Sequence[str], contexts: Sequence[str], max_length: int, doc_stride: int
+def check_pairs(
+    questions: Sequence[str], contexts: Sequence[str], max_length: int, doc_stride: int, first_index: int = 0
 ) -> None:
+    """InputError unless there is one context per question, the stride fits the window and
+    no question or context is empty or blank (pairs numbered from ``first_index``)."""
     if len(questions) != len(contexts):
         raise InputError(
             f"Got {len(questions)} questions but {len(contexts)} contexts; pass one context per question."
@@ -184,7 +188,7 @@ def _check_pairs(
         raise InputError(
             f"doc_stride ({doc_stride}) must be at least 0 and below max_length ({max_length}); lower it."
         )
-    for index, (question, context) in enumerate(zip(questions, contexts)):
+    for index, (question, context) in enumerate(zip(questions, contexts), start=first_index):
         if not question.strip():
             raise InputError(f"Question {index} is empty; pass a non-empty question.")
         if not context.strip():
@@ -199,9 +203,11 @@ def _check_room(
     n_special: int,
     max_length: int,
     doc_stride: int,
+    first_index: int,
 ) -> None:
     """Refuse questions that leave too little window room (tokenizers would panic on them)."""
-    for index, question_length in enumerate(question_lengths):
+    for position, question_length in enumerate(question_lengths):
+        index = first_index + position
         room = max_length - question_length - n_special
         if room < 1:
             raise InputError(
@@ -211,7 +217,7 @@ def _check_room(
         if room > doc_stride:
             continue
         # Too little room for the overlap only matters when the context must be split.
-        context_length = len(tokenizer.encode(contexts[index], add_special_tokens=False).ids)
+        context_length = len(tokenizer.encode(contexts[position], add_special_tokens=False).ids)
         if question_length + context_length + n_special > max_length:
             raise InputError(
                 f"Question {index} has {question_length} tokens, leaving {room} context tokens per "

@@ -16,7 +16,8 @@ from typing import ClassVar, TypeVar
 import numpy as np
 
 from bertrt.batching import run_in_batches
-from bertrt.errors import BundleError, InputError
+from bertrt.errors import BundleError
+from bertrt.limits import as_texts, check_positive
 from bertrt.model_files import ModelFiles, open_model
 from bertrt.options import RuntimeOptions, coerce_enum
 from bertrt.session import OrtSession
@@ -24,6 +25,9 @@ from bertrt.tokenizer import Encoding, TextTokenizer
 from bertrt.types import Device, Precision, Task
 
 R = TypeVar("R")
+
+# Input checks live in bertrt.limits; re-exported here, where task modules long found them.
+__all__ = ["TaskRunner", "as_texts", "check_positive"]
 
 
 class TaskRunner:
@@ -95,33 +99,3 @@ class TaskRunner:
             run_batch,
             self.options.group_by_length,
         )
-
-
-def check_positive(value: object, name: str) -> int:
-    """``value`` when it is an int of 1 or more, else an InputError naming ``name``.
-
-    >>> check_positive(3, "top_k")
-    3
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive integer, got {value!r}.")
-    return value
-
-
-def as_texts(texts: str | Sequence[str], what: str = "text") -> list[str]:
-    """``texts`` as a list of str: a single str becomes a list of one; anything that is not
-    a str raises InputError naming its position.
-
-    >>> as_texts("hello")
-    ['hello']
-    """
-    if isinstance(texts, str):
-        return [texts]
-    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
-        raise InputError(f"Expected a {what} string or a list of them, got {type(texts).__name__}.")
-    for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InputError(
-                f"{what.capitalize()} #{index} is {type(text).__name__}, not str; pass strings only."
-            )
-    return list(texts)
