@@ -52,6 +52,7 @@ class Bundle:
                 f"{self.path} is not a folder; run `bertrt export` or pass --models pointing "
                 "at an exported bundle."
             )
+        _refuse_model_folder(self.path)
         self.manifest = BundleManifest.read(self.path)
         self.device = coerce_enum(Device, device, "device")
         self.precision = coerce_enum(Precision, precision, "precision")
@@ -122,6 +123,18 @@ class Bundle:
     def __repr__(self) -> str:
         loaded = ", ".join(t.value for t in self._runners) or "none yet"
         return f"Bundle({str(self.path)!r}, device={self.device.value}, loaded: {loaded})"
+
+
+def _refuse_model_folder(path: Path) -> None:
+    """A clear error for the common slip of passing one model's folder as the bundle."""
+    try:
+        manifest = ModelManifest.read(path)
+    except BundleError:
+        return  # not a model folder either; BundleManifest.read says what is wrong
+    raise BundleError(
+        f"{path} holds a single {manifest.task.value} model, not a bundle; pass the bundle "
+        f"folder that contains it ({path.parent}) with --models."
+    )
 
 
 def load(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bertrt.errors import BundleError
 from bertrt.manifest import MANIFEST_NAME, ModelManifest, sha256_of
+from bertrt.tokenizer import TOKENIZER_FILE
 from bertrt.types import Precision, Task
 
 
@@ -34,7 +35,8 @@ def open_model(model_dir: Path, task: Task, precision: Precision, verify: bool =
     """Read ``model_dir``'s manifest, refuse another task, verify checksums, pick the variant.
 
     With ``verify`` (the default) every file the manifest lists is checked against its
-    sha256; the first mismatch raises BundleError naming the file.
+    sha256; the first mismatch raises BundleError naming the file. The chosen ONNX file
+    and the tokenizer must be listed: a file without a checksum is never loaded.
     """
     model_dir = Path(model_dir)
     _refuse_bundle_root(model_dir, task)
@@ -52,6 +54,8 @@ def open_model(model_dir: Path, task: Task, precision: Precision, verify: bool =
             f"of those with --precision or re-export with {precision.value} enabled."
         )
     if verify:
+        for name in (variant.file, TOKENIZER_FILE):
+            _require_checksum(model_dir, manifest, name)
         verify_checksums(model_dir, manifest)
     onnx_path = _inside(model_dir, variant.file)
     if not onnx_path.is_file():
@@ -72,6 +76,14 @@ def verify_checksums(model_dir: Path, manifest: ModelManifest) -> None:
                 f"{path} does not match its sha256 in the manifest (edited, truncated or "
                 "corrupted); re-export the bundle with `bertrt export`."
             )
+
+
+def _require_checksum(model_dir: Path, manifest: ModelManifest, name: str) -> None:
+    if name not in manifest.files:
+        raise BundleError(
+            f"{model_dir / name} has no sha256 in the manifest, so it cannot be verified; "
+            "re-export the bundle with `bertrt export`."
+        )
 
 
 def _inside(model_dir: Path, name: str) -> Path:
