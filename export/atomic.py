@@ -2,7 +2,9 @@
 
 An interrupted or failed export leaves the previous bundle untouched and no partial one:
 the half-built folder is hidden (``.NAME.partial-*``), never at the bundle's path, and is
-removed on any error.
+removed on any error. The swap itself is two renames; a process killed between them
+leaves the previous bundle at ``.NAME.previous-*``, which the next export puts back
+(see :func:`remove_stale_partials`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ def publish(staging: Path, final: Path) -> None:
 
 
 def remove_stale_partials(final: Path) -> None:
-    """Delete staging folders left by exports that were killed before they could clean up."""
-    for stale in final.resolve().parent.glob(f".{final.name}.partial-*"):
+    """Clean up after exports that were killed before they could: delete their staging
+    folders, and put a previous bundle back when a kill fell between the two renames of
+    :func:`publish` (else delete the leftover backup)."""
+    final = final.resolve()
+    for stale in final.parent.glob(f".{final.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
+    backups = sorted(final.parent.glob(f".{final.name}.previous-*"), key=lambda p: p.stat().st_mtime)
+    if backups and not final.exists():
+        os.rename(backups.pop(), final)
+    for backup in backups:
+        shutil.rmtree(backup, ignore_errors=True)

@@ -8,6 +8,7 @@ swapped in only when every model passed (see :mod:`export.atomic`).
 
 from __future__ import annotations
 
+import errno
 import logging
 import tempfile
 import time
@@ -26,7 +27,7 @@ from transformers import (
     AutoTokenizer,
 )
 
-from bertrt.errors import ValidationFailed
+from bertrt.errors import ExportError, ValidationFailed
 from bertrt.manifest import (
     MANIFEST_NAME,
     BundleManifest,
@@ -37,10 +38,10 @@ from bertrt.manifest import (
 from bertrt.types import Device, Precision, Task
 from export import validate
 from export.atomic import remove_stale_partials, staged_directory
+from export.calibration import calibration_texts
 from export.convert import export_onnx, graph_signature
 from export.recipe import ModelRecipe, Recipe
 from export.sources import load_pretrained
-from export.calibration import calibration_texts
 from export.variants import build_order, build_variant, variant_runs_here
 
 Log = Callable[[str], None]
@@ -88,8 +89,17 @@ class ExportSummary:
 def export_bundle(recipe: Recipe, options: ExportOptions, log: Log = print) -> ExportSummary:
     """Build the bundle described by ``recipe`` at ``options.out``; raise on any failure.
 
-    Nothing is written at ``options.out`` unless all three models export and validate.
+    Nothing is written at ``options.out`` unless all three models export and validate; a
+    failure of any kind (a file-system error such as a full disk becomes an ExportError)
+    leaves whatever was there before untouched.
     """
+    try:
+        return _export_bundle(recipe, options, log)
+    except OSError as exc:
+        raise _file_system_error(exc, options.out) from exc
+
+
+def _export_bundle(recipe: Recipe, options: ExportOptions, log: Log) -> ExportSummary:
     started = time.perf_counter()
     summary = ExportSummary(out=options.out)
     remove_stale_partials(options.out)
@@ -109,6 +119,16 @@ def export_bundle(recipe: Recipe, options: ExportOptions, log: Log = print) -> E
             ).write(staging)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _file_system_error(exc: OSError, out: Path) -> ExportError:
+    what = exc.strerror or str(exc) or type(exc).__name__
+    where = f" ({exc.filename})" if exc.filename else ""
+    fix = "free disk space" if exc.errno == errno.ENOSPC else "fix the file or folder it names"
+    return ExportError(
+        f"The export stopped on a file-system error, {what}{where}; {fix} and rerun "
+        f"(nothing was published, and any bundle already at {out} is untouched)."
+    )
 
 
 def _export_model(recipe: Recipe, task: Task, options: ExportOptions, model_dir: Path, work: Path, log: Log) -> ModelManifest:
@@ -181,10 +201,13 @@ def load_source_model(task: Task, spec: ModelRecipe, seed: int = 0) -> Any:
     """Load the PyTorch model a bundle's ``task`` model starts from, in eval mode.
 
     New head weights (a classifier or span head on a bare encoder) are drawn from a seeded
-    generator, so the same recipe always starts from the same model.
+    generator, so the same recipe always starts from the same model. Only safetensors
+    weights are read (never a pickled ``pytorch_model.bin``), and the source's own code runs
+    only when the recipe sets ``trust_remote_code``.
     """
     transformers.set_seed(seed)
-    kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    # Weights come from safetensors only: a pickled checkpoint could run code when loaded.
+    kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code, "use_safetensors": True}
     if task is Task.CLASSIFY and spec.finetune:
         kwargs.update(
             num_labels=len(SENTIMENT_LABELS),

@@ -36,6 +36,8 @@ def load_pretrained(model_class: Any, source: str, *, trust_remote_code: bool = 
     """``model_class.from_pretrained(resolve_source(source))`` with a one-sentence error on failure.
 
     ``model_class`` is any transformers class with ``from_pretrained`` (a model or a tokenizer).
+    ``trust_remote_code`` stays off unless the recipe asks: a hub repository's own Python
+    code never runs by default.
     """
     target = resolve_source(source)
     try:
@@ -44,7 +46,7 @@ def load_pretrained(model_class: Any, source: str, *, trust_remote_code: bool = 
         if Path(target).is_dir():
             raise ExportError(
                 f"Could not load {model_class.__name__} from the folder {target} ({_first_line(exc)}); "
-                "check that it holds config.json, the weights and tokenizer files."
+                "check that it holds config.json, model.safetensors and the tokenizer files."
             ) from exc
         raise ExportError(
             f"Could not load {source!r} from the model hub ({_first_line(exc)}); on a machine "
