@@ -49,7 +49,7 @@ class BenchConfig:
     warmup: int = 5
     repeats: int = 200
     min_repeats: int = 3
-    max_seconds: float = 4.0
+    max_seconds: float = 3.0
     stream_texts: int = 2000
     stream_passes: int = 1
     qa_questions: int = 500

@@ -1,9 +1,10 @@
 """The benchmark run: every requested system through every requested workload, then the
 physical limit and the footprint; one JSON-ready results dict.
 
-Systems run one after another in one process, each closed before the next loads (memory
-stays flat), on inputs built once and shared, with the same thread count and batch size.
-A system whose libraries or variant files are missing is skipped with a note.
+All systems live in one process and are measured step by step (every system on one
+figure, then the next figure; see :mod:`benchmarks.measure`), on inputs built once and
+shared, with the same thread count and batch size. A system whose libraries or variant
+files are missing is skipped with a note.
 
 Example::
 
@@ -27,10 +28,10 @@ from benchmarks import report, workloads
 from benchmarks.config import BASELINES, BenchConfig
 from benchmarks.footprint import measure_footprint
 from benchmarks.machine import load_average, machine_info
-from benchmarks.measure import Inputs, Log, Recorder, SystemMeasurement
+from benchmarks.measure import Inputs, Log, Measurer, Recorder, plan_steps
 from benchmarks.physical import BertShape, gemm_rate
 from benchmarks.subjects import ModelInfo, bundle_models
-from benchmarks.systems import SystemSettings, make_system
+from benchmarks.systems import System, SystemSettings, make_system
 from bertrt.errors import BertrtError
 from bertrt.types import Precision, Task
 
@@ -61,21 +62,7 @@ def run_benchmark(config: BenchConfig, log: Log | None = None) -> dict[str, Any]
         # First, while no engine's thread pool is alive in this process to compete with BLAS.
         log("gemm: the machine's fp32 matrix-multiply rate")
         results["gemm"] = gemm_rate(config.gemm_size, threads=config.threads)
-    recorder = Recorder()
-    settings = SystemSettings(config.threads, config.batch_size, config.device)
-    for name in config.systems:
-        try:
-            system = make_system(name, models, settings)
-        except BertrtError as exc:
-            results["skipped"][name] = str(exc)
-            log(f"skip {name}: {exc}")
-            continue
-        results["load_average"][name] = load_average()
-        log(f"{name}: starting (load average {results['load_average'][name]})")
-        SystemMeasurement(system, config, recorder, log).run(models, inputs)
-        system.close()
-        del system
-        gc.collect()
+    recorder = measure_all(config, models, inputs, results, log)
     results["figures"] = recorder.figures
     if config.wants("gemm"):
         results["gemm"]["peak_batch"] = peak_batch_rates(recorder.figures, models, results["gemm"]["peak_gflops"])
@@ -87,6 +74,41 @@ def run_benchmark(config: BenchConfig, log: Log | None = None) -> dict[str, Any]
     results["targets"] = report.targets(results)
     results["seconds"] = time.perf_counter() - started
     return results
+
+
+def measure_all(
+    config: BenchConfig, models: Mapping[Task, ModelInfo], inputs: Inputs, results: dict[str, Any], log: Log
+) -> Recorder:
+    """Every step on every system that supports it; the load average before each step and
+    the systems that could not run go into ``results``."""
+    recorder = Recorder()
+    systems = open_systems(config, models, results["skipped"], log)
+    measurer = Measurer(config, recorder)
+    for step in plan_steps(config, models, inputs):
+        results["load_average"][step.label] = load_average()
+        for system in systems:
+            if system.supports(step.operation):
+                log(f"{step.label}: {system.name}")
+                step.run(measurer, system)
+    for system in systems:
+        system.close()
+    systems.clear()
+    gc.collect()
+    return recorder
+
+
+def open_systems(config: BenchConfig, models: Mapping[Task, ModelInfo], skipped: dict[str, str], log: Log) -> list[System]:
+    """The requested systems that can run here (models load on first use); the others are
+    noted in ``skipped`` with the reason."""
+    settings = SystemSettings(config.threads, config.batch_size, config.device)
+    systems = []
+    for name in config.systems:
+        try:
+            systems.append(make_system(name, models, settings))
+        except BertrtError as exc:
+            skipped[name] = str(exc)
+            log(f"skip {name}: {exc}")
+    return systems
 
 
 def prepare_inputs(config: BenchConfig, models: Mapping[Task, ModelInfo], notes: list[str]) -> Inputs:

@@ -1,15 +1,22 @@
-"""Timing one system through the workloads: W1 latency, W2 and W3 throughput, scaling curves.
+"""The measurement steps: W1 latency, W2 and W3 throughput, and model-level forwards, each
+run for every system back to back before the next step starts.
+
+Running step-major (all systems on one figure, then the next figure) rather than
+system-major keeps each figure's systems within seconds of each other, so a change in
+background load on a shared machine hits them alike instead of biasing whichever
+system happened to run last.
 
 Figures are recorded under dotted keys (``w1.classify.short``, ``w2.embed``, ``w3.qa``,
-``scaling.batch.8x128``, ``peak_batch.32x256``), one entry per system, so every figure
-can later be set against every baseline measured in the same run. The answers a system
-gave are kept beside the figures (not in the results file) for the agreement checks.
+``scaling.batch.8x128``, ``peak_batch.32x256``), one entry per system. The answers a
+system gave are kept beside the figures (not in the results file) for agreement checks.
 
 Example::
 
     recorder = Recorder()
-    SystemMeasurement(system, config, recorder, log=print).run(models, inputs)
-    recorder.figures["w1.classify.short"]["bertrt-fp32"]["p50_ms"]
+    for step in plan_steps(config, models, inputs):
+        for system in systems:
+            if system.supports(step.operation):
+                step.run(Measurer(config, recorder), system)
 """
 
 from __future__ import annotations
@@ -51,93 +58,112 @@ class Recorder:
             self.outputs.setdefault(key, {})[system] = list(outputs)
 
 
-class SystemMeasurement:
-    """Runs every requested workload that one system supports."""
+class Measurer:
+    """Times one system on one step and records the figure."""
 
-    def __init__(self, system: System, config: BenchConfig, recorder: Recorder, log: Log) -> None:
-        self.system = system
+    def __init__(self, config: BenchConfig, recorder: Recorder) -> None:
         self.config = config
         self.recorder = recorder
-        self.log = log
 
-    def run(self, models: Mapping[Task, ModelInfo], inputs: Inputs) -> None:
-        """All workloads of the config that the system and the bundle allow."""
-        serving = {"classify": (Task.CLASSIFY, self.system.classify), "embed": (Task.EMBED, self.system.embed)}
-        for operation, (task, serve) in serving.items():
-            if task not in models or not self.system.supports(operation):
-                continue
-            if self.config.wants("w1"):
-                self.single_requests(operation, serve, inputs.w1)
-            if inputs.stream is not None:
-                self.stream(operation, serve, inputs.stream)
-        if inputs.squad is not None and self.system.supports("answer"):
-            self.squad(inputs.squad)
-        if self.config.wants("scaling") and self.system.supports("forward") and Task.CLASSIFY in models:
-            self.scaling(models[Task.CLASSIFY])
-
-    def single_requests(self, operation: str, serve: Callable[[list[str]], Any], texts: Mapping[str, str]) -> None:
+    def single_request(self, system: System, operation: str, case: str, text: str) -> None:
         """W1: one text per call, end to end, per-call latency."""
-        for case, text in texts.items():
-            self.log(f"{self.system.name}: W1 {operation} {case}")
-            last: list[Any] = [None]
-            stats = self._latency(lambda: last.__setitem__(0, serve([text])))
-            self.recorder.add(f"w1.{operation}.{case}", self.system.name, stats.to_dict(),
-                              last[0] if operation == "classify" else None)
-
-    def stream(self, operation: str, serve: Callable[[list[str]], Any], stream: list[str]) -> None:
-        """W2: the whole mixed stream in one call (the system batches it), then, for
-        classification, the same stream arriving as requests of one batch each."""
-        name, size = self.system.name, self.config.batch_size
-        self.log(f"{name}: W2 {operation}, {len(stream)} texts in batches of {size}")
+        serve = _serving(system, operation)
         last: list[Any] = [None]
-        figure = self._throughput(lambda: last.__setitem__(0, serve(stream)), len(stream), lambda: serve(stream[:size]))
-        self.recorder.add(f"w2.{operation}", name, figure, last[0] if operation == "classify" else None)
-        if operation != "classify":
-            return
-        # As requests of one batch, length grouping can only act inside a request. Baselines
-        # batch in arrival order anyway, so their figure is the same computation: reused.
-        if name.startswith("bertrt-"):
-            chunks = [stream[i : i + size] for i in range(0, len(stream), size)]
-            figure = self._throughput(lambda: [serve(c) for c in chunks], len(stream), lambda: serve(chunks[0]))
-        else:
-            figure = {**figure, "reused_from": "w2.classify"}
-        self.recorder.add("w2.classify.requests", name, figure)
+        stats = self.latency(lambda: last.__setitem__(0, serve([text])))
+        self.recorder.add(f"w1.{operation}.{case}", system.name, stats.to_dict(), last[0] if operation == "classify" else None)
 
-    def squad(self, squad: workloads.SquadPairs) -> None:
+    def stream(self, system: System, operation: str, stream: list[str]) -> None:
+        """W2: the whole mixed stream in one call; the system batches it."""
+        serve = _serving(system, operation)
+        last: list[Any] = [None]
+        warm = stream[: self.config.batch_size]
+        figure = self.throughput(lambda: last.__setitem__(0, serve(stream)), len(stream), lambda: serve(warm))
+        self.recorder.add(f"w2.{operation}", system.name, figure, last[0] if operation == "classify" else None)
+
+    def stream_as_requests(self, system: System, stream: list[str]) -> None:
+        """W2 classification with the stream arriving as requests of one batch each, where
+        length grouping can only act inside a request. Baselines batch in arrival order
+        anyway, so for them this is the ``w2.classify`` computation and its figure is reused."""
+        key = "w2.classify.requests"
+        if not system.name.startswith("bertrt-"):
+            figure = self.recorder.figures.get("w2.classify", {}).get(system.name)
+            if figure is not None:
+                self.recorder.add(key, system.name, {**figure, "reused_from": "w2.classify"})
+            return
+        size = self.config.batch_size
+        chunks = [stream[i : i + size] for i in range(0, len(stream), size)]
+        figure = self.throughput(lambda: [system.classify(c) for c in chunks], len(stream), lambda: system.classify(chunks[0]))
+        self.recorder.add(key, system.name, figure)
+
+    def squad(self, system: System, squad: workloads.SquadPairs) -> None:
         """W3: SQuAD questions with their full contexts, answers end to end."""
-        self.log(f"{self.system.name}: W3 {len(squad.questions)} SQuAD questions")
         last: list[list[str]] = [[]]
-        figure = self._throughput(
-            lambda: last.__setitem__(0, self.system.answer(squad.questions, squad.contexts)),
+        figure = self.throughput(
+            lambda: last.__setitem__(0, system.answer(squad.questions, squad.contexts)),
             len(squad.questions),
-            lambda: self.system.answer(squad.questions[:2], squad.contexts[:2]),
+            lambda: system.answer(squad.questions[:2], squad.contexts[:2]),
         )
         normalize = workloads.squad_normalize
         exact = sum(normalize(a) in {normalize(g) for g in gold} for a, gold in zip(last[0], squad.answers))
-        self.recorder.add("w3.qa", self.system.name, {**figure, "exact_match": exact / len(last[0])}, last[0])
+        self.recorder.add("w3.qa", system.name, {**figure, "exact_match": exact / len(last[0])}, last[0])
 
-    def scaling(self, model: ModelInfo) -> None:
-        """Model-level forward latency against batch size and sequence length, and at W2's
-        biggest batch (``batch_size`` x ``max_length``), on synthetic token ids."""
-        config = self.config
-        curves = {
-            "scaling.batch": [(b, config.scaling_seq) for b in config.batch_sizes],
-            "scaling.sequence": [(1, s) for s in config.seq_lengths],
-            "peak_batch": [(config.batch_size, model.max_length)],
-        }
-        for prefix, shapes in curves.items():
-            for batch, seq in shapes:
-                self.log(f"{self.system.name}: forward {batch} x {seq}")
-                feeds = workloads.token_batch(batch, seq, model.vocab_size, config.seed)
-                stats = self._latency(lambda: self.system.forward(Task.CLASSIFY, feeds), warmup=min(2, config.warmup))
-                self.recorder.add(f"{prefix}.{batch}x{seq}", self.system.name, {**stats.to_dict(), "batch": batch, "seq": seq})
+    def forward(self, system: System, prefix: str, model: ModelInfo, batch: int, seq: int) -> None:
+        """One model-level forward latency on synthetic ``batch`` x ``seq`` token ids."""
+        feeds = workloads.token_batch(batch, seq, model.vocab_size, self.config.seed)
+        stats = self.latency(lambda: system.forward(model.task, feeds), warmup=min(2, self.config.warmup))
+        self.recorder.add(f"{prefix}.{batch}x{seq}", system.name, {**stats.to_dict(), "batch": batch, "seq": seq})
 
-    def _latency(self, fn: Callable[[], object], warmup: int | None = None) -> LatencyStats:
+    def latency(self, fn: Callable[[], object], warmup: int | None = None) -> LatencyStats:
+        """Per-call latency of ``fn`` with the config's warm-up and repetition limits."""
         config = self.config
         return measure_latency(
             fn, warmup=config.warmup if warmup is None else warmup, repeats=config.repeats,
             min_repeats=config.min_repeats, max_seconds=config.max_seconds,
         )
 
-    def _throughput(self, fn: Callable[[], object], items: int, warmup: Callable[[], object]) -> dict[str, Any]:
+    def throughput(self, fn: Callable[[], object], items: int, warmup: Callable[[], object]) -> dict[str, Any]:
+        """Items per second of ``fn`` over the config's passes, after ``warmup()``."""
         return measure_throughput(fn, items, passes=self.config.stream_passes, warmup=warmup).to_dict()
+
+
+@dataclass(frozen=True)
+class Step:
+    """One figure to measure on every system that supports ``operation``."""
+
+    label: str
+    operation: str
+    run: Callable[[Measurer, System], None]
+
+
+def plan_steps(config: BenchConfig, models: Mapping[Task, ModelInfo], inputs: Inputs) -> list[Step]:
+    """The run's steps in order: W1, W2, W3, then the scaling curves and W2's biggest batch."""
+    steps: list[Step] = []
+    operations = [op for op, task in (("classify", Task.CLASSIFY), ("embed", Task.EMBED)) if task in models]
+    if config.wants("w1"):
+        for operation in operations:
+            for case, text in inputs.w1.items():
+                steps.append(Step(f"W1 {operation} {case}", operation,
+                                  lambda m, s, o=operation, c=case, t=text: m.single_request(s, o, c, t)))
+    if inputs.stream is not None:
+        stream = inputs.stream
+        for operation in operations:
+            steps.append(Step(f"W2 {operation}, {len(stream)} texts", operation, lambda m, s, o=operation: m.stream(s, o, stream)))
+        if "classify" in operations:
+            steps.append(Step("W2 classify as requests of one batch", "classify", lambda m, s: m.stream_as_requests(s, stream)))
+    if inputs.squad is not None:
+        squad = inputs.squad
+        steps.append(Step(f"W3 {len(squad.questions)} SQuAD questions", "answer", lambda m, s: m.squad(s, squad)))
+    if config.wants("scaling") and Task.CLASSIFY in models:
+        model = models[Task.CLASSIFY]
+        shapes = [("scaling.batch", b, config.scaling_seq) for b in config.batch_sizes]
+        shapes += [("scaling.sequence", 1, s) for s in config.seq_lengths]
+        # W2's biggest batch: the shape the physical-limit comparison uses.
+        shapes.append(("peak_batch", config.batch_size, model.max_length))
+        for prefix, batch, seq in shapes:
+            steps.append(Step(f"forward {batch} x {seq}", "forward",
+                              lambda m, s, p=prefix, b=batch, q=seq: m.forward(s, p, model, b, q)))
+    return steps
+
+
+def _serving(system: System, operation: str) -> Callable[[list[str]], Any]:
+    return {"classify": system.classify, "embed": system.embed}[operation]
