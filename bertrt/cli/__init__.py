@@ -32,6 +32,7 @@ def _root() -> None:
 from bertrt.cli import export_cmds as _export_cmds  # noqa: E402,F401
 from bertrt.cli import run_cmds as _run_cmds  # noqa: E402,F401
 from bertrt.cli import bench_cmd as _bench_cmd  # noqa: E402,F401
+from bertrt.cli import serve_cmd as _serve_cmd  # noqa: E402,F401
 
 
 def main() -> None:

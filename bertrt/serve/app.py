@@ -1,0 +1,162 @@
+"""The ASGI application: routes, error mapping, request metrics and the model lifecycle.
+
+Errors always come back as ``{"error": {"type": ..., "message": ...}}``: 400 for a body
+that is not JSON, 422 for a missing or invalid field or an input the runtime refuses
+(:class:`~bertrt.errors.InputError`), 404 for a task the server does not serve, 503 while
+loading, when the queue is full (with ``Retry-After``) or while shutting down.
+
+Example::
+
+    app = create_app(ServeConfig(models=Path("models/minilm")))
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import bertrt
+from bertrt.batcher import BatcherClosedError, OverloadedError
+from bertrt.errors import BertrtError, ConfigError, InputError
+from bertrt.serve.config import ServeConfig
+from bertrt.serve.host import ModelHost, NotReadyError, TaskNotServedError
+from bertrt.serve.metrics import ServeMetrics
+from bertrt.serve.routes import build_router
+
+# uvicorn's worker processes rebuild the app from this variable (see bertrt.serve.server).
+CONFIG_ENV = "BERTRT_SERVE_CONFIG"
+
+# Which task each endpoint runs, for the per-task latency histograms.
+ENDPOINT_TASKS = {"/embed": "embed", "/v1/embeddings": "embed", "/classify": "classify", "/qa": "qa"}
+KNOWN_PATHS = {*ENDPOINT_TASKS, "/health", "/metrics", "/openapi.json", "/docs"}
+
+# bertrt errors by HTTP status and machine-readable type; the first match wins.
+ERROR_STATUS: tuple[tuple[type[BertrtError], int, str], ...] = (
+    (OverloadedError, 503, "overloaded"),
+    (BatcherClosedError, 503, "shutting_down"),
+    (NotReadyError, 503, "not_ready"),
+    (TaskNotServedError, 404, "not_served"),
+    (InputError, 422, "invalid_input"),
+    (ConfigError, 422, "invalid_option"),
+    (BertrtError, 500, "internal"),
+)
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    """The server for ``config``; its models load in the background once it starts."""
+    metrics = ServeMetrics()
+    host = ModelHost(config, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        host.start()
+        yield
+        # uvicorn has let requests in flight finish; stop the batchers off the event loop.
+        await asyncio.to_thread(host.close, config.shutdown_timeout_s)
+
+    app = FastAPI(
+        title="bertrt",
+        version=bertrt.__version__,
+        summary="BERT embeddings, classification and extractive QA on ONNX Runtime, batched across requests.",
+        lifespan=lifespan,
+    )
+    app.state.host = host
+    app.state.metrics = metrics
+    app.include_router(build_router(host, metrics))
+    _add_error_handlers(app, metrics)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app for the config in ``$BERTRT_SERVE_CONFIG`` (uvicorn's worker processes call this)."""
+    text = os.environ.get(CONFIG_ENV)
+    if not text:
+        raise ConfigError(f"${CONFIG_ENV} is not set; start the server with `bertrt serve`.")
+    return create_app(ServeConfig.from_json(text))
+
+
+class RequestMetrics:
+    """Pure ASGI middleware counting each request by endpoint and status, and timing it."""
+
+    def __init__(self, app: ASGIApp, metrics: ServeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            endpoint = endpoint_label(scope["path"])
+            self.metrics.requests.inc(endpoint=endpoint, code=str(status))
+            if endpoint in ENDPOINT_TASKS:
+                seconds = time.perf_counter() - started
+                self.metrics.latency.observe(seconds, task=ENDPOINT_TASKS[endpoint], endpoint=endpoint)
+
+
+def endpoint_label(path: str) -> str:
+    """``path`` when it is one of the server's routes, else ``other`` (bounded label values)."""
+    return path if path in KNOWN_PATHS else "other"
+
+
+def _add_error_handlers(app: FastAPI, metrics: ServeMetrics) -> None:
+    def error(
+        request: Request, status: int, kind: str, message: str, headers: dict[str, str] | None = None
+    ) -> JSONResponse:
+        metrics.errors.inc(endpoint=endpoint_label(request.url.path), reason=kind)
+        return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
+
+    @app.exception_handler(BertrtError)
+    async def bertrt_error(request: Request, exc: BertrtError) -> JSONResponse:
+        status, kind = next((s, k) for cls, s, k in ERROR_STATUS if isinstance(exc, cls))
+        headers = {"Retry-After": "1"} if isinstance(exc, OverloadedError | NotReadyError) else None
+        return error(request, status, kind, str(exc), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = exc.errors()
+        if any(p.get("type") == "json_invalid" for p in problems):
+            return error(request, 400, "invalid_json", "The request body is not valid JSON; send a JSON object.")
+        return error(request, 422, "invalid_request", _describe(problems))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"There is no {request.url.path}; see /docs for the endpoints."
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}; see /docs for the endpoints."
+        else:
+            message = str(exc.detail)
+        return error(request, exc.status_code, "http_error", message, dict(exc.headers or {}))
+
+
+def _describe(problems: Any) -> str:
+    """Pydantic's errors as one sentence: ``texts: Field required; top_k: ...``."""
+    parts = []
+    for problem in problems:
+        where = ".".join(str(p) for p in problem.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {problem.get('msg', 'invalid')}")
+    return "; ".join(parts) + "; see /docs for the request schema."

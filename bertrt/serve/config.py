@@ -1,0 +1,85 @@
+"""The settings of one server: which bundle, which tasks, how to batch, where to listen.
+
+A :class:`ServeConfig` round-trips through JSON so that ``--workers N`` can hand it to
+uvicorn's worker processes (they rebuild the app from an environment variable).
+
+Example::
+
+    config = ServeConfig(models=Path("models/minilm"), batching=BatcherOptions(max_wait_ms=5))
+    ServeConfig.from_json(config.to_json()) == config   # True
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from bertrt.batcher import BatcherOptions
+from bertrt.errors import ConfigError
+from bertrt.options import RuntimeOptions, coerce_enum
+from bertrt.types import Device, Precision, Task
+
+# Loopback by default: exposing a model server to the network is a deliberate choice.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``bertrt serve`` runs.
+
+    ``tasks`` empty serves every task of the bundle. ``model_name`` is the name reported
+    to OpenAI clients (default: the bundle's recipe). ``shutdown_timeout_s`` bounds how
+    long a stopping server waits for requests in flight.
+    """
+
+    models: Path = Path("models/minilm")
+    device: Device = Device.AUTO
+    precision: Precision = Precision.FP32
+    tasks: tuple[Task, ...] = ()
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    batching: BatcherOptions = field(default_factory=BatcherOptions)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    workers: int = 1
+    model_name: str | None = None
+    log_level: str = "info"
+    access_log: bool = False
+    shutdown_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be between 0 and 65535, got {self.port}.")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be 1 or more, got {self.workers}.")
+        if self.shutdown_timeout_s <= 0:
+            raise ConfigError(f"shutdown_timeout_s must be positive, got {self.shutdown_timeout_s}.")
+
+    def to_json(self) -> str:
+        """The config as one JSON document (enums as values, paths as str)."""
+        data = asdict(self)
+        data["models"] = str(self.models)
+        data["device"] = self.device.value
+        data["precision"] = self.precision.value
+        data["tasks"] = [task.value for task in self.tasks]
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeConfig:
+        """The inverse of :meth:`to_json`."""
+        data: dict[str, Any] = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(
+                f"Unknown serve settings {', '.join(sorted(unknown))}; expected {', '.join(sorted(known))}."
+            )
+        data["models"] = Path(data.get("models", cls.models))
+        data["device"] = coerce_enum(Device, data.get("device", Device.AUTO), "device")
+        data["precision"] = coerce_enum(Precision, data.get("precision", Precision.FP32), "precision")
+        data["tasks"] = tuple(coerce_enum(Task, t, "task") for t in data.get("tasks", ()))
+        data["runtime"] = RuntimeOptions(**data.get("runtime", {}))
+        data["batching"] = BatcherOptions(**data.get("batching", {}))
+        return cls(**data)

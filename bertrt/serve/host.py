@@ -1,0 +1,154 @@
+"""The models behind a server: the bundle loads on a background thread, then each task
+gets its :class:`~bertrt.batcher.DynamicBatcher`.
+
+Loading in the background lets the server answer ``GET /health`` (503, "loading") while
+sessions are built, which is what orchestrators poll before sending traffic.
+
+Example::
+
+    host = ModelHost(ServeConfig(models=Path("models/minilm")), ServeMetrics())
+    host.start()
+    host.wait_ready(60)
+    await host.batcher(Task.CLASSIFY).acall(["I love Paris"])
+    host.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, cast
+
+from bertrt.batcher import DynamicBatcher
+from bertrt.bundle import Bundle
+from bertrt.errors import BertrtError
+from bertrt.serve.config import ServeConfig
+from bertrt.serve.metrics import ServeMetrics
+from bertrt.types import Task
+
+log = logging.getLogger("bertrt.serve")
+
+
+class NotReadyError(BertrtError):
+    """The server's models are not loaded (yet, or loading failed)."""
+
+
+class TaskNotServedError(BertrtError):
+    """The server does not serve the requested task."""
+
+
+def served_tasks(bundle: Bundle, tasks: tuple[Task, ...]) -> tuple[Task, ...]:
+    """``tasks`` (every task of ``bundle`` when empty), after checking the bundle has each;
+    a BundleError names what it has instead."""
+    for task in tasks:
+        bundle.model_dir(task)
+    return tasks or bundle.tasks
+
+
+class ModelHost:
+    """Loads the configured bundle once and owns one batcher per served task."""
+
+    def __init__(self, config: ServeConfig, metrics: ServeMetrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        # Reading the manifest is quick and fails early on a wrong path.
+        self.bundle = Bundle(config.models, device=config.device, precision=config.precision, options=config.runtime)
+        self.tasks = served_tasks(self.bundle, config.tasks)
+        self.model_name = config.model_name or self.bundle.manifest.recipe
+        self.error: str | None = None
+        self._batchers: dict[Task, DynamicBatcher[Any]] = {}
+        self._ready = threading.Event()
+        self._loaded = threading.Event()  # set when loading ends, successfully or not
+        self._lock = threading.Lock()
+        self._closing = False
+        self._loader: threading.Thread | None = None
+        metrics.add_gauge("bertrt_ready", "1 once every served model is loaded, else 0.", self._ready_sample)
+        metrics.add_gauge("bertrt_queue_depth", "Requests waiting for a batch, by task.", self._queue_samples)
+
+    @property
+    def ready(self) -> bool:
+        """Whether every served model is loaded and accepting calls."""
+        return self._ready.is_set()
+
+    def start(self) -> None:
+        """Load the models on a background thread (returns at once)."""
+        if self._loader is None:
+            self._loader = threading.Thread(target=self._load, name="bertrt-serve-loader", daemon=True)
+            self._loader.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until loading ends or ``timeout`` seconds pass; True when the models are ready."""
+        self._loaded.wait(timeout)
+        return self.ready
+
+    def batcher(self, task: Task) -> DynamicBatcher[Any]:
+        """The batcher of ``task``; NotReadyError while loading, TaskNotServedError if absent."""
+        if task not in self.tasks:
+            served = ", ".join(t.value for t in self.tasks)
+            raise TaskNotServedError(
+                f"This server does not serve {task.value} (it serves: {served}); start it with a bundle "
+                f"or --task that includes {task.value}."
+            )
+        if not self._ready.is_set():
+            if self.error is not None:
+                raise NotReadyError(f"The models failed to load ({self.error}); fix the bundle and restart the server.")
+            raise NotReadyError("The models are still loading; retry when GET /health returns 200.")
+        return self._batchers[task]
+
+    def describe(self) -> dict[str, Any]:
+        """Health details: status, model name, tasks, device and precision."""
+        status = "ready" if self.ready else "failed" if self.error else "loading"
+        details: dict[str, Any] = {
+            "status": status,
+            "model": self.model_name,
+            "tasks": [t.value for t in self.tasks],
+            "precision": self.config.precision.value,
+        }
+        if self.ready:
+            details["provider"] = self.bundle.runner(self.tasks[0]).provider if self.tasks else None
+        if self.error:
+            details["error"] = self.error
+        return details
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop every batcher, letting queued requests finish within ``timeout`` seconds."""
+        with self._lock:
+            self._closing = True
+            batchers = list(self._batchers.values())
+        for batcher in batchers:
+            batcher.close(timeout=timeout)
+        if self._loader is not None:
+            self._loader.join(timeout)
+
+    def _load(self) -> None:
+        try:
+            self._load_batchers()
+        except BertrtError as exc:
+            self.error = str(exc)
+            log.error("Loading %s failed: %s", self.config.models, exc)
+        except Exception as exc:  # any load failure must reach /health, not vanish with the thread
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("Loading %s failed", self.config.models)
+        finally:
+            self._loaded.set()
+
+    def _load_batchers(self) -> None:
+        for task in self.tasks:
+            # Every concrete runner (Embedder, Classifier, QuestionAnswerer) is callable.
+            runner = cast(Callable[..., list[Any]], self.bundle.runner(task))
+            with self._lock:
+                # A server stopped while loading must not start batcher threads.
+                if self._closing:
+                    return
+                self._batchers[task] = DynamicBatcher(
+                    runner, self.config.batching, name=task.value, on_batch=self.metrics.batch_observer(task.value)
+                )
+        self._ready.set()
+        log.info("Model %s ready: %s", self.model_name, ", ".join(t.value for t in self.tasks))
+
+    def _ready_sample(self) -> list[tuple[dict[str, str], float]]:
+        return [({}, 1.0 if self.ready else 0.0)]
+
+    def _queue_samples(self) -> list[tuple[dict[str, str], float]]:
+        return [({"task": task.value}, float(b.queue_depth)) for task, b in self._batchers.items()]

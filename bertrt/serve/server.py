@@ -1,0 +1,55 @@
+"""Running the app with uvicorn: one process, or ``workers`` processes sharing the port.
+
+uvicorn handles SIGINT and SIGTERM: it stops accepting connections, lets requests in
+flight finish (at most ``shutdown_timeout_s``), then the app's lifespan closes its
+batchers, so a stopped server leaves no request unanswered and no thread running.
+
+Example::
+
+    run(ServeConfig(models=Path("models/minilm"), port=8000, workers=2))
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+from bertrt.errors import ConfigError
+from bertrt.serve.config import ServeConfig
+
+
+def run(config: ServeConfig) -> None:
+    """Serve ``config`` until interrupted (blocks)."""
+    try:
+        import uvicorn
+
+        from bertrt.serve.app import CONFIG_ENV, create_app
+    except ImportError as exc:
+        raise ConfigError(
+            f"bertrt serve needs FastAPI and uvicorn ({exc.name} is missing); install them with "
+            "pip install 'bertrt[serve]'."
+        ) from None
+    common = {
+        "log_config": log_config(),
+        "host": config.host,
+        "port": config.port,
+        "log_level": config.log_level,
+        "access_log": config.access_log,
+        "timeout_graceful_shutdown": int(config.shutdown_timeout_s),
+    }
+    if config.workers == 1:
+        uvicorn.run(create_app(config), **common)  # type: ignore[arg-type]
+        return
+    # Worker processes import the app by name; the config travels in the environment.
+    os.environ[CONFIG_ENV] = config.to_json()
+    uvicorn.run("bertrt.serve.app:app_from_environment", factory=True, workers=config.workers, **common)  # type: ignore[arg-type]
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging setup, with bertrt's own log lines (model loading) on its handler."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["bertrt"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
