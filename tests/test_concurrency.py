@@ -1,0 +1,104 @@
+"""Many threads on one loaded bundle, and the soak script in its smoke mode.
+
+16 client threads send mixed embed, classify and QA requests (malformed ones included) to
+one bundle; every result must equal the sequential run's exactly. The count per thread is
+small in CI; ``BERTRT_CONCURRENCY_REQUESTS=500`` runs the full check (8,000 requests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import bertrt
+from benchmarks.soak import main, mixed_requests, run_soak, serve
+from bertrt import RuntimeOptions
+
+THREADS = 16
+REQUESTS_PER_THREAD = int(os.environ.get("BERTRT_CONCURRENCY_REQUESTS", "30"))
+pytestmark = pytest.mark.filterwarnings("ignore:The (qa|classify) head")
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle: Path) -> bertrt.Bundle:
+    # Batches of 4: most requests run several batches of different widths, so per-thread
+    # buffers grow and are reused while other threads run.
+    return bertrt.load(tiny_bundle, device="cpu", options=RuntimeOptions(batch_size=4)).load_all()
+
+
+@pytest.fixture
+def frequent_switches() -> Iterator[None]:
+    """Switch threads every 10 µs instead of 5 ms, so races on shared state show up."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    yield
+    sys.setswitchinterval(before)
+
+
+@pytest.mark.usefixtures("frequent_switches")
+def test_sixteen_threads_get_exactly_the_sequential_results(bundle: bertrt.Bundle) -> None:
+    pool = mixed_requests(64, seed=1, max_words=100)
+    expected = [serve(bundle, request) for request in pool]
+    assert any(isinstance(e, str) for e in expected) and any(isinstance(e, list) for e in expected)
+    start = threading.Barrier(THREADS)
+    mismatches: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+    served = [0] * THREADS
+
+    def client(number: int) -> None:
+        rng = random.Random(number)
+        try:
+            start.wait()
+            for _ in range(REQUESTS_PER_THREAD):
+                index = rng.randrange(len(pool))
+                if serve(bundle, pool[index]) != expected[index]:
+                    mismatches.append((number, index))
+                served[number] += 1
+        except BaseException as exc:  # a thread's exception is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert not any(t.is_alive() for t in threads), "a client thread hung"
+    assert errors == []
+    assert mismatches == []
+    assert served == [REQUESTS_PER_THREAD] * THREADS
+
+
+def test_the_request_mix_covers_every_task_and_refusals() -> None:
+    requests = mixed_requests(400, seed=0)
+    assert requests == mixed_requests(400, seed=0)  # seeded: every run serves the same mix
+    assert {r.task.value for r in requests} == {"embed", "classify", "qa"}
+    assert 0 < sum(r.refused for r in requests) < 40
+
+
+def test_soak_smoke_run(bundle: bertrt.Bundle) -> None:
+    requests = mixed_requests(300, seed=2, max_words=100)
+    report = run_soak(bundle, requests, window=100)
+    assert [w.requests for w in report.windows] == [100, 100, 100]
+    assert report.refused == sum(r.refused for r in requests) > 0
+    assert all(0 < w.p50_ms <= w.p99_ms and w.rss_mb > 0 for w in report.windows)
+    assert report.rss_growth < 0.25  # a real leak of this run's inputs would show here
+
+
+def test_soak_command_prints_its_figures(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--models", str(tiny_bundle), "--requests", "200", "--window", "100", "--threads", "1"]
+    # Latency limits are for the real run; on shared CI cores only the output is checked.
+    code = main([*args, "--p99-limit", "100", "--rss-limit", "1", "--json"])
+    report: dict[str, Any] = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(report["windows"]) == 2 and report["rss_ok"] and report["p99_ok"]
+    main(args)
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split() == ["window", "requests", "p50", "ms", "p99", "ms", "RSS", "MB"]
+    assert "RSS after the first window" in table and "p99 drift" in table
