@@ -45,7 +45,9 @@ class Embedder(TaskRunner):
         ``pooling``: ``cls`` (the first token's vector), ``mean`` (average over real
         tokens, padding excluded) or ``pooler`` (the model's ``pooler_output``, tanh dense
         over ``[CLS]``). ``normalize`` scales each sentence vector to unit L2 norm.
-        ``token_embeddings=False`` skips copying the per-token vectors.
+        ``token_embeddings=False`` skips copying the per-token vectors. An empty or blank
+        text is embedded as the empty input ``[CLS] [SEP]``; a text longer than the window
+        is cut there (``truncated``).
         """
         texts = check_texts(texts, self.options)
         mode = coerce_enum(Pooling, pooling, "pooling")
