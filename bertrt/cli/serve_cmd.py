@@ -20,6 +20,7 @@ from bertrt.serve.host import served_tasks
 from bertrt.types import Device, Precision, Task
 
 _defaults = BatcherOptions()
+_runtime_defaults = RuntimeOptions()
 
 
 @app.command()
@@ -53,6 +54,18 @@ def serve(
         int,
         typer.Option("--max-queue", min=1, help="Requests that may wait per task; beyond it the server answers 503."),
     ] = _defaults.max_queue,
+    forward_batch_size: Annotated[
+        int,
+        typer.Option(
+            "--forward-batch-size",
+            min=1,
+            help="Texts per forward pass inside a merged run (sorted by length first, so smaller passes "
+            "pad short texts less).",
+        ),
+    ] = _runtime_defaults.batch_size,
+    batch_threads: Annotated[
+        int, typer.Option("--batch-threads", min=1, help="Threads running merged runs, per task.")
+    ] = _defaults.workers,
     intra_op_threads: Annotated[
         int,
         typer.Option("--intra-op-threads", min=0, help="ONNX Runtime threads per model run (0: one per core)."),
@@ -77,12 +90,13 @@ def serve(
             device=device,
             precision=precision,
             tasks=tasks,
-            runtime=RuntimeOptions(intra_op_threads=intra_op_threads),
+            runtime=RuntimeOptions(intra_op_threads=intra_op_threads, batch_size=forward_batch_size),
             batching=BatcherOptions(
                 max_batch_size=max_batch_size,
                 max_batch_tokens=max_batch_tokens,
                 max_wait_ms=max_wait_ms,
                 max_queue=max_queue,
+                workers=batch_threads,
             ),
             host=host,
             port=port,
