@@ -325,3 +325,15 @@ def test_importing_bertrt_and_its_cli_leaves_the_server_stack_out() -> None:
     code = "import sys, bertrt, bertrt.cli; print(any(m in sys.modules for m in ('fastapi', 'uvicorn', 'starlette')))"
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
     assert output.stdout.strip() == "False"
+
+
+def test_serve_benchmark_smoke_run(tiny_bundle: Path) -> None:
+    from benchmarks.serve_bench import ServeBenchConfig, run_serve_bench
+
+    config = ServeBenchConfig(models=tiny_bundle, clients=4, seconds=0.6, warmup=0.2, rounds=1, n_texts=50)
+    results = run_serve_bench(config, log=lambda _: None)
+    batched, unbatched = results["figures"]["batched"], results["figures"]["unbatched"]
+    assert batched["requests"] > 0 and unbatched["requests"] > 0 and batched["errors"] == unbatched["errors"] == 0
+    assert unbatched["mean_texts_per_run"] == 1.0 and batched["p99_ms"] >= batched["p50_ms"]
+    assert results["ratios"]["throughput"] == pytest.approx(batched["throughput_rps"] / unbatched["throughput_rps"])
+    assert len(results["load_average"]["batched"]) == 1 and "cpu_model" in results["machine"]

@@ -15,12 +15,11 @@ from bertrt.bundle import Bundle
 from bertrt.cli import app
 from bertrt.cli.common import DEFAULT_MODELS, DeviceOption, ModelsOption, PrecisionOption, command_errors
 from bertrt.options import RuntimeOptions
-from bertrt.serve.config import DEFAULT_HOST, DEFAULT_PORT, ServeConfig
+from bertrt.serve.config import DEFAULT_HOST, DEFAULT_PORT, SERVE_FORWARD_BATCH, ServeConfig
 from bertrt.serve.host import served_tasks
 from bertrt.types import Device, Precision, Task
 
 _defaults = BatcherOptions()
-_runtime_defaults = RuntimeOptions()
 
 
 @app.command()
@@ -62,7 +61,7 @@ def serve(
             help="Texts per forward pass inside a merged run (sorted by length first, so smaller passes "
             "pad short texts less).",
         ),
-    ] = _runtime_defaults.batch_size,
+    ] = SERVE_FORWARD_BATCH,
     batch_threads: Annotated[
         int, typer.Option("--batch-threads", min=1, help="Threads running merged runs, per task.")
     ] = _defaults.workers,

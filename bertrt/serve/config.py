@@ -24,13 +24,19 @@ from bertrt.types import Device, Precision, Task
 # Loopback by default: exposing a model server to the network is a deliberate choice.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+# A merged run of 32 single-text requests holds texts of every length; cut into passes of
+# 8 (longest first), short texts are padded far less than in one pass of 32. Measured on
+# MiniLM with Rotten Tomatoes sentences, one thread: 8.0 CPU-ms per text in passes of 8,
+# 12.7 in one pass of 32.
+SERVE_FORWARD_BATCH = 8
 
 
 @dataclass(frozen=True)
 class ServeConfig:
     """What ``bertrt serve`` runs.
 
-    ``tasks`` empty serves every task of the bundle. ``model_name`` is the name reported
+    ``tasks`` empty serves every task of the bundle. ``runtime.batch_size`` caps each
+    forward pass inside a merged run (``SERVE_FORWARD_BATCH`` by default). ``model_name`` is the name reported
     to OpenAI clients (default: the bundle's recipe). ``shutdown_timeout_s`` bounds how
     long a stopping server waits for requests in flight.
     """
@@ -39,7 +45,7 @@ class ServeConfig:
     device: Device = Device.AUTO
     precision: Precision = Precision.FP32
     tasks: tuple[Task, ...] = ()
-    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    runtime: RuntimeOptions = field(default_factory=lambda: RuntimeOptions(batch_size=SERVE_FORWARD_BATCH))
     batching: BatcherOptions = field(default_factory=BatcherOptions)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
