@@ -268,6 +268,30 @@ def test_not_ready_until_loaded_then_failed_load_is_reported(config: ServeConfig
     app.state.host.close()
 
 
+def test_bodies_over_the_limit_get_413(config: ServeConfig) -> None:
+    app = create_app(replace(config, max_body_bytes=200))
+    big = b'{"texts": "' + b"a " * 200 + b'"}'
+
+    async def chunks() -> Any:
+        for start in range(0, len(big), 50):
+            yield big[start : start + 50]
+
+    async def send() -> list[Any]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            declared = await http.post("/classify", content=big, headers={"Content-Type": "application/json"})
+            streamed = await http.post("/classify", content=chunks(), headers={"Content-Type": "application/json"})
+            small = await http.post("/classify", json={"texts": "x"})
+        return [declared, streamed, small]
+
+    declared, streamed, small = asyncio.run(send())
+    assert "content-length" not in streamed.request.headers
+    for response in (declared, streamed):
+        assert response.status_code == 413 and response.json()["error"]["type"] == "body_too_large"
+        assert "limit of 200 bytes" in response.json()["error"]["message"]
+    assert small.status_code == 503  # under the limit, it reaches the (never started) model
+
+
 def test_serve_command_answers_then_stops_cleanly_on_sigterm(tiny_bundle: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -69,6 +69,9 @@ def serve(
         int,
         typer.Option("--intra-op-threads", min=0, help="ONNX Runtime threads per model run (0: one per core)."),
     ] = 0,
+    max_body_mb: Annotated[
+        float, typer.Option("--max-body-mb", min=0.001, help="Largest request body, in MiB; larger ones get 413.")
+    ] = 8.0,
     model_name: Annotated[
         str | None, typer.Option("--model-name", help="Model name reported to OpenAI clients (default: the recipe).")
     ] = None,
@@ -103,6 +106,7 @@ def serve(
             model_name=model_name,
             log_level=log_level,
             access_log=access_log,
+            max_body_bytes=int(max_body_mb * 1024 * 1024),
         )
         from bertrt.serve.server import run
 

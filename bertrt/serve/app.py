@@ -2,7 +2,8 @@
 
 Errors always come back as ``{"error": {"type": ..., "message": ...}}``: 400 for a body
 that is not JSON, 422 for a missing or invalid field or an input the runtime refuses
-(:class:`~bertrt.errors.InputError`), 404 for a task the server does not serve, 503 while
+(:class:`~bertrt.errors.InputError`), 404 for a task the server does not serve, 413 for a
+body over ``max_body_bytes``, 503 while
 loading, when the queue is full (with ``Retry-After``) or while shutting down.
 
 Example::
@@ -75,6 +76,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.state.metrics = metrics
     app.include_router(build_router(host, metrics))
     _add_error_handlers(app, metrics)
+    # The last middleware added runs first: metrics see every response, 413s included.
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, metrics=metrics)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 
@@ -117,6 +120,51 @@ class RequestMetrics:
                 self.metrics.latency.observe(seconds, task=ENDPOINT_TASKS[endpoint], endpoint=endpoint)
 
 
+class BodyTooLarge(HTTPException):
+    """A request body passed the server's limit (raised from ``receive`` while streaming, an
+    HTTPException so that FastAPI's body reader lets it through)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(
+            413,
+            f"The request body is larger than the server's limit of {max_bytes} bytes; send fewer or "
+            "shorter texts per request, or start the server with a larger --max-body-mb.",
+        )
+
+
+class BodyLimit:
+    """Pure ASGI middleware answering 413 to a body larger than ``max_bytes``: at once when
+    Content-Length says so, else as soon as the streamed bytes pass the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, metrics: ServeMetrics) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            # Refused before reading a byte of it.
+            self.metrics.errors.inc(endpoint=endpoint_label(scope["path"]), reason="body_too_large")
+            error = {"type": "body_too_large", "message": BodyTooLarge(self.max_bytes).detail}
+            await JSONResponse({"error": error}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
 def endpoint_label(path: str) -> str:
     """``path`` when it is one of the server's routes, else ``other`` (bounded label values)."""
     return path if path in KNOWN_PATHS else "other"
@@ -144,6 +192,8 @@ def _add_error_handlers(app: FastAPI, metrics: ServeMetrics) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if isinstance(exc, BodyTooLarge):
+            return error(request, 413, "body_too_large", exc.detail)
         if exc.status_code == 404:
             message = f"There is no {request.url.path}; see /docs for the endpoints."
         elif exc.status_code == 405:

@@ -38,7 +38,8 @@ class ServeConfig:
     ``tasks`` empty serves every task of the bundle. ``runtime.batch_size`` caps each
     forward pass inside a merged run (``SERVE_FORWARD_BATCH`` by default). ``model_name`` is the name reported
     to OpenAI clients (default: the bundle's recipe). ``shutdown_timeout_s`` bounds how
-    long a stopping server waits for requests in flight.
+    long a stopping server waits for requests in flight; ``max_body_bytes`` bounds a request
+    body (larger ones get 413 before they are read whole).
     """
 
     models: Path = Path("models/minilm")
@@ -54,12 +55,15 @@ class ServeConfig:
     log_level: str = "info"
     access_log: bool = False
     shutdown_timeout_s: float = 30.0
+    max_body_bytes: int = 8 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port}.")
         if self.workers < 1:
             raise ConfigError(f"workers must be 1 or more, got {self.workers}.")
+        if self.max_body_bytes < 1:
+            raise ConfigError(f"max_body_bytes must be 1 or more, got {self.max_body_bytes}.")
         if self.shutdown_timeout_s <= 0:
             raise ConfigError(f"shutdown_timeout_s must be positive, got {self.shutdown_timeout_s}.")
 

@@ -59,10 +59,6 @@ class Counter(_Metric):
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
 
-    def value(self, **labels: str) -> float:
-        """The current value of the series of ``labels`` (0 when never incremented)."""
-        return self._values.get(_key(labels), 0.0)
-
     def samples(self) -> list[str]:
         with self._lock:
             return [f"{self.name}{_format(k)} {_number(v)}" for k, v in sorted(self._values.items())]
@@ -99,11 +95,6 @@ class Histogram(_Metric):
             series = self._series.setdefault(key, [0.0] * (len(self.buckets) + 2))
             series[slot] += 1
             series[-1] += value
-
-    def count(self, **labels: str) -> int:
-        """How many values the series of ``labels`` holds."""
-        series = self._series.get(_key(labels))
-        return 0 if series is None else int(sum(series[:-1]))
 
     def samples(self) -> list[str]:
         lines = []
