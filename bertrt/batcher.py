@@ -41,8 +41,9 @@ from typing import Any, Generic, TypeVar
 from tokenizers import Tokenizer
 
 from bertrt.errors import BertrtError, ConfigError, InputError
+from bertrt.limits import as_texts, check_texts
 from bertrt.qa import QuestionAnswerer
-from bertrt.runner import TaskRunner, as_texts
+from bertrt.runner import TaskRunner
 
 R = TypeVar("R")
 
@@ -137,6 +138,12 @@ class DynamicBatcher(Generic[R]):
     ) -> None:
         self.options = options or BatcherOptions()
         self.name = name or f"batcher-{next(_names)}"
+        if isinstance(runner, TaskRunner) and self.options.max_batch_size > runner.options.max_texts_per_call:
+            # A merged run is one runner call: it must stay within the runner's own limit.
+            raise ConfigError(
+                f"max_batch_size ({self.options.max_batch_size}) is more than the runner's max_texts_per_call "
+                f"({runner.options.max_texts_per_call}); lower it or raise RuntimeOptions(max_texts_per_call=...)."
+            )
         self._runner = runner
         self._on_batch = on_batch
         self._arity = arity or (2 if isinstance(runner, QuestionAnswerer) else 1)
@@ -226,11 +233,21 @@ class DynamicBatcher(Generic[R]):
             what = "texts" if self._arity == 1 else "questions and contexts"
             raise InputError(f"{self.name} takes {what} ({self._arity} input(s)), got {len(inputs)}.")
         names = ("text",) if self._arity == 1 else ("question", "context")
-        columns = [as_texts(values, what) for values, what in zip(inputs, names, strict=True)]
+        columns = [self._check(values, what) for values, what in zip(inputs, names, strict=True)]
         if len({len(column) for column in columns}) > 1:
             counts = " but ".join(f"{len(c)} {n}s" for c, n in zip(columns, names, strict=True))
             raise InputError(f"Got {counts}; pass one context per question.")
         return list(zip(*columns, strict=True))
+
+    def _check(self, values: str | Sequence[str], what: str) -> list[str]:
+        """One input as a list of str, within the runner's limits (a bertrt runner's
+        ``RuntimeOptions``), so an oversized call is refused before it waits in line."""
+        runner = self._runner
+        if not isinstance(runner, TaskRunner):
+            return as_texts(values, what)
+        if what == "context":
+            return check_texts(values, runner.options, what, runner.options.max_context_chars, "max_context_chars")
+        return check_texts(values, runner.options, what)
 
     def _work(self) -> None:
         while (calls := self._next_batch()) is not None:

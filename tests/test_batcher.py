@@ -265,3 +265,21 @@ def test_token_counts_come_from_the_tokenizer(bundle: bertrt.Bundle, reports: li
 def test_options_are_validated(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
         BatcherOptions(**{field: value})  # type: ignore[arg-type]
+
+
+def test_calls_over_the_runtime_limits_are_refused_at_admission(tiny_bundle: Path) -> None:
+    limits = bertrt.RuntimeOptions(max_chars_per_text=20, max_context_chars=30, max_texts_per_call=4)
+    small = bertrt.load(tiny_bundle, device="cpu", options=limits)
+    with DynamicBatcher(small.classifier, BatcherOptions(max_batch_size=4)) as classify:
+        with pytest.raises(InputError, match="max_chars_per_text"):
+            classify.submit("x" * 21)
+        with pytest.raises(InputError, match="max_texts_per_call"):
+            classify.submit(["a"] * 5)
+        assert classify.queue_depth == 0 and len(classify(["a"] * 4)) == 4
+    with (
+        DynamicBatcher(small.qa, BatcherOptions(max_batch_size=4)) as qa,
+        pytest.raises(InputError, match="max_context_chars"),
+    ):
+        qa.submit("short question", "c" * 31)
+    with pytest.raises(ConfigError, match="max_texts_per_call"):
+        DynamicBatcher(small.classifier, BatcherOptions(max_batch_size=5))

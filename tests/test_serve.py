@@ -166,6 +166,7 @@ def test_openai_embeddings(client: Any, bundle: bertrt.Bundle) -> None:
         ("/embed", {"texts": "x", "pooling": "max"}, 422, "invalid_request", "pooling"),
         ("/qa", {"question": ["a", "b"], "context": "c"}, 422, "invalid_input", "one context per question"),
         ("/v1/embeddings", {"input": [1, 2, 3]}, 422, "invalid_input", "token ids"),
+        ("/classify", {"texts": "a" * 2_000_001}, 422, "invalid_input", "max_chars_per_text"),
         ("/v1/embeddings", {"input": "x", "dimensions": 3}, 422, "invalid_input", "omit dimensions"),
         ("/nowhere", {}, 404, "http_error", "/docs"),
     ],

@@ -6,6 +6,7 @@ command runs, so the rest of the CLI works without it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -14,8 +15,7 @@ from bertrt.batcher import BatcherOptions
 from bertrt.bundle import Bundle
 from bertrt.cli import app
 from bertrt.cli.common import DEFAULT_MODELS, DeviceOption, ModelsOption, PrecisionOption, command_errors
-from bertrt.options import RuntimeOptions
-from bertrt.serve.config import DEFAULT_HOST, DEFAULT_PORT, SERVE_FORWARD_BATCH, ServeConfig
+from bertrt.serve.config import DEFAULT_HOST, DEFAULT_PORT, SERVE_FORWARD_BATCH, ServeConfig, serving_runtime
 from bertrt.serve.host import served_tasks
 from bertrt.types import Device, Precision, Task
 
@@ -66,9 +66,15 @@ def serve(
         int, typer.Option("--batch-threads", min=1, help="Threads running merged runs, per task.")
     ] = _defaults.workers,
     intra_op_threads: Annotated[
-        int,
-        typer.Option("--intra-op-threads", min=0, help="ONNX Runtime threads per model run (0: one per core)."),
-    ] = 0,
+        int | None,
+        typer.Option(
+            "--intra-op-threads",
+            min=0,
+            help="ONNX Runtime threads per model run (0: one per core). Default: the cores per worker "
+            "less one, which is left to the HTTP event loop.",
+            show_default=False,
+        ),
+    ] = None,
     max_body_mb: Annotated[
         float, typer.Option("--max-body-mb", min=0.001, help="Largest request body, in MiB; larger ones get 413.")
     ] = 8.0,
@@ -92,7 +98,7 @@ def serve(
             device=device,
             precision=precision,
             tasks=tasks,
-            runtime=RuntimeOptions(intra_op_threads=intra_op_threads, batch_size=forward_batch_size),
+            runtime=replace(serving_runtime(intra_op_threads, workers), batch_size=forward_batch_size),
             batching=BatcherOptions(
                 max_batch_size=max_batch_size,
                 max_batch_tokens=max_batch_tokens,
