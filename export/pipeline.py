@@ -136,7 +136,7 @@ def _export_model(recipe: Recipe, task: Task, options: ExportOptions, model_dir:
     tokenizer = load_pretrained(AutoTokenizer, spec.source, trust_remote_code=spec.trust_remote_code)
     model = load_source_model(task, spec)
     training, trained = _train(recipe, task, spec, model, tokenizer, options, work, log)
-    max_length = recipe.qa_training.max_length if task is Task.QA else recipe.max_length
+    max_length = serving_length(recipe, task)
     doc_stride = recipe.qa_training.doc_stride if task is Task.QA else None
 
     raw = export_onnx(model, task, work / f"{model_dir.name}-raw", recipe.opset)
@@ -231,7 +231,9 @@ def _train(
 
         splits = load_sentiment(recipe.classifier_training, options.sentiment_csv)
         log(f"      fine-tuning on {len(splits.train)} IMDB reviews")
-        metrics = finetune_classifier(model, tokenizer, splits, recipe.classifier_training, work / "classifier")
+        metrics = finetune_classifier(
+            model, tokenizer, splits, recipe.classifier_training, work / "classifier", serving_length(recipe, task)
+        )
         # The split settings let `bertrt eval` rebuild the same never-trained-on held-out set.
         metrics["config"] = asdict(recipe.classifier_training)
         log(
@@ -260,6 +262,13 @@ def _train(
         metrics["eval"] = {"data": options.qa_eval_data.name, **scores}
         log(f"      {options.qa_eval_data.name}: EM {scores['exact_match']:.1f}, F1 {scores['f1']:.1f}")
     return metrics, True
+
+
+def serving_length(recipe: Recipe, task: Task) -> int:
+    """The truncation length a model serves with: QA's window, else the model's or the recipe's."""
+    if task is Task.QA:
+        return recipe.qa_training.max_length
+    return _model_recipe(recipe, task).max_length or recipe.max_length
 
 
 def _has_trained_head(model: Any, head_suffix: str) -> bool:
