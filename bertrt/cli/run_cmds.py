@@ -40,7 +40,7 @@ TextsArgument = Annotated[
     list[str],
     typer.Argument(
         metavar="TEXT",
-        help="Texts to process; '-' reads one text per line from stdin (UTF-8).",
+        help="Texts to process; '-' reads one text per line from stdin (UTF-8; empty lines are skipped).",
         show_default=False,
     ),
 ]
