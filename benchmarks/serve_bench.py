@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import csv
 import json
+import os
 import re
 import socket
 import subprocess
@@ -67,6 +68,7 @@ class ServeBenchConfig:
     server_args: tuple[str, ...] = ("--device", "cpu")
     n_texts: int = 2000
     seed: int = 0
+    model_costs: bool = True
 
     def modes(self) -> dict[str, list[str]]:
         """Each mode's batching flags."""
@@ -83,6 +85,7 @@ class RunResult:
     window_s: float = 0.0
     load_before: tuple[float, float, float] | None = None
     load_after: tuple[float, float, float] | None = None
+    server_cpu_s: float | None = None
     batch_sizes: dict[str, float] = field(default_factory=dict)
 
 
@@ -103,6 +106,9 @@ def run_serve_bench(config: ServeBenchConfig, log: Any = print) -> dict[str, Any
         "p50": batched["p50_ms"] / unbatched["p50_ms"],
         "p99": batched["p99_ms"] / unbatched["p99_ms"],
     }
+    if batched.get("server_cpu_ms_per_request") and unbatched.get("server_cpu_ms_per_request"):
+        # Less CPU per request is what raises throughput once the cores are the limit.
+        ratios["cpu_per_request"] = batched["server_cpu_ms_per_request"] / unbatched["server_cpu_ms_per_request"]
     return {
         "benchmark": "serve",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -118,7 +124,35 @@ def run_serve_bench(config: ServeBenchConfig, log: Any = print) -> dict[str, Any
         "load_average": {
             mode: [{"before": r.load_before, "after": r.load_after} for r in results] for mode, results in runs.items()
         },
+        "model_cpu_ms_per_text": model_costs(config.models, config.task) if config.model_costs else None,
     }
+
+
+def model_costs(models: Path, task: str, seconds: float = 1.0) -> dict[str, dict[str, float]]:
+    """CPU milliseconds per text of the bare runner (one intra-op thread, no HTTP) for
+    texts of equal length at batch 1, 8 and 32: the most batching can save on this machine,
+    before padding and HTTP costs. CPU time, unlike wall time, hardly moves when other
+    processes share the cores."""
+    import bertrt
+
+    options = bertrt.RuntimeOptions(intra_op_threads=1, inter_op_threads=1, batch_size=64)
+    bundle = bertrt.load(models, device="cpu", options=options)
+    runner: Any = bundle.classifier if task == "classify" else bundle.embedder
+    words = ("the film is a sweet and funny story about love and loss and the people we meet " * 4).split()
+    costs: dict[str, dict[str, float]] = {}
+    for n_words in (3, 10, 20, 40):
+        text = " ".join(words[:n_words])
+        per_batch = {}
+        for batch in (1, 8, 32):
+            runner([text] * batch)  # warm-up: buffers of this shape
+            started, texts = time.process_time(), 0
+            while time.process_time() - started < seconds:
+                runner([text] * batch)
+                texts += batch
+            per_batch[f"batch_{batch}"] = round(1000 * (time.process_time() - started) / texts, 3)
+        per_batch["batch_1_over_best"] = round(per_batch["batch_1"] / min(per_batch.values()), 2)
+        costs[f"{len(runner.tokenizer.encode([text])[0])}_tokens"] = per_batch
+    return costs
 
 
 def request_bodies(config: ServeBenchConfig) -> list[bytes]:
@@ -137,25 +171,25 @@ def request_bodies(config: ServeBenchConfig) -> list[bytes]:
 
 def measure_mode(config: ServeBenchConfig, server_args: list[str], bodies: list[bytes]) -> RunResult:
     """Start a server with ``server_args``, load it with the clients, and stop it."""
-    with running_server(config.models, server_args) as port:
+    with running_server(config.models, server_args) as (port, pid):
         result = RunResult(load_before=load_average())
         path, _ = ENDPOINTS[config.task]
-        asyncio.run(drive(port, path, bodies, config, result))
+        asyncio.run(drive(port, pid, path, bodies, config, result))
         result.load_after = load_average()
         result.batch_sizes = batch_size_stats(scrape_metrics(port), "embed" if config.task == "openai" else config.task)
     return result
 
 
 @contextlib.contextmanager
-def running_server(models: Path, args: list[str], timeout: float = 120.0) -> Iterator[int]:
-    """A ``bertrt serve`` process on a free loopback port, ready; yields the port."""
+def running_server(models: Path, args: list[str], timeout: float = 120.0) -> Iterator[tuple[int, int]]:
+    """A ``bertrt serve`` process on a free loopback port, ready; yields its port and pid."""
     port = free_port()
     command = [sys.executable, "-m", "bertrt", "serve", "--models", str(models), "--port", str(port), *args]
     with tempfile.TemporaryFile() as server_log:
         process = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT)
         try:
             wait_ready(port, process, timeout)
-            yield port
+            yield port, process.pid
         except BaseException:
             server_log.seek(0)
             sys.stderr.write(server_log.read().decode(errors="replace")[-4000:])
@@ -193,16 +227,40 @@ def wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float) -> N
     raise TimeoutError(f"bertrt serve was not ready after {timeout} s.")
 
 
-async def drive(port: int, path: str, bodies: list[bytes], config: ServeBenchConfig, result: RunResult) -> None:
-    """Run ``clients`` closed-loop clients; time the requests sent after the warm-up."""
+async def drive(
+    port: int, pid: int, path: str, bodies: list[bytes], config: ServeBenchConfig, result: RunResult
+) -> None:
+    """Run ``clients`` closed-loop clients; time the requests sent after the warm-up and
+    the server's CPU time over the same window."""
     started = time.perf_counter()
     timed_from = started + config.warmup
     stop_at = timed_from + config.seconds
     step = max(1, len(bodies) // config.clients)
-    await asyncio.gather(
-        *(client(port, path, bodies, i * step, timed_from, stop_at, result) for i in range(config.clients))
-    )
+    clients = [client(port, path, bodies, i * step, timed_from, stop_at, result) for i in range(config.clients)]
+    cpu = await asyncio.gather(process_cpu_between(pid, timed_from, stop_at), *clients)
+    result.server_cpu_s = cpu[0]
     result.window_s = config.seconds
+
+
+async def process_cpu_between(pid: int, start: float, stop: float) -> float | None:
+    """CPU seconds (user + system, all threads) process ``pid`` used between two
+    ``perf_counter`` instants; None where ``/proc`` is missing. Unlike wall time, it hardly
+    moves when other processes share the cores."""
+    await asyncio.sleep(max(0.0, start - time.perf_counter()))
+    before = process_cpu_seconds(pid)
+    await asyncio.sleep(max(0.0, stop - time.perf_counter()))
+    after = process_cpu_seconds(pid)
+    return None if before is None or after is None else after - before
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` so far, from ``/proc/PID/stat``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # After the command name: state is field 3, utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def client(
@@ -265,6 +323,10 @@ def summarize(results: list[RunResult]) -> dict[str, Any]:
     window = sum(r.window_s for r in results)
     runs = sum(r.batch_sizes.get("runs", 0.0) for r in results)
     texts = sum(r.batch_sizes.get("runs", 0.0) * r.batch_sizes.get("mean_texts_per_run", 0.0) for r in results)
+    cpu = [r.server_cpu_s for r in results]
+    cpu_ms = (
+        1000 * sum(c for c in cpu if c is not None) / latencies.size if None not in cpu and latencies.size else None
+    )
     if latencies.size == 0:
         return {"requests": 0, "errors": sum(r.errors for r in results), "throughput_rps": 0.0}
     return {
@@ -276,6 +338,7 @@ def summarize(results: list[RunResult]) -> dict[str, Any]:
         "p99_ms": round(float(np.percentile(latencies, 99)), 2),
         "mean_ms": round(float(latencies.mean()), 2),
         "mean_texts_per_run": round(texts / runs, 2) if runs else None,
+        "server_cpu_ms_per_request": round(cpu_ms, 2) if cpu_ms is not None else None,
     }
 
 
@@ -292,6 +355,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
     parser.add_argument("--server-arg", action="append", default=None, help="Extra `bertrt serve` argument.")
+    parser.add_argument(
+        "--no-model-costs", action="store_true", help="Skip the in-process CPU cost per text at batch 1/8/32."
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     config = ServeBenchConfig(
@@ -305,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         server_args=("--device", "cpu", *(args.server_arg or ())),
+        model_costs=not args.no_model_costs,
     )
     results = run_serve_bench(config, log=lambda line: print(line, file=sys.stderr))
     results["command"] = "python -m benchmarks.serve_bench " + " ".join(argv if argv is not None else sys.argv[1:])

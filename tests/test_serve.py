@@ -355,7 +355,9 @@ def test_importing_bertrt_and_its_cli_leaves_the_server_stack_out() -> None:
 def test_serve_benchmark_smoke_run(tiny_bundle: Path) -> None:
     from benchmarks.serve_bench import ServeBenchConfig, run_serve_bench
 
-    config = ServeBenchConfig(models=tiny_bundle, clients=4, seconds=0.6, warmup=0.2, rounds=1, n_texts=50)
+    config = ServeBenchConfig(
+        models=tiny_bundle, clients=4, seconds=0.6, warmup=0.2, rounds=1, n_texts=50, model_costs=False
+    )
     results = run_serve_bench(config, log=lambda _: None)
     batched, unbatched = results["figures"]["batched"], results["figures"]["unbatched"]
     assert batched["requests"] > 0 and unbatched["requests"] > 0 and batched["errors"] == unbatched["errors"] == 0
