@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -46,6 +47,7 @@ from bertrt.qa import QuestionAnswerer
 from bertrt.runner import TaskRunner
 
 R = TypeVar("R")
+log = logging.getLogger("bertrt.batcher")
 
 # One queued unit of work: a text, or a (question, context) pair.
 Item = tuple[str, ...]
@@ -213,14 +215,17 @@ class DynamicBatcher(Generic[R]):
         """
         with self._cond:
             self._closed = True
+            # Emptied under the same lock, so no worker can start one of these calls.
+            dropped = [] if drain else self._pop_all()
             self._cond.notify_all()
-        if not drain:
-            self._fail_queued()
+        self._fail_closed(dropped)
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        self._fail_queued()
+        with self._cond:
+            dropped = self._pop_all()
+        self._fail_closed(dropped)
 
     def __enter__(self) -> DynamicBatcher[R]:
         return self
@@ -338,15 +343,25 @@ class DynamicBatcher(Generic[R]):
         return results
 
     def _report(self, calls: list[_Call], items: list[Item], started: float, failed: bool) -> None:
-        if self._on_batch is not None:
-            seconds = time.perf_counter() - started
-            self._on_batch(BatchReport(len(calls), len(items), sum(c.tokens for c in calls), seconds, failed))
+        if self._on_batch is None:
+            return
+        report = BatchReport(
+            len(calls), len(items), sum(c.tokens for c in calls), time.perf_counter() - started, failed
+        )
+        try:
+            self._on_batch(report)
+        except Exception:
+            # A broken observer must not kill the worker thread and strand every later call.
+            log.exception("%s: the on_batch observer failed", self.name)
 
-    def _fail_queued(self) -> None:
-        with self._cond:
-            dropped = list(self._queue)
-            self._queue.clear()
-            self._queued_items = self._queued_tokens = 0
+    def _pop_all(self) -> list[_Call]:
+        """Empty the queue (the caller holds the lock)."""
+        dropped = list(self._queue)
+        self._queue.clear()
+        self._queued_items = self._queued_tokens = 0
+        return dropped
+
+    def _fail_closed(self, dropped: list[_Call]) -> None:
         for call in dropped:
             if call.future.set_running_or_notify_cancel():
                 call.future.set_exception(

@@ -283,3 +283,11 @@ def test_calls_over_the_runtime_limits_are_refused_at_admission(tiny_bundle: Pat
         qa.submit("short question", "c" * 31)
     with pytest.raises(ConfigError, match="max_texts_per_call"):
         DynamicBatcher(small.classifier, BatcherOptions(max_batch_size=5))
+
+
+def test_a_failing_observer_does_not_stop_the_worker(fake: FakeRunner) -> None:
+    def broken(report: BatchReport) -> None:
+        raise ValueError("observer bug")
+
+    with DynamicBatcher(fake, BatcherOptions(max_wait_ms=0), on_batch=broken) as batcher:
+        assert batcher("one") == ["ONE"] and batcher("two") == ["TWO"]
