@@ -181,13 +181,9 @@ def check_pairs(
     """InputError unless there is one context per question, the stride fits the window and
     no question or context is empty or blank (pairs numbered from ``first_index``)."""
     if len(questions) != len(contexts):
-        raise InputError(
-            f"Got {len(questions)} questions but {len(contexts)} contexts; pass one context per question."
-        )
+        raise InputError(f"Got {len(questions)} questions but {len(contexts)} contexts; pass one context per question.")
     if doc_stride < 0 or max_length <= doc_stride:
-        raise InputError(
-            f"doc_stride ({doc_stride}) must be at least 0 and below max_length ({max_length}); lower it."
-        )
+        raise InputError(f"doc_stride ({doc_stride}) must be at least 0 and below max_length ({max_length}); lower it.")
     for index, (question, context) in enumerate(zip(questions, contexts), start=first_index):
         if not question.strip():
             raise InputError(f"Question {index} is empty; pass a non-empty question.")

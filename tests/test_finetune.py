@@ -29,7 +29,24 @@ from export.recipe import ClassifierTraining, QATraining
 from export.squad import SquadExample
 
 LABELS = {0: "NEGATIVE", 1: "POSITIVE"}
-FILLER = ["the", "film", "was", "one", "of", "the", "movies", "this", "year", "and", "it", "had", "a", "plot", "with", "actors"]
+FILLER = [
+    "the",
+    "film",
+    "was",
+    "one",
+    "of",
+    "the",
+    "movies",
+    "this",
+    "year",
+    "and",
+    "it",
+    "had",
+    "a",
+    "plot",
+    "with",
+    "actors",
+]
 
 
 def sentiment_texts(rng: random.Random, n: int) -> Dataset:
@@ -65,12 +82,19 @@ def test_finetune_classifier_learns_and_reports(tiny_source: Path, tokenizer: An
     rng = random.Random(0)
     splits = SentimentSplits(sentiment_texts(rng, 96), sentiment_texts(rng, 40), sentiment_texts(rng, 20))
     cfg = ClassifierTraining(
-        train_size=96, heldout_size=40, rotten_tomatoes_size=20, max_length=32, epochs=6, learning_rate=3e-3, batch_size=16
+        train_size=96,
+        heldout_size=40,
+        rotten_tomatoes_size=20,
+        max_length=32,
+        epochs=6,
+        learning_rate=3e-3,
+        batch_size=16,
     )
     set_seed(0)
     model = BertForSequenceClassification.from_pretrained(tiny_source, num_labels=2, id2label=LABELS)
     before = model.classifier.weight.detach().clone()
-    metrics = finetune_classifier(model, tokenizer, splits, cfg, tmp_path / "work")
+    metrics = finetune_classifier(model, tokenizer, splits, cfg, tmp_path / "work", eval_max_length=48)
+    assert (metrics["max_length"], metrics["eval_max_length"]) == (32, 48)
     assert metrics["imdb_heldout_accuracy"] >= 0.9
     assert metrics["rotten_tomatoes_accuracy"] >= 0.9
     assert (metrics["train_examples"], metrics["heldout_examples"], metrics["rotten_tomatoes_examples"]) == (96, 40, 20)
@@ -86,9 +110,7 @@ def test_classification_accuracy_counts_argmax_matches(tiny_source: Path, tokeni
     set_seed(0)
     model = BertForSequenceClassification.from_pretrained(tiny_source, num_labels=2)
     texts = ["a good film", "bad", "the plot had one actor and it was very long indeed", "love"]
-    predicted = [
-        int(model(**tokenizer(t, return_tensors="pt")).logits.argmax()) for t in texts
-    ]
+    predicted = [int(model(**tokenizer(t, return_tensors="pt")).logits.argmax()) for t in texts]
     assert classification_accuracy(model, tokenizer, texts, predicted, 32, batch_size=3) == 1.0
     flipped = [1 - p for p in predicted[:2]] + predicted[2:]
     assert classification_accuracy(model, tokenizer, texts, flipped, 32, batch_size=3) == 0.5

@@ -15,7 +15,27 @@ from bertrt.errors import InputError
 from bertrt.qa_spans import Answer, QAWindows, decode_answers, encode_qa
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = ["the", "of", "to", "and", "in", "is", "was", "what", "who", "where", "capital", "city", "paris", "france", "river", "seine", "flows", "through", "old"]
+WORDS = [
+    "the",
+    "of",
+    "to",
+    "and",
+    "in",
+    "is",
+    "was",
+    "what",
+    "who",
+    "where",
+    "capital",
+    "city",
+    "paris",
+    "france",
+    "river",
+    "seine",
+    "flows",
+    "through",
+    "old",
+]
 CHARS = list(string.ascii_lowercase + string.digits + string.punctuation)
 FILLER = "the river flows through the city and the city is old . "
 QUESTION = "What is the capital of France?"
@@ -40,7 +60,9 @@ def tokenizer() -> Tokenizer:
     return wordpiece_tokenizer()
 
 
-def keyword_logits(tokenizer: Tokenizer, windows: QAWindows, start_word: str, end_word: str) -> tuple[np.ndarray, np.ndarray]:
+def keyword_logits(
+    tokenizer: Tokenizer, windows: QAWindows, start_word: str, end_word: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits of a pretend model that starts answers on ``start_word`` and ends them on ``end_word``."""
     start = np.where(windows.input_ids == tokenizer.token_to_id(start_word), 8.0, 0.0)
     end = np.where(windows.input_ids == tokenizer.token_to_id(end_word), 8.0, 0.0)
@@ -74,7 +96,9 @@ def test_offsets_slice_back_to_the_context(tokenizer: Tokenizer) -> None:
 
 
 def test_windows_are_padded_and_typed(tokenizer: Tokenizer) -> None:
-    windows = encode_qa(tokenizer, [QUESTION, "Who?"], ["Paris.", "Paris is the capital of France, on the Seine."], 64, 16)
+    windows = encode_qa(
+        tokenizer, [QUESTION, "Who?"], ["Paris.", "Paris is the capital of France, on the Seine."], 64, 16
+    )
     lengths = windows.attention_mask.sum(axis=1)
     assert windows.input_ids.shape == windows.offsets.shape[:2] == (2, lengths.max())
     assert lengths[0] != lengths[1]

@@ -47,14 +47,20 @@ def squad_file(tmp_path: Path) -> Path:
                             "context": "Paris is the capital of France.",
                             "qas": [
                                 {"id": "a", "question": "Capital?", "answers": [{"text": "Paris", "answer_start": 0}]},
-                                {"id": "b", "question": "Country?", "answers": [{"text": "France", "answer_start": 24}]},
+                                {
+                                    "id": "b",
+                                    "question": "Country?",
+                                    "answers": [{"text": "France", "answer_start": 24}],
+                                },
                             ],
                         }
                     ],
                 },
                 {
                     "title": "Empty",
-                    "paragraphs": [{"context": "Nothing here.", "qas": [{"id": "c", "question": "What?", "answers": []}]}],
+                    "paragraphs": [
+                        {"context": "Nothing here.", "qas": [{"id": "c", "question": "What?", "answers": []}]}
+                    ],
                 },
             ],
         },
@@ -170,7 +176,11 @@ def check_labels(features: Any, examples: list[SquadExample], tokenizer: Any, ma
         offsets = encoded["offset_mapping"][row]
         answer_start = item.answer_starts[0] if item.answers else -1
         answer_end = answer_start + len(item.answers[0]) if item.answers else -1
-        holds = bool(item.answers) and offsets[context_tokens[0]][0] <= answer_start and offsets[context_tokens[-1]][1] >= answer_end
+        holds = (
+            bool(item.answers)
+            and offsets[context_tokens[0]][0] <= answer_start
+            and offsets[context_tokens[-1]][1] >= answer_end
+        )
         if not holds:
             assert (start, end) == (0, 0)
             continue
@@ -191,7 +201,13 @@ def test_train_features_label_the_answer_tokens(minilm_tokenizer: Any) -> None:
     examples = load_squad(TRAIN40, limit=40)
     features = build_qa_train_features(minilm_tokenizer, examples, max_length=128, doc_stride=32)
     assert len(features) > len(examples)  # long paragraphs overflow into several windows
-    assert set(features.column_names) == {"input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions"}
+    assert set(features.column_names) == {
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "start_positions",
+        "end_positions",
+    }
     labelled = check_labels(features, examples, minilm_tokenizer, 128)
     assert len(examples) <= labelled < len(features)
 
