@@ -59,12 +59,16 @@ def run_benchmark(config: BenchConfig, log: Log | None = None) -> dict[str, Any]
         "notes": notes,
     }
     if config.wants("gemm"):
-        # First, while no engine's thread pool is alive in this process to compete with BLAS.
+        # Before any engine's thread pool exists in this process to compete with BLAS.
         log("gemm: the machine's fp32 matrix-multiply rate")
-        results["gemm"] = gemm_rate(config.gemm_size, threads=config.threads)
+        before = gemm_rate(config.gemm_size, threads=config.threads)
     recorder = measure_all(config, models, inputs, results, log)
     results["figures"] = recorder.figures
     if config.wants("gemm"):
+        # Again right after the big forwards, so a change of background load shows; the
+        # better of the two is the peak each forward is compared with.
+        after = gemm_rate(config.gemm_size, threads=config.threads)
+        results["gemm"] = {**max(before, after, key=lambda g: g["peak_gflops"]), "runs": [before, after]}
         results["gemm"]["peak_batch"] = peak_batch_rates(recorder.figures, models, results["gemm"]["peak_gflops"])
     if config.wants("footprint"):
         results["footprint"] = _footprint(config, models, inputs, log)
@@ -136,7 +140,9 @@ def prepare_inputs(config: BenchConfig, models: Mapping[Task, ModelInfo], notes:
 def peak_batch_rates(
     figures: Mapping[str, Mapping[str, Mapping[str, Any]]], models: Mapping[Task, ModelInfo], peak_gflops: float
 ) -> dict[str, Any]:
-    """GFLOP/s each system reaches on W2's biggest batch, and its share of the GEMM peak."""
+    """GFLOP/s each system reaches on W2's biggest batch: at its median forward (``gflops``)
+    and at its fastest (``best_gflops``), whose ratio to the best GEMM rate, a best-of-runs
+    figure as well, is ``share_of_peak``."""
     if Task.CLASSIFY not in models:
         return {}
     shape = BertShape.from_config(models[Task.CLASSIFY].directory / "config.json")
@@ -145,8 +151,10 @@ def peak_batch_rates(
         if not key.startswith("peak_batch."):
             continue
         for name, stats in by_system.items():
-            gflops = shape.forward_flops(stats["batch"], stats["seq"]) / (stats["p50_ms"] / 1e3) / 1e9
-            rates[name] = {"batch": stats["batch"], "seq": stats["seq"], "gflops": gflops, "share_of_peak": gflops / peak_gflops}
+            flops = shape.forward_flops(stats["batch"], stats["seq"])
+            best = flops / (stats["min_ms"] / 1e3) / 1e9
+            rates[name] = {"batch": stats["batch"], "seq": stats["seq"], "gflops": flops / (stats["p50_ms"] / 1e3) / 1e9,
+                           "best_gflops": best, "share_of_peak": best / peak_gflops}
     return rates
 
 

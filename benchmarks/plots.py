@@ -94,7 +94,8 @@ def _physical(ax: Any, gemm: Mapping[str, Any]) -> None:
     if not gemm:
         return _empty(ax)
     names = [n for n in ALL_SYSTEMS if n in rates]
-    ax.bar(names, [rates[n]["gflops"] for n in names], color="tab:blue")
+    ax.bar(names, [rates[n]["best_gflops"] for n in names], color="tab:blue", label="fastest forward")
+    ax.scatter(names, [rates[n]["gflops"] for n in names], color="black", zorder=3, label="median forward")
     ax.axhline(gemm["peak_gflops"], color="tab:red", linestyle="--", label=f"GEMM peak {gemm['peak_gflops']:.0f} GFLOP/s")
     ax.axhline(0.7 * gemm["peak_gflops"], color="tab:orange", linestyle=":", label="70% of peak")
     ax.tick_params(axis="x", labelsize=8)
