@@ -240,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=3600.0, help="stop after this long")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: ONNX Runtime picks)")
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument(
+        "--cpu-memory-arena", action="store_true", help="keep ONNX Runtime's CPU memory arena (bertrt turns it off)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-words", type=int, default=300, help="longest text of the mix, in words")
     parser.add_argument("--rss-limit", type=float, default=0.05)
@@ -249,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.requests < 1 or args.window < 1:
         parser.error("--requests and --window must be 1 or more")
-    options = RuntimeOptions(intra_op_threads=args.threads)
+    options = RuntimeOptions(intra_op_threads=args.threads, cpu_memory_arena=args.cpu_memory_arena)
     bundle = Bundle(args.models, device=Device.CPU, precision=args.precision, options=options)
     bundle.load_all()
     progress = None

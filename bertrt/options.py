@@ -35,6 +35,11 @@ class RuntimeOptions:
     by token length before cutting it into batches so short texts are not padded to
     long ones (results still come back in the caller's order).
 
+    ``cpu_memory_arena=False`` (the default) turns ONNX Runtime's CPU memory arena off
+    and pins glibc's mmap threshold, so memory freed after a request goes back to the
+    operating system and resident memory stays flat in a long-running service (see
+    :mod:`bertrt.memory`); ``True`` keeps the arena, which holds every peak for reuse.
+
     Request limits make an oversized call fail fast with an InputError instead of eating
     memory (see :mod:`bertrt.limits`): ``max_texts_per_call`` (texts, or QA pairs, per
     call), ``max_chars_per_text`` (characters of each text or question; longer texts are
@@ -50,6 +55,7 @@ class RuntimeOptions:
     batch_size: int = 32
     group_by_length: bool = True
     cuda_device_id: int = 0
+    cpu_memory_arena: bool = False
     max_texts_per_call: int = 10_000
     max_chars_per_text: int = 2_000_000
     max_context_chars: int = 100_000

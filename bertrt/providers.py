@@ -25,6 +25,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from bertrt.errors import BundleError, DeviceError
+from bertrt.memory import pin_mmap_threshold
 from bertrt.options import RuntimeOptions
 from bertrt.types import Device
 
@@ -61,11 +62,16 @@ _dlls_preloaded = False
 
 
 def session_options(options: RuntimeOptions) -> ort.SessionOptions:
-    """ONNX Runtime SessionOptions for ``options`` (optimization level, thread counts)."""
+    """ONNX Runtime SessionOptions for ``options`` (optimization level, thread counts, CPU
+    memory arena)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = _GRAPH_LEVELS[options.graph_optimization]
     so.intra_op_num_threads = options.intra_op_threads
     so.inter_op_num_threads = options.inter_op_threads
+    so.enable_cpu_mem_arena = options.cpu_memory_arena
+    if not options.cpu_memory_arena:
+        # Without glibc's help, blocks freed by the arena-less allocator stay in the heap.
+        pin_mmap_threshold()
     return so
 
 

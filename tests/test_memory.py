@@ -1,0 +1,50 @@
+"""Memory handed back after requests: ONNX Runtime's CPU arena off, glibc's threshold pinned."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bertrt import RuntimeOptions, memory
+from bertrt.providers import session_options
+
+
+def test_the_cpu_arena_is_off_unless_asked_for() -> None:
+    assert session_options(RuntimeOptions()).enable_cpu_mem_arena is False
+    assert session_options(RuntimeOptions(cpu_memory_arena=True)).enable_cpu_mem_arena is True
+
+
+def test_an_explicit_glibc_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(memory.MMAP_THRESHOLD_ENV, "65536")
+    assert memory._mallopt(memory.M_MMAP_THRESHOLD, memory.MMAP_THRESHOLD) is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_large_freed_blocks_leave_the_process() -> None:
+    # glibc alone keeps freed 8 MB blocks in its heap once the first one has raised its
+    # threshold (small blocks after them keep the heap's top from being trimmed); pinned,
+    # every such block is unmapped on free. Fresh processes: the setting is process-wide.
+    program = (
+        "import sys, numpy as np\n"
+        "from pathlib import Path\n"
+        "from bertrt import memory\n"
+        "if sys.argv[1] == 'pinned': assert memory.pin_mmap_threshold()\n"
+        "def rss(): return int(Path('/proc/self/statm').read_text().split()[1]) * 4096\n"
+        "np.ones(8 << 20, np.uint8)\n"
+        "before = rss()\n"
+        "blocks, separators = [], []\n"
+        "for _ in range(4):\n"
+        "    blocks.append(np.ones(8 << 20, np.uint8))\n"
+        "    separators.append(np.ones(200_000, np.uint8))\n"
+        "del blocks\n"
+        "print(rss() - before)\n"
+    )
+
+    def growth(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", program, mode], capture_output=True, text=True, check=True)
+        return int(done.stdout)
+
+    grown = {mode: growth(mode) for mode in ("default", "pinned")}
+    assert grown["pinned"] < 8 << 20 < 24 << 20 < grown["default"]
