@@ -64,8 +64,17 @@ class BenchConfig:
     def __post_init__(self) -> None:
         _known("system", self.systems, ALL_SYSTEMS)
         _known("workload", self.workloads, WORKLOADS)
-        positive = ("threads", "batch_size", "repeats", "min_repeats", "stream_texts", "stream_passes",
-                    "qa_questions", "scaling_seq", "gemm_size")
+        positive = (
+            "threads",
+            "batch_size",
+            "repeats",
+            "min_repeats",
+            "stream_texts",
+            "stream_passes",
+            "qa_questions",
+            "scaling_seq",
+            "gemm_size",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be 1 or more, got {getattr(self, name)}.")
@@ -82,8 +91,16 @@ class BenchConfig:
         presets: dict[str, dict[str, object]] = {
             "full": {},
             "smoke": dict(
-                smoke=True, warmup=1, repeats=3, min_repeats=2, max_seconds=0.5, stream_texts=48,
-                qa_questions=4, batch_sizes=(1, 4), scaling_seq=32, seq_lengths=(16, 64),
+                smoke=True,
+                warmup=1,
+                repeats=3,
+                min_repeats=2,
+                max_seconds=0.5,
+                stream_texts=48,
+                qa_questions=4,
+                batch_sizes=(1, 4),
+                scaling_seq=32,
+                seq_lengths=(16, 64),
                 gemm_size=256,
             ),
         }

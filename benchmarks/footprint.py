@@ -40,8 +40,13 @@ def measure_footprint(
     """Peak RSS (MiB) of each stack (``bertrt-fp32``, ``bertrt-int8``, ``torch``) loading all
     three models and serving W1, and the median wall time of ``import bertrt`` in a fresh
     interpreter."""
-    request = {"bundle": str(Path(bundle).resolve()), "threads": threads, "texts": list(texts),
-               "question": question, "context": context}
+    request = {
+        "bundle": str(Path(bundle).resolve()),
+        "threads": threads,
+        "texts": list(texts),
+        "question": question,
+        "context": context,
+    }
     result: dict[str, Any] = {stack: _child(stack, request) for stack in stacks}
     result["import_bertrt_s"] = import_time(import_repeats)
     return result
@@ -56,7 +61,8 @@ def import_time(repeats: int) -> float:
 
 def _child(stack: str, request: dict[str, Any]) -> dict[str, Any]:
     try:
-        return json.loads(_python(["-m", "benchmarks.footprint_child", stack], json.dumps(request)))
+        report: dict[str, Any] = json.loads(_python(["-m", "benchmarks.footprint_child", stack], json.dumps(request)))
+        return report
     except BertrtError as exc:
         return {"error": str(exc)}
 

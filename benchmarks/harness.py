@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from benchmarks import report, workloads
@@ -49,11 +49,14 @@ def run_benchmark(config: BenchConfig, log: Log | None = None) -> dict[str, Any]
     inputs = prepare_inputs(config, models, notes)
     results: dict[str, Any] = {
         "schema": SCHEMA,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "smoke": config.smoke,
         "machine": machine_info(),
         "config": _config_dict(config),
-        "bundle": {"path": str(config.bundle), "variants": sorted({p.value for m in models.values() for p in m.variants})},
+        "bundle": {
+            "path": str(config.bundle),
+            "variants": sorted({p.value for m in models.values() for p in m.variants}),
+        },
         "load_average": {"start": load_average()},
         "skipped": {},
         "notes": notes,
@@ -101,7 +104,9 @@ def measure_all(
     return recorder
 
 
-def open_systems(config: BenchConfig, models: Mapping[Task, ModelInfo], skipped: dict[str, str], log: Log) -> list[System]:
+def open_systems(
+    config: BenchConfig, models: Mapping[Task, ModelInfo], skipped: dict[str, str], log: Log
+) -> list[System]:
     """The requested systems that can run here (models load on first use); the others are
     noted in ``skipped`` with the reason."""
     settings = SystemSettings(config.threads, config.batch_size, config.device)
@@ -153,14 +158,21 @@ def peak_batch_rates(
         for name, stats in by_system.items():
             flops = shape.forward_flops(stats["batch"], stats["seq"])
             best = flops / (stats["min_ms"] / 1e3) / 1e9
-            rates[name] = {"batch": stats["batch"], "seq": stats["seq"], "gflops": flops / (stats["p50_ms"] / 1e3) / 1e9,
-                           "best_gflops": best, "share_of_peak": best / peak_gflops}
+            rates[name] = {
+                "batch": stats["batch"],
+                "seq": stats["seq"],
+                "gflops": flops / (stats["p50_ms"] / 1e3) / 1e9,
+                "best_gflops": best,
+                "share_of_peak": best / peak_gflops,
+            }
     return rates
 
 
 def _footprint(config: BenchConfig, models: Mapping[Task, ModelInfo], inputs: Inputs, log: Log) -> dict[str, Any]:
     # bertrt at every CPU-side precision that all three models have, then PyTorch.
-    stacks = [f"bertrt-{p.value}" for p in (Precision.FP32, Precision.INT8) if all(p in m.variants for m in models.values())]
+    stacks = [
+        f"bertrt-{p.value}" for p in (Precision.FP32, Precision.INT8) if all(p in m.variants for m in models.values())
+    ]
     wants_torch = any(name.startswith("torch") for name in config.systems)
     if wants_torch and all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
         stacks.append("torch")
@@ -169,8 +181,13 @@ def _footprint(config: BenchConfig, models: Mapping[Task, ModelInfo], inputs: In
         question, context = inputs.squad.questions[0], inputs.squad.contexts[0]
     log(f"footprint: {', '.join(stacks)}, each in a fresh process")
     return measure_footprint(
-        config.bundle, threads=config.threads, texts=list(inputs.w1.values()), question=question, context=context,
-        stacks=stacks, import_repeats=2 if config.smoke else 5,
+        config.bundle,
+        threads=config.threads,
+        texts=list(inputs.w1.values()),
+        question=question,
+        context=context,
+        stacks=stacks,
+        import_repeats=2 if config.smoke else 5,
     )
 
 

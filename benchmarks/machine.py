@@ -21,8 +21,17 @@ from pathlib import Path
 from typing import Any
 
 # Distributions whose versions explain the numbers; absent ones are reported as None.
-_VERSIONED = ("bertrt", "onnxruntime-gpu", "onnxruntime", "numpy", "tokenizers", "torch", "transformers",
-              "optimum", "optimum-onnx")
+_VERSIONED = (
+    "bertrt",
+    "onnxruntime-gpu",
+    "onnxruntime",
+    "numpy",
+    "tokenizers",
+    "torch",
+    "transformers",
+    "optimum",
+    "optimum-onnx",
+)
 
 
 def machine_info() -> dict[str, Any]:
@@ -57,7 +66,10 @@ def gpu_name() -> str | None:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None

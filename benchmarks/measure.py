@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from benchmarks import workloads
@@ -70,7 +71,9 @@ class Measurer:
         serve = _serving(system, operation)
         last: list[Any] = [None]
         stats = self.latency(lambda: last.__setitem__(0, serve([text])))
-        self.recorder.add(f"w1.{operation}.{case}", system.name, stats.to_dict(), last[0] if operation == "classify" else None)
+        self.recorder.add(
+            f"w1.{operation}.{case}", system.name, stats.to_dict(), last[0] if operation == "classify" else None
+        )
 
     def stream(self, system: System, operation: str, stream: list[str]) -> None:
         """W2: the whole mixed stream in one call; the system batches it."""
@@ -92,7 +95,9 @@ class Measurer:
             return
         size = self.config.batch_size
         chunks = [stream[i : i + size] for i in range(0, len(stream), size)]
-        figure = self.throughput(lambda: [system.classify(c) for c in chunks], len(stream), lambda: system.classify(chunks[0]))
+        figure = self.throughput(
+            lambda: [system.classify(c) for c in chunks], len(stream), lambda: system.classify(chunks[0])
+        )
         self.recorder.add(key, system.name, figure)
 
     def squad(self, system: System, squad: workloads.SquadPairs) -> None:
@@ -117,8 +122,11 @@ class Measurer:
         """Per-call latency of ``fn`` with the config's warm-up and repetition limits."""
         config = self.config
         return measure_latency(
-            fn, warmup=config.warmup if warmup is None else warmup, repeats=config.repeats,
-            min_repeats=config.min_repeats, max_seconds=config.max_seconds,
+            fn,
+            warmup=config.warmup if warmup is None else warmup,
+            repeats=config.repeats,
+            min_repeats=config.min_repeats,
+            max_seconds=config.max_seconds,
         )
 
     def throughput(self, fn: Callable[[], object], items: int, warmup: Callable[[], object]) -> dict[str, Any]:
@@ -142,17 +150,19 @@ def plan_steps(config: BenchConfig, models: Mapping[Task, ModelInfo], inputs: In
     if config.wants("w1"):
         for operation in operations:
             for case, text in inputs.w1.items():
-                steps.append(Step(f"W1 {operation} {case}", operation,
-                                  lambda m, s, o=operation, c=case, t=text: m.single_request(s, o, c, t)))
+                run = partial(Measurer.single_request, operation=operation, case=case, text=text)
+                steps.append(Step(f"W1 {operation} {case}", operation, run))
     if inputs.stream is not None:
         stream = inputs.stream
         for operation in operations:
-            steps.append(Step(f"W2 {operation}, {len(stream)} texts", operation, lambda m, s, o=operation: m.stream(s, o, stream)))
+            run = partial(Measurer.stream, operation=operation, stream=stream)
+            steps.append(Step(f"W2 {operation}, {len(stream)} texts", operation, run))
         if "classify" in operations:
-            steps.append(Step("W2 classify as requests of one batch", "classify", lambda m, s: m.stream_as_requests(s, stream)))
+            run = partial(Measurer.stream_as_requests, stream=stream)
+            steps.append(Step("W2 classify as requests of one batch", "classify", run))
     if inputs.squad is not None:
-        squad = inputs.squad
-        steps.append(Step(f"W3 {len(squad.questions)} SQuAD questions", "answer", lambda m, s: m.squad(s, squad)))
+        run = partial(Measurer.squad, squad=inputs.squad)
+        steps.append(Step(f"W3 {len(inputs.squad.questions)} SQuAD questions", "answer", run))
     if config.wants("scaling") and Task.CLASSIFY in models:
         model = models[Task.CLASSIFY]
         shapes = [("scaling.batch", b, config.scaling_seq) for b in config.batch_sizes]
@@ -160,8 +170,8 @@ def plan_steps(config: BenchConfig, models: Mapping[Task, ModelInfo], inputs: In
         # W2's biggest batch: the shape the physical-limit comparison uses.
         shapes.append(("peak_batch", config.batch_size, model.max_length))
         for prefix, batch, seq in shapes:
-            steps.append(Step(f"forward {batch} x {seq}", "forward",
-                              lambda m, s, p=prefix, b=batch, q=seq: m.forward(s, p, model, b, q)))
+            run = partial(Measurer.forward, prefix=prefix, model=model, batch=batch, seq=seq)
+            steps.append(Step(f"forward {batch} x {seq}", "forward", run))
     return steps
 
 

@@ -77,7 +77,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    print(json.dumps(profile_ops(args.model, batch=args.batch, seq=args.seq, threads=args.threads, runs=args.runs), indent=2))
+    print(
+        json.dumps(
+            profile_ops(args.model, batch=args.batch, seq=args.seq, threads=args.threads, runs=args.runs), indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

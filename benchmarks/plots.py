@@ -33,16 +33,24 @@ def write_plots(results: Mapping[str, Any], path: Path) -> Path:
     figures: Figures = results.get("figures", {})
     fig, axes = plt.subplots(2, 3, figsize=(18, 10))
     _bars(axes[0, 0], figures, "w1.", "p50_ms", "W1 single request: p50 latency (ms, lower is better)")
-    _bars(axes[0, 1], figures, ("w2.classify", "w2.embed", "w3.qa"), "items_per_s",
-          "W2 stream / W3 QA: items per second (higher is better)", exact=True)
+    _bars(
+        axes[0, 1],
+        figures,
+        ("w2.classify", "w2.embed", "w3.qa"),
+        "items_per_s",
+        "W2 stream / W3 QA: items per second (higher is better)",
+        exact=True,
+    )
     _curve(axes[0, 2], figures, "scaling.batch.", "batch", "Forward latency vs batch size (seq {seq})")
     _curve(axes[1, 0], figures, "scaling.sequence.", "seq", "Forward latency vs sequence length (batch 1)")
     _physical(axes[1, 1], results.get("gemm") or {})
     _footprint(axes[1, 2], results.get("footprint") or {})
     machine = results.get("machine", {})
-    fig.suptitle(f"bertrt benchmark, {machine.get('cpu_model', '?')} ({machine.get('usable_cores', '?')} cores"
-                 f"{', GPU ' + machine['gpu'] if machine.get('gpu') else ''}), {results.get('created', '')}"
-                 f"{'  [smoke run]' if results.get('smoke') else ''}")
+    fig.suptitle(
+        f"bertrt benchmark, {machine.get('cpu_model', '?')} ({machine.get('usable_cores', '?')} cores"
+        f"{', GPU ' + machine['gpu'] if machine.get('gpu') else ''}), {results.get('created', '')}"
+        f"{'  [smoke run]' if results.get('smoke') else ''}"
+    )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +64,9 @@ def _systems(figures: Figures, keys: list[str]) -> list[str]:
     return [name for name in ALL_SYSTEMS if name in present]
 
 
-def _bars(ax: Any, figures: Figures, prefix: str | tuple[str, ...], field: str, title: str, exact: bool = False) -> None:
+def _bars(
+    ax: Any, figures: Figures, prefix: str | tuple[str, ...], field: str, title: str, exact: bool = False
+) -> None:
     keys = [k for k in figures if (k in prefix if exact else k.startswith(prefix))]
     ax.set_title(title, fontsize=10)
     if not keys:
@@ -96,7 +106,9 @@ def _physical(ax: Any, gemm: Mapping[str, Any]) -> None:
     names = [n for n in ALL_SYSTEMS if n in rates]
     ax.bar(names, [rates[n]["best_gflops"] for n in names], color="tab:blue", label="fastest forward")
     ax.scatter(names, [rates[n]["gflops"] for n in names], color="black", zorder=3, label="median forward")
-    ax.axhline(gemm["peak_gflops"], color="tab:red", linestyle="--", label=f"GEMM peak {gemm['peak_gflops']:.0f} GFLOP/s")
+    ax.axhline(
+        gemm["peak_gflops"], color="tab:red", linestyle="--", label=f"GEMM peak {gemm['peak_gflops']:.0f} GFLOP/s"
+    )
     ax.axhline(0.7 * gemm["peak_gflops"], color="tab:orange", linestyle=":", label="70% of peak")
     ax.tick_params(axis="x", labelsize=8)
     ax.legend(fontsize=7)
@@ -107,9 +119,15 @@ def _footprint(ax: Any, footprint: Mapping[str, Any]) -> None:
     stacks = [s for s in FOOTPRINT_STACKS if "peak_rss_mb" in footprint.get(s, {})]
     if not stacks:
         return _empty(ax)
-    ax.bar(stacks, [footprint[s]["peak_rss_mb"] for s in stacks], color=["tab:gray" if s == "torch" else "tab:green" for s in stacks])
+    ax.bar(
+        stacks,
+        [footprint[s]["peak_rss_mb"] for s in stacks],
+        color=["tab:gray" if s == "torch" else "tab:green" for s in stacks],
+    )
     if "import_bertrt_s" in footprint:
-        ax.text(0.02, 0.95, f"import bertrt: {footprint['import_bertrt_s'] * 1e3:.0f} ms", transform=ax.transAxes, va="top")
+        ax.text(
+            0.02, 0.95, f"import bertrt: {footprint['import_bertrt_s'] * 1e3:.0f} ms", transform=ax.transAxes, va="top"
+        )
 
 
 def _empty(ax: Any) -> None:

@@ -88,31 +88,51 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     ``met: None``)."""
 
     def ratio(key: str, system: str, baseline: str) -> float | None:
-        return results.get("ratios", {}).get(key, {}).get(system, {}).get(baseline)
+        value = results.get("ratios", {}).get(key, {}).get(system, {}).get(baseline)
+        return None if value is None else float(value)
 
     peak = results.get("gemm", {}).get("peak_batch", {}).get("bertrt-fp32", {})
     footprint = results.get("footprint", {})
     rss = {stack: footprint.get(stack, {}).get("peak_rss_mb") for stack in FOOTPRINT_STACKS}
     qa_agreement = results.get("agreement", {}).get("w3.qa", {})
     checks: list[tuple[Target, float | None]] = [
-        (Target("W1 short: bertrt-fp32 speed-up over the transformers pipeline", 3.0),
-         ratio("w1.classify.short", "bertrt-fp32", "torch-pipeline")),
-        (Target("W1 short: bertrt-fp32 speed-up over optimum's pipeline", 1.5),
-         ratio("w1.classify.short", "bertrt-fp32", "optimum-pipeline")),
+        (
+            Target("W1 short: bertrt-fp32 speed-up over the transformers pipeline", 3.0),
+            ratio("w1.classify.short", "bertrt-fp32", "torch-pipeline"),
+        ),
+        (
+            Target("W1 short: bertrt-fp32 speed-up over optimum's pipeline", 1.5),
+            ratio("w1.classify.short", "bertrt-fp32", "optimum-pipeline"),
+        ),
     ]
     for task in ("classify", "embed"):
         for system, bound in (("bertrt-fp32", 2.5), ("bertrt-int8", 4.0)):
-            checks.append((Target(f"W2 {task}: {system} speed-up over the transformers pipeline", bound),
-                           ratio(f"w2.{task}", system, "torch-pipeline")))
+            checks.append(
+                (
+                    Target(f"W2 {task}: {system} speed-up over the transformers pipeline", bound),
+                    ratio(f"w2.{task}", system, "torch-pipeline"),
+                )
+            )
     checks += [
-        (Target("W3: bertrt-fp32 speed-up over the transformers QA pipeline", 2.5), ratio("w3.qa", "bertrt-fp32", "torch-pipeline")),
-        (Target("W3: bertrt-fp32 answers equal to the transformers pipeline's", 0.995),
-         qa_agreement.get("systems", {}).get("bertrt-fp32") if qa_agreement.get("reference") == "torch-pipeline" else None),
+        (
+            Target("W3: bertrt-fp32 speed-up over the transformers QA pipeline", 2.5),
+            ratio("w3.qa", "bertrt-fp32", "torch-pipeline"),
+        ),
+        (
+            Target("W3: bertrt-fp32 answers equal to the transformers pipeline's", 0.995),
+            qa_agreement.get("systems", {}).get("bertrt-fp32")
+            if qa_agreement.get("reference") == "torch-pipeline"
+            else None,
+        ),
         (Target("Large batch: bertrt-fp32 share of the measured GEMM rate", 0.7), peak.get("share_of_peak")),
     ]
     for stack in ("bertrt-fp32", "bertrt-int8"):
-        checks.append((Target(f"Footprint: {stack} peak RSS / PyTorch peak RSS", 0.4, at_least=False),
-                       rss[stack] / rss["torch"] if rss[stack] and rss["torch"] else None))
+        checks.append(
+            (
+                Target(f"Footprint: {stack} peak RSS / PyTorch peak RSS", 0.4, at_least=False),
+                rss[stack] / rss["torch"] if rss[stack] and rss["torch"] else None,
+            )
+        )
     checks.append((Target("import bertrt, seconds", 0.3, at_least=False), footprint.get("import_bertrt_s")))
     return [target.judge(value) for target, value in checks]
 
@@ -122,8 +142,10 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     over the main baselines and agreement; then the GEMM rate, footprint and targets."""
     figures, ratios = results.get("figures", {}), results.get("ratios", {})
     columns = [b for b in TABLE_BASELINES if any(b in s for s in figures.values())]
-    lines = ["| figure | system | value | " + " | ".join(f"x {b}" for b in columns) + " | agreement |",
-             "|" + "---|" * (4 + len(columns))]
+    lines = [
+        "| figure | system | value | " + " | ".join(f"x {b}" for b in columns) + " | agreement |",
+        "|" + "---|" * (4 + len(columns)),
+    ]
     for key, by_system in figures.items():
         if not key.startswith(TABLE_PREFIXES):
             continue
@@ -139,16 +161,22 @@ def _summary(results: Mapping[str, Any]) -> list[str]:
     lines = []
     gemm = results.get("gemm")
     if gemm:
-        lines.append(f"GEMM fp32 {gemm['size']}^2: NumPy {gemm['numpy_gflops']:.1f} GFLOP/s, "
-                     f"ONNX Runtime {_fmt(gemm['ort_gflops'], ' GFLOP/s')}")
+        lines.append(
+            f"GEMM fp32 {gemm['size']}^2: NumPy {gemm['numpy_gflops']:.1f} GFLOP/s, "
+            f"ONNX Runtime {_fmt(gemm['ort_gflops'], ' GFLOP/s')}"
+        )
         for name, rate in gemm.get("peak_batch", {}).items():
-            lines.append(f"  {name} at {rate['batch']}x{rate['seq']}: {rate['gflops']:.1f} GFLOP/s at p50, "
-                         f"{rate['best_gflops']:.1f} at best = {rate['share_of_peak']:.0%} of peak")
+            lines.append(
+                f"  {name} at {rate['batch']}x{rate['seq']}: {rate['gflops']:.1f} GFLOP/s at p50, "
+                f"{rate['best_gflops']:.1f} at best = {rate['share_of_peak']:.0%} of peak"
+            )
     footprint = results.get("footprint")
     if footprint:
         for stack in FOOTPRINT_STACKS:
             if "peak_rss_mb" in footprint.get(stack, {}):
-                lines.append(f"Peak RSS, {stack} serving W1 with all three models: {footprint[stack]['peak_rss_mb']:.0f} MiB")
+                lines.append(
+                    f"Peak RSS, {stack} serving W1 with all three models: {footprint[stack]['peak_rss_mb']:.0f} MiB"
+                )
         lines.append(f"import bertrt: {footprint['import_bertrt_s'] * 1e3:.0f} ms")
     lines += ["", "| target | bound | value | met |", "|---|---|---|---|"]
     for t in results.get("targets", []):

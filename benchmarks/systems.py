@@ -72,8 +72,9 @@ class System(ABC):
         """One model forward pass on token arrays (no tokenization, no post-processing)."""
         raise NotImplementedError(f"{self.name} has no model-level forward")
 
+    @abstractmethod
     def close(self) -> None:
-        """Release models and sessions (the harness runs systems one after another)."""
+        """Release models and sessions once the run is over."""
 
 
 class BertrtSystem(System):
@@ -134,7 +135,9 @@ class PlainOrtSystem(System):
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.settings.threads
             options.inter_op_num_threads = 1
-            session = ort.InferenceSession(str(info.onnx_file(Precision.FP32)), options, providers=ort_providers(self.settings.device))
+            session = ort.InferenceSession(
+                str(info.onnx_file(Precision.FP32)), options, providers=ort_providers(self.settings.device)
+            )
             tokenizer = Tokenizer.from_file(str(info.directory / "tokenizer.json"))
             tokenizer.enable_truncation(info.max_length)
             tokenizer.enable_padding(pad_id=tokenizer.token_to_id("[PAD]") or 0)
@@ -161,7 +164,9 @@ class PlainOrtSystem(System):
         return [labels[i] for _, (logits, *_) in self._batches(Task.CLASSIFY, texts) for i in logits.argmax(-1)]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return np.concatenate([mean_pool(out[0], feeds["attention_mask"]) for feeds, out in self._batches(Task.EMBED, texts)])
+        return np.concatenate(
+            [mean_pool(out[0], feeds["attention_mask"]) for feeds, out in self._batches(Task.EMBED, texts)]
+        )
 
     def forward(self, task: Task, feeds: Mapping[str, np.ndarray]) -> None:
         session, _ = self._load(task)
@@ -179,7 +184,8 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     [[1.0, 1.0, 1.0]]
     """
     weights = mask[..., None].astype(hidden.dtype)
-    return (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
+    pooled: np.ndarray = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
+    return pooled
 
 
 def ort_providers(device: Device) -> list[str]:

@@ -91,7 +91,9 @@ def measure_latency(
     return LatencyStats.from_seconds(samples)
 
 
-def measure_throughput(fn: Callable[[], object], items: int, *, passes: int, warmup: Callable[[], object]) -> Throughput:
+def measure_throughput(
+    fn: Callable[[], object], items: int, *, passes: int, warmup: Callable[[], object]
+) -> Throughput:
     """Time ``passes`` full runs of ``fn()`` (each serving ``items`` items) after one
     ``warmup()`` call, which should run a small slice of the same workload."""
     warmup()

@@ -31,7 +31,11 @@ from benchmarks.systems import System, SystemSettings, mean_pool, ort_providers
 from bertrt.types import Device, Precision, Task
 
 PIPELINE_TASKS = {Task.EMBED: "feature-extraction", Task.CLASSIFY: "text-classification", Task.QA: "question-answering"}
-TORCH_CLASSES = {Task.EMBED: AutoModel, Task.CLASSIFY: AutoModelForSequenceClassification, Task.QA: AutoModelForQuestionAnswering}
+TORCH_CLASSES = {
+    Task.EMBED: AutoModel,
+    Task.CLASSIFY: AutoModelForSequenceClassification,
+    Task.QA: AutoModelForQuestionAnswering,
+}
 # bertrt's default longest answer, in tokens (the pipeline's own default is 15).
 MAX_ANSWER_TOKENS = 30
 
@@ -70,21 +74,28 @@ class TorchModelSystem(System):
         with torch.inference_mode():
             for start in range(0, len(texts), self.settings.batch_size):
                 batch = tokenizer(
-                    list(texts[start : start + self.settings.batch_size]), padding=True, truncation=True,
-                    max_length=self.models[task].max_length, return_tensors="pt",
+                    list(texts[start : start + self.settings.batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=self.models[task].max_length,
+                    return_tensors="pt",
                 ).to(self.torch_device)
                 outputs.append((batch, model(**batch)))
         return outputs
 
     def classify(self, texts: Sequence[str]) -> list[str]:
         model = self.load_model(Task.CLASSIFY)
-        return [model.config.id2label[int(i)] for _, out in self._run(Task.CLASSIFY, texts) for i in out.logits.argmax(-1)]
+        return [
+            model.config.id2label[int(i)] for _, out in self._run(Task.CLASSIFY, texts) for i in out.logits.argmax(-1)
+        ]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return np.concatenate([
-            mean_pool(out.last_hidden_state.float().cpu().numpy(), batch["attention_mask"].cpu().numpy())
-            for batch, out in self._run(Task.EMBED, texts)
-        ])
+        return np.concatenate(
+            [
+                mean_pool(out.last_hidden_state.float().cpu().numpy(), batch["attention_mask"].cpu().numpy())
+                for batch, out in self._run(Task.EMBED, texts)
+            ]
+        )
 
     def forward(self, task: Task, feeds: Mapping[str, np.ndarray]) -> None:
         model = self.load_model(task)
@@ -102,14 +113,24 @@ class OptimumModelSystem(TorchModelSystem):
     name = "optimum"
 
     def _create_model(self, task: Task) -> Any:
-        from optimum.onnxruntime import ORTModelForFeatureExtraction, ORTModelForQuestionAnswering, ORTModelForSequenceClassification
+        from optimum.onnxruntime import (
+            ORTModelForFeatureExtraction,
+            ORTModelForQuestionAnswering,
+            ORTModelForSequenceClassification,
+        )
 
-        classes = {Task.EMBED: ORTModelForFeatureExtraction, Task.CLASSIFY: ORTModelForSequenceClassification,
-                   Task.QA: ORTModelForQuestionAnswering}
+        classes = {
+            Task.EMBED: ORTModelForFeatureExtraction,
+            Task.CLASSIFY: ORTModelForSequenceClassification,
+            Task.QA: ORTModelForQuestionAnswering,
+        }
         info = self.models[task]
         return classes[task].from_pretrained(
-            info.directory, file_name=info.onnx_file(Precision.FP32).name, local_files_only=True,
-            providers=ort_providers(self.settings.device), session_options=_session_options(self.settings.threads),
+            info.directory,
+            file_name=info.onnx_file(Precision.FP32).name,
+            local_files_only=True,
+            providers=ort_providers(self.settings.device),
+            session_options=_session_options(self.settings.threads),
         )
 
 
@@ -146,7 +167,9 @@ class TorchPipelineSystem(TorchModelSystem):
         # The pipeline hands back token vectors without the attention mask, padding rows
         # included in batches; pooling over what it returns is what its users can do.
         pipe = self.pipeline(Task.EMBED)
-        options = dict(return_tensors=True, tokenize_kwargs=dict(truncation=True, max_length=self.models[Task.EMBED].max_length))
+        options = dict(
+            return_tensors=True, tokenize_kwargs=dict(truncation=True, max_length=self.models[Task.EMBED].max_length)
+        )
         if len(texts) == 1:
             hidden = [pipe(texts[0], **options)]
         else:
@@ -159,8 +182,12 @@ class TorchPipelineSystem(TorchModelSystem):
             # The QA pipeline's post-processing trips a NumPy 2 deprecation on every call.
             warnings.simplefilter("ignore", DeprecationWarning)
             results = pipe(
-                question=list(questions), context=list(contexts), batch_size=self.settings.batch_size,
-                max_seq_len=info.max_length, doc_stride=info.doc_stride, max_answer_len=MAX_ANSWER_TOKENS,
+                question=list(questions),
+                context=list(contexts),
+                batch_size=self.settings.batch_size,
+                max_seq_len=info.max_length,
+                doc_stride=info.doc_stride,
+                max_answer_len=MAX_ANSWER_TOKENS,
             )
         if isinstance(results, dict):  # one question comes back unwrapped
             results = [results]

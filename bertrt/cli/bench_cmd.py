@@ -27,19 +27,33 @@ def bench(
     smoke: Annotated[bool, typer.Option("--smoke", help="A few iterations of everything on small workloads.")] = False,
     system: Annotated[
         list[str] | None,
-        typer.Option("--system", help="System to time; repeat for several. Default: every one installed: torch, "
-                     "torch-pipeline, optimum, optimum-pipeline, ort, bertrt-fp32, bertrt-int8, bertrt-fp16."),
+        typer.Option(
+            "--system",
+            help="System to time; repeat for several. Default: every one installed: torch, "
+            "torch-pipeline, optimum, optimum-pipeline, ort, bertrt-fp32, bertrt-int8, bertrt-fp16.",
+        ),
     ] = None,
     workload: Annotated[
         list[str] | None,
-        typer.Option("--workload", help="Workload to run; repeat for several: w1, w2, w3, scaling, gemm, footprint. Default: all."),
+        typer.Option(
+            "--workload",
+            help="Workload to run; repeat for several: w1, w2, w3, scaling, gemm, footprint. Default: all.",
+        ),
     ] = None,
     device: DeviceOption = Device.CPU,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads given to every engine.")] = 2,
-    squad: Annotated[Path | None, typer.Option("--squad", help="SQuAD v1.1 JSON for W3 (default: the shared heldout8 file).")] = None,
-    stream_texts: Annotated[int | None, typer.Option("--stream-texts", min=1, help="W2 stream size (default 2000).")] = None,
-    qa_questions: Annotated[int | None, typer.Option("--qa-questions", min=1, help="W3 questions (default 500).")] = None,
-    repeats: Annotated[int | None, typer.Option("--repeats", min=1, help="Most timed calls per latency figure (default 200).")] = None,
+    squad: Annotated[
+        Path | None, typer.Option("--squad", help="SQuAD v1.1 JSON for W3 (default: the shared heldout8 file).")
+    ] = None,
+    stream_texts: Annotated[
+        int | None, typer.Option("--stream-texts", min=1, help="W2 stream size (default 2000).")
+    ] = None,
+    qa_questions: Annotated[
+        int | None, typer.Option("--qa-questions", min=1, help="W3 questions (default 500).")
+    ] = None,
+    repeats: Annotated[
+        int | None, typer.Option("--repeats", min=1, help="Most timed calls per latency figure (default 200).")
+    ] = None,
 ) -> None:
     """Time every system on the same inputs and threads; print a table (or --json), with ratios to the baselines."""
     with command_errors(capture_warnings=True):
@@ -72,8 +86,14 @@ def _command_args(
     """The options that shaped this run, for the results file (output paths left out)."""
     args = [f"--models {models}"] + (["--smoke"] if smoke else [])
     args += [f"--system {s}" for s in system or []] + [f"--workload {w}" for w in workload or []]
-    flags = {"device": "--device", "threads": "--threads", "squad_path": "--squad", "stream_texts": "--stream-texts",
-             "qa_questions": "--qa-questions", "repeats": "--repeats"}
+    flags = {
+        "device": "--device",
+        "threads": "--threads",
+        "squad_path": "--squad",
+        "stream_texts": "--stream-texts",
+        "qa_questions": "--qa-questions",
+        "repeats": "--repeats",
+    }
     for key, flag in flags.items():
         if key in overrides:
             value = overrides[key]
