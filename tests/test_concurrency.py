@@ -2,7 +2,8 @@
 
 16 client threads send mixed embed, classify and QA requests (malformed ones included) to
 one bundle; every result must equal the sequential run's exactly. The count per thread is
-small in CI; ``BERTRT_CONCURRENCY_REQUESTS=500`` runs the full check (8,000 requests).
+small in CI; ``BERTRT_CONCURRENCY_REQUESTS=500`` runs the full check (8,000 requests), and
+``BERTRT_CONCURRENCY_BUNDLE=models/minilm`` runs it on a real bundle instead of the tiny one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bertrt import RuntimeOptions
 
 THREADS = 16
 REQUESTS_PER_THREAD = int(os.environ.get("BERTRT_CONCURRENCY_REQUESTS", "30"))
+BUNDLE = os.environ.get("BERTRT_CONCURRENCY_BUNDLE")
 pytestmark = pytest.mark.filterwarnings("ignore:The (qa|classify) head")
 
 
@@ -31,7 +33,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The (qa|classify) head")
 def bundle(tiny_bundle: Path) -> bertrt.Bundle:
     # Batches of 4: most requests run several batches of different widths, so per-thread
     # buffers grow and are reused while other threads run.
-    return bertrt.load(tiny_bundle, device="cpu", options=RuntimeOptions(batch_size=4)).load_all()
+    return bertrt.load(BUNDLE or tiny_bundle, device="cpu", options=RuntimeOptions(batch_size=4)).load_all()
 
 
 @pytest.fixture
