@@ -88,7 +88,7 @@ def finetune_classifier(
         "max_length": cfg.max_length,
         "eval_max_length": eval_length,
         "train_seconds": round(seconds, 1),
-        "eval_seconds": round(time.perf_counter() - started, 1),
+        "eval_seconds": round(time.perf_counter() - started, 3),
         "train_loss": loss,
     }
 
