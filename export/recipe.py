@@ -68,9 +68,9 @@ class QATraining:
     max_length: int = 384
     doc_stride: int = 128
     epochs: float = 1.0
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     batch_size: int = 16
-    max_examples: int | None = None
+    max_examples: int | None = 4000
     eval_size: int | None = None
     seed: int = 42
 
