@@ -80,6 +80,7 @@ class QuestionAnswerer(TaskRunner):
         top_k: int = 1,
         max_answer_length: int = 30,
         null_threshold: float | None = None,
+        align_to_words: bool = True,
     ) -> list[QAResult]:
         """Answer each ``questions[i]`` from ``contexts[i]`` (a str is one pair); one
         :class:`QAResult` per pair, in order.
@@ -87,16 +88,16 @@ class QuestionAnswerer(TaskRunner):
         ``top_k`` distinct answers per pair, best first (fewer when the context holds
         fewer spans; at most ``options.max_top_k``); spans of at most
         ``max_answer_length`` tokens. With ``null_threshold`` set, a pair whose no-answer
-        score beats its best span by more than the threshold gets one empty answer. A
-        context with no readable token (control characters only) gets no answers.
+        score beats its best span by more than the threshold gets one empty answer. With
+        ``align_to_words`` (the default, as in the ``transformers`` pipeline) a span that
+        starts or ends inside a word is widened to the whole word. A context with no
+        readable token (control characters only) gets no answers.
 
         Empty or blank questions and contexts, a question too long for the model window,
         and contexts over ``options.max_context_chars`` raise InputError.
         """
         questions = check_texts(questions, self.options, "question")
-        contexts = check_texts(
-            contexts, self.options, "context", self.options.max_context_chars, "max_context_chars"
-        )
+        contexts = check_texts(contexts, self.options, "context", self.options.max_context_chars, "max_context_chars")
         check_top_k(top_k, self.options)
         check_positive(max_answer_length, "max_answer_length")
         # Every pair is checked before any chunk runs: a bad pair late in a call fails it fast.
@@ -105,7 +106,7 @@ class QuestionAnswerer(TaskRunner):
         results: list[QAResult] = []
         for chunk in pair_chunks(contexts, self.options.max_context_chars, 4 * self.options.batch_size):
             pairs = (questions[chunk], contexts[chunk])
-            results += self._answer(chunk, *pairs, top_k, max_answer_length, null_threshold)
+            results += self._answer(chunk, *pairs, top_k, max_answer_length, null_threshold, align_to_words)
         return results
 
     def answer(
@@ -116,6 +117,7 @@ class QuestionAnswerer(TaskRunner):
         top_k: int = 1,
         max_answer_length: int = 30,
         null_threshold: float | None = None,
+        align_to_words: bool = True,
     ) -> QAResult:
         """Answer one question from one context (see :meth:`__call__`)."""
         [result] = self(
@@ -124,6 +126,7 @@ class QuestionAnswerer(TaskRunner):
             top_k=top_k,
             max_answer_length=max_answer_length,
             null_threshold=null_threshold,
+            align_to_words=align_to_words,
         )
         return result
 
@@ -135,6 +138,7 @@ class QuestionAnswerer(TaskRunner):
         top_k: int,
         max_answer_length: int,
         null_threshold: float | None,
+        align_to_words: bool,
     ) -> list[QAResult]:
         """Window, run and decode the pairs of one ``chunk`` of the call."""
         with self._qa_lock:
@@ -142,7 +146,9 @@ class QuestionAnswerer(TaskRunner):
                 self._qa_tokenizer, questions, contexts, self.manifest.max_length, self.doc_stride, chunk.start
             )
         start, end = self._logits(windows)
-        answers = decode_answers(start, end, windows, contexts, top_k, max_answer_length, null_threshold)
+        answers = decode_answers(
+            start, end, windows, contexts, top_k, max_answer_length, null_threshold, align_to_words
+        )
         counts = np.bincount(windows.example_index, minlength=len(contexts))
         return [QAResult(tuple(a), int(n)) for a, n in zip(answers, counts, strict=True)]
 

@@ -8,7 +8,9 @@ Windowing follows Hugging Face's SQuAD preprocessing: the context is truncated
 ``doc_stride`` tokens, every window repeating the question. Decoding follows the
 ``transformers`` question-answering pipeline: each window's start and end logits become
 probabilities by a softmax over its context tokens and ``[CLS]``; a span's score is
-``p_start * p_end``; the best spans of all windows of a pair compete on that score.
+``p_start * p_end``; the best spans of all windows of a pair compete on that score. Like
+the pipeline (``align_to_words=True``), a span that starts or ends inside a word is widened
+to the whole word, so an answer never reads "##ing" or "Par".
 
 Example::
 
@@ -45,14 +47,16 @@ class QAWindows:
     """Model windows of a batch of question/context pairs, padded to the longest window.
 
     ``offsets`` are character offsets into the window's context, ``(0, 0)`` on question,
-    special and padding tokens; ``context_mask`` is True on context tokens only;
-    ``example_index[w]`` is the pair that window ``w`` was cut from.
+    special and padding tokens; ``word_offsets`` are the same for the whole word each token
+    belongs to (the first character of its word, one past the last); ``context_mask`` is
+    True on context tokens only; ``example_index[w]`` is the pair that window ``w`` was cut from.
     """
 
     input_ids: IntArray
     attention_mask: IntArray
     token_type_ids: IntArray
     offsets: IntArray
+    word_offsets: IntArray
     context_mask: BoolArray
     example_index: IntArray
 
@@ -135,15 +139,19 @@ def decode_answers(
     top_k: int = 1,
     max_answer_length: int = 30,
     null_threshold: float | None = None,
+    align_to_words: bool = True,
 ) -> list[list[Answer]]:
     """The ``top_k`` best answers of every pair, best first.
 
-    Candidate spans lie inside the context, end at or after their start, span at most
-    ``max_answer_length`` tokens, and are de-duplicated by character span across the
-    overlapping windows of a pair. With ``null_threshold`` set (SQuAD 2.0 style), a pair
-    whose ``[CLS]`` logit sum (the minimum over its windows) beats the best span's logit
-    sum by more than the threshold gets ``[Answer("", 0, 0, p_null)]``. A pair with no
-    candidate span gets ``[]`` (or the no-answer when a threshold is set).
+    Candidate spans lie inside the context, end at or after their start and span at most
+    ``max_answer_length`` tokens. With ``align_to_words`` a span that starts or ends inside
+    a word is widened to the whole word, as the ``transformers`` pipeline does. Spans that
+    cover the same characters are one answer: in one window their probabilities add up,
+    across the overlapping windows of a pair the best window's score is kept. With
+    ``null_threshold`` set (SQuAD 2.0 style), a pair whose ``[CLS]`` logit sum (the minimum
+    over its windows) beats the best span's logit sum by more than the threshold gets
+    ``[Answer("", 0, 0, p_null)]``. A pair with no candidate span gets ``[]`` (or the
+    no-answer when a threshold is set).
 
     Example::
 
@@ -159,13 +167,16 @@ def decode_answers(
     log_norm = _logsumexp(start, scored) + _logsumexp(end, scored)
     span_log_prob, valid = _span_band(start, end, windows.context_mask, max_answer_length)
     span_log_prob -= log_norm[:, None, None]
+    char_offsets = windows.word_offsets if align_to_words else windows.offsets
+    # Widening merges spans, so each window offers more than top_k (the pipeline's 2k + 10).
+    per_window = 2 * top_k + 10 if align_to_words else top_k
     results: list[list[Answer]] = []
     for index, rows in enumerate(_rows_by_pair(windows.example_index, len(contexts))):
         if rows.size == 0:  # a pair the caller gave no window for
             results.append([])
             continue
         answers, best_logit = _best_spans(
-            span_log_prob[rows], valid[rows], log_norm[rows], windows.offsets[rows], contexts[index], top_k
+            span_log_prob[rows], valid[rows], log_norm[rows], char_offsets[rows], contexts[index], top_k, per_window
         )
         if null_threshold is not None:
             null_logit, null = _null_answer(start[rows], end[rows], log_norm[rows])
@@ -237,6 +248,7 @@ def _pad_windows(rows: Sequence[Encoding], example_index: Sequence[int], pad_id:
     attention_mask = np.zeros((n_rows, seq), dtype=np.int64)
     token_type_ids = np.zeros((n_rows, seq), dtype=np.int64)
     offsets = np.zeros((n_rows, seq, 2), dtype=np.int64)
+    word_ids = np.full((n_rows, seq), -1, dtype=np.int64)
     context_mask = np.zeros((n_rows, seq), dtype=np.bool_)
     for r, row in enumerate(rows):
         n = len(row.ids)
@@ -246,14 +258,40 @@ def _pad_windows(rows: Sequence[Encoding], example_index: Sequence[int], pad_id:
         in_context = np.array([sid == 1 for sid in row.sequence_ids], dtype=np.bool_)
         context_mask[r, :n] = in_context
         offsets[r, :n] = np.where(in_context[:, None], np.asarray(row.offsets, dtype=np.int64), 0)
+        word_ids[r, :n] = [-1 if word is None else word for word in row.word_ids]
     return QAWindows(
         input_ids=input_ids,
         attention_mask=attention_mask,
         token_type_ids=token_type_ids,
         offsets=offsets,
+        word_offsets=_word_offsets(offsets, word_ids, context_mask),
         context_mask=context_mask,
         example_index=np.asarray(example_index, dtype=np.int64),
     )
+
+
+def _word_offsets(offsets: IntArray, word_ids: IntArray, context_mask: BoolArray) -> IntArray:
+    """Character span of each context token's whole word, ``(0, 0)`` elsewhere.
+
+    A word is a run of context tokens with one word id, so its span runs from the run's first
+    token's start to its last token's end. A word cut by a window edge keeps the part inside
+    the window, as ``Encoding.word_to_chars`` does.
+    """
+    n_rows, seq = word_ids.shape
+    if seq == 0:
+        return offsets.copy()
+    continues = np.zeros((n_rows, seq), dtype=np.bool_)  # token belongs to the previous token's word
+    continues[:, 1:] = (word_ids[:, 1:] == word_ids[:, :-1]) & context_mask[:, 1:] & context_mask[:, :-1]
+    position = np.broadcast_to(np.arange(seq), (n_rows, seq))
+    first = np.maximum.accumulate(np.where(continues, 0, position), axis=1)
+    continued = np.zeros_like(continues)
+    continued[:, :-1] = continues[:, 1:]  # the next token belongs to this token's word
+    last = np.minimum.accumulate(np.where(continued, seq - 1, position)[:, ::-1], axis=1)[:, ::-1]
+    word_offsets = np.stack(
+        [np.take_along_axis(offsets[..., 0], first, axis=1), np.take_along_axis(offsets[..., 1], last, axis=1)],
+        axis=-1,
+    )
+    return np.where(context_mask[..., None], word_offsets, 0)
 
 
 def _check_decode_args(
@@ -318,49 +356,59 @@ def _best_spans(
     offsets: IntArray,
     context: str,
     top_k: int,
+    per_window: int,
 ) -> tuple[list[Answer], float]:
-    """Top-k distinct character spans of one pair's windows, and the best one's logit sum."""
-    candidates = np.flatnonzero(valid.ravel())
-    if candidates.size == 0:
+    """Top-k distinct character spans of one pair's windows, and the best token span's logit sum.
+
+    As in the ``transformers`` pipeline, each window offers its ``per_window`` best token
+    spans, and those of one window that cover the same characters (word pieces of one word,
+    once aligned to words) are one answer whose probabilities add up. An answer offered by
+    several overlapping windows keeps its best window's score (the pipeline adds those up
+    too, which can push a score past 1).
+    """
+    n_windows = log_prob.shape[0]
+    flat = np.where(valid, log_prob, -np.inf).reshape(n_windows, -1)
+    take = min(per_window, flat.shape[1])
+    if take == 0:
         return [], -np.inf
-    flat_log_prob = log_prob.ravel()[candidates]
-    # The same span can appear once per overlapping window, so top_k * windows candidates
-    # nearly always hold top_k distinct spans; widen the cut only when they do not.
-    take = min(candidates.size, top_k * log_prob.shape[0])
-    while True:
-        cut = np.argpartition(-flat_log_prob, take - 1)[:take]
-        order = cut[np.argsort(-flat_log_prob[cut], kind="stable")]
-        answers, best_logit = _distinct(candidates[order], log_prob, log_norm, offsets, context, top_k)
-        if len(answers) == top_k or take == candidates.size:
-            return answers, best_logit
-        take = min(candidates.size, take * 2)
-
-
-def _distinct(
-    flat_order: IntArray,
-    log_prob: FloatArray,
-    log_norm: FloatArray,
-    offsets: IntArray,
-    context: str,
-    top_k: int,
-) -> tuple[list[Answer], float]:
-    window, start_token, length = np.unravel_index(flat_order, log_prob.shape)
+    cut = np.argpartition(-flat, take - 1, axis=1)[:, :take]
+    window = np.repeat(np.arange(n_windows), take)
+    cut = cut.ravel()
+    log_p = flat[window, cut]
+    offered = np.isfinite(log_p)
+    if not offered.any():
+        return [], -np.inf
+    window, cut, log_p = window[offered], cut[offered], log_p[offered]
+    start_token, length = np.unravel_index(cut, log_prob.shape[1:])
+    best = int(np.argmax(log_p))
+    # Undo the window's normalization: the no-answer rule compares raw start+end logit sums.
+    best_logit = float(log_p[best] + log_norm[window[best]])
     char_start = offsets[window, start_token, 0]
     char_end = offsets[window, start_token + length, 1]
-    answers: list[Answer] = []
-    seen: set[tuple[int, int]] = set()
-    for i in range(flat_order.size):
-        span = (int(char_start[i]), int(char_end[i]))
-        if span in seen:
-            continue
-        seen.add(span)
-        score = float(np.exp(log_prob[window[i], start_token[i], length[i]]))
-        answers.append(Answer(context[span[0] : span[1]], span[0], span[1], score))
-        if len(answers) == top_k:
-            break
-    # Undo the window's normalization: the no-answer rule compares raw start+end logit sums.
-    best_logit = float(log_prob[window[0], start_token[0], length[0]] + log_norm[window[0]])
+    # One probability per (window, character span).
+    order = np.lexsort((char_end, char_start, window))
+    char_start, char_end = char_start[order], char_end[order]
+    heads = np.flatnonzero(_starts_of_runs(window[order], char_start, char_end))
+    prob = np.add.reduceat(np.exp(log_p[order]), heads)
+    char_start, char_end = char_start[heads], char_end[heads]
+    # One score per character span: its best window's.
+    order = np.lexsort((-prob, char_end, char_start))
+    keep = order[_starts_of_runs(char_start[order], char_end[order])]
+    top = keep[np.argsort(-prob[keep], kind="stable")[:top_k]]
+    answers = [
+        Answer(context[int(char_start[i]) : int(char_end[i])], int(char_start[i]), int(char_end[i]), float(prob[i]))
+        for i in top
+    ]
     return answers, best_logit
+
+
+def _starts_of_runs(*keys: IntArray) -> BoolArray:
+    """True where a row of sorted ``keys`` differs from the row before it (and on row 0)."""
+    new = np.zeros(keys[0].size, dtype=np.bool_)
+    new[:1] = True
+    for key in keys:
+        new[1:] |= key[1:] != key[:-1]
+    return new
 
 
 def _null_answer(start: FloatArray, end: FloatArray, log_norm: FloatArray) -> tuple[float, Answer]:

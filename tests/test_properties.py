@@ -115,6 +115,7 @@ def fewest_tokens(windows: QAWindows, rows: np.ndarray, start: int, end: int) ->
     top_k=st.integers(1, 6),
     max_answer_length=st.integers(1, 12),
     null_threshold=st.one_of(st.none(), st.floats(-5, 5)),
+    align_to_words=st.booleans(),
 )
 def test_decoded_answers_are_exact_short_ranked_spans(
     qa_tokenizer: Tokenizer,
@@ -123,11 +124,12 @@ def test_decoded_answers_are_exact_short_ranked_spans(
     top_k: int,
     max_answer_length: int,
     null_threshold: float | None,
+    align_to_words: bool,
 ) -> None:
     questions = ["what is it?"] * len(contexts)
     windows = encode_qa(qa_tokenizer, questions, contexts, max_length=24, doc_stride=4)
     start, end = np.random.default_rng(seed).normal(scale=3.0, size=(2, *windows.input_ids.shape))
-    decoded = decode_answers(start, end, windows, contexts, top_k, max_answer_length, null_threshold)
+    decoded = decode_answers(start, end, windows, contexts, top_k, max_answer_length, null_threshold, align_to_words)
     assert len(decoded) == len(contexts)
     for pair, (context, answers) in enumerate(zip(contexts, decoded, strict=True)):
         assert len(answers) <= top_k
@@ -138,7 +140,11 @@ def test_decoded_answers_are_exact_short_ranked_spans(
         for answer in answers:
             assert 0 <= answer.start < answer.end <= len(context)
             assert answer.text == context[answer.start : answer.end]
-            assert fewest_tokens(windows, rows, answer.start, answer.end) <= max_answer_length
+            if align_to_words:  # widened to whole words: starts and ends where a word does
+                word_starts, word_ends = windows.word_offsets[rows][windows.context_mask[rows]].T
+                assert answer.start in word_starts and answer.end in word_ends
+            else:
+                assert fewest_tokens(windows, rows, answer.start, answer.end) <= max_answer_length
             assert 0 < answer.score <= 1
         assert len({(a.start, a.end) for a in answers}) == len(answers)
         assert [a.score for a in answers] == sorted((a.score for a in answers), reverse=True)

@@ -160,6 +160,26 @@ def test_max_answer_length_is_respected(tokenizer: Tokenizer) -> None:
     assert answers[0].text != best.text
 
 
+def test_spans_inside_a_word_widen_to_the_whole_word(tokenizer: Tokenizer) -> None:
+    context = "The seine flows through parisian streets."  # "parisian" splits into paris ##i ##a ##n
+    windows = encode_qa(tokenizer, ["Which river?"], [context], 64, 16)
+    start, end = keyword_logits(tokenizer, windows, "paris", "paris")
+    [[aligned]] = decode_answers(start, end, windows, [context])
+    [[raw]] = decode_answers(start, end, windows, [context], align_to_words=False)
+    assert (raw.text, aligned.text) == ("paris", "parisian")
+    assert (aligned.start, aligned.end) == (context.index("parisian"), context.index(" streets"))
+    assert aligned.score > raw.score  # the spans inside "parisian" add up
+
+
+def test_word_offsets_cover_whole_words_and_stop_at_punctuation(tokenizer: Tokenizer) -> None:
+    context = "old-parisian city."
+    windows = encode_qa(tokenizer, ["What?"], [context], 64, 16)
+    tokens = np.flatnonzero(windows.context_mask[0])
+    words = {context[s:e] for s, e in windows.word_offsets[0, tokens]}
+    assert words == {"old", "-", "parisian", "city", "."}
+    assert not windows.word_offsets[0, ~windows.context_mask[0]].any()
+
+
 def test_top_k_is_sorted_and_distinct(tokenizer: Tokenizer) -> None:
     contexts = [FILLER * 6 + "Paris is the capital of France."]
     windows = encode_qa(tokenizer, [QUESTION], contexts, 32, 12)
@@ -307,22 +327,38 @@ def test_windows_match_transformers_on_the_minilm_tokenizer() -> None:
     np.testing.assert_array_equal(windows.offsets[in_context], expected["offset_mapping"][in_context])
 
 
-def test_decoding_matches_the_transformers_pipeline(tiny_source: Path) -> None:
+@pytest.mark.parametrize(
+    ("context", "align_to_words", "top_k"),
+    [
+        # Distinct whole words, so the pipeline's merging of equal answer texts never applies.
+        ("Paris is the capital of France; its river flows to the sea, past two old cities.", False, 5),
+        # Rare words split into word pieces: spans starting or ending inside them widen.
+        ("Parisians unbelievably reconstructed Frankenstein's laboratories near Kinshasa.", True, 5),
+    ],
+)
+def test_decoding_matches_the_transformers_pipeline(
+    tiny_source: Path, context: str, align_to_words: bool, top_k: int
+) -> None:
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
     tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_source)
     torch.manual_seed(3)
     model = transformers.BertForQuestionAnswering(transformers.BertConfig.from_pretrained(tiny_source)).eval()
-    # Distinct words, so the pipeline's merging of equal answer texts never applies.
-    context = "Paris is the capital of France; its river flows to the sea, past two old cities."
     question = "What is the capital of France?"
     pipe = transformers.pipeline("question-answering", model=model, tokenizer=tokenizer, device="cpu")
-    expected = pipe(question=question, context=context, top_k=5, max_answer_len=6, align_to_words=False)
+    expected = pipe(question=question, context=context, top_k=top_k, max_answer_len=6, align_to_words=align_to_words)
+    expected = expected if isinstance(expected, list) else [expected]
     windows = encode_qa(tokenizer.backend_tokenizer, [question], [context], 384, 128)
     with torch.inference_mode():
         out = model(**{k: torch.from_numpy(v) for k, v in windows.model_inputs().items()})
     [answers] = decode_answers(
-        out.start_logits.numpy(), out.end_logits.numpy(), windows, [context], top_k=5, max_answer_length=6
+        out.start_logits.numpy(),
+        out.end_logits.numpy(),
+        windows,
+        [context],
+        top_k=top_k,
+        max_answer_length=6,
+        align_to_words=align_to_words,
     )
     assert [(a.text, a.start, a.end) for a in answers] == [(e["answer"], e["start"], e["end"]) for e in expected]
     np.testing.assert_allclose([a.score for a in answers], [e["score"] for e in expected], rtol=1e-4)
