@@ -52,7 +52,7 @@ def serve_torch(request: dict[str, Any]) -> dict[str, Any]:
             "text-classification": transformers.AutoModelForSequenceClassification,
             "question-answering": transformers.AutoModelForQuestionAnswering,
         }[task]
-        model = model_class.from_pretrained(f"{model_dir}/pytorch").eval()
+        model = model_class.from_pretrained(f"{model_dir}/pytorch", use_safetensors=True).eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
         pipes[task] = transformers.pipeline(task, model=model, tokenizer=tokenizer, device="cpu")
     for text in request["texts"]:

@@ -60,7 +60,8 @@ class TorchModelSystem(System):
         return self._models[task]
 
     def _create_model(self, task: Task) -> Any:
-        return TORCH_CLASSES[task].from_pretrained(self.models[task].torch_dir).eval().to(self.torch_device)
+        model = TORCH_CLASSES[task].from_pretrained(self.models[task].torch_dir, use_safetensors=True)
+        return model.eval().to(self.torch_device)
 
     def tokenizer(self, task: Task) -> Any:
         """The bundle's tokenizer for ``task`` (a fast ``transformers`` tokenizer)."""

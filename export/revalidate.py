@@ -38,8 +38,12 @@ class VariantCheck:
 
 
 def load_torch_model(model_dir: Path, task: Task) -> tuple[Any, Any]:
-    """The PyTorch model and tokenizer saved beside a bundle's ONNX files."""
-    model = MODEL_CLASSES[task].from_pretrained(model_dir / TORCH_DIR).eval()
+    """The PyTorch model and tokenizer saved beside a bundle's ONNX files.
+
+    Only safetensors weights are read (the export writes them): a pickled checkpoint dropped
+    into a bundle is never unpickled.
+    """
+    model = MODEL_CLASSES[task].from_pretrained(model_dir / TORCH_DIR, use_safetensors=True).eval()
     return model, AutoTokenizer.from_pretrained(model_dir)
 
 
