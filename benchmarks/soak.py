@@ -241,7 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: ONNX Runtime picks)")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument(
-        "--cpu-memory-arena", action="store_true", help="keep ONNX Runtime's CPU memory arena (bertrt turns it off)"
+        "--cpu-arena",
+        choices=("shrink", "keep", "off"),
+        default="shrink",
+        help="ONNX Runtime's CPU memory arena: shrunk after each run (default), kept, or off",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-words", type=int, default=300, help="longest text of the mix, in words")
@@ -252,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.requests < 1 or args.window < 1:
         parser.error("--requests and --window must be 1 or more")
-    options = RuntimeOptions(intra_op_threads=args.threads, cpu_memory_arena=args.cpu_memory_arena)
+    options = RuntimeOptions(intra_op_threads=args.threads, cpu_arena=args.cpu_arena)
     bundle = Bundle(args.models, device=Device.CPU, precision=args.precision, options=options)
     bundle.load_all()
     progress = None

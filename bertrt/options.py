@@ -20,6 +20,8 @@ E = TypeVar("E", bound=Enum)
 
 # ONNX Runtime's own names for its graph optimization levels, keyed by ours.
 GRAPH_OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
+# What happens to ONNX Runtime's CPU memory arena (see bertrt.memory).
+CPU_ARENA_MODES = ("shrink", "keep", "off")
 # The request limits, by field name (all positive integers).
 LIMITS = ("max_texts_per_call", "max_chars_per_text", "max_context_chars", "max_top_k")
 
@@ -35,10 +37,12 @@ class RuntimeOptions:
     by token length before cutting it into batches so short texts are not padded to
     long ones (results still come back in the caller's order).
 
-    ``cpu_memory_arena=False`` (the default) turns ONNX Runtime's CPU memory arena off
-    and pins glibc's mmap threshold, so memory freed after a request goes back to the
-    operating system and resident memory stays flat in a long-running service (see
-    :mod:`bertrt.memory`); ``True`` keeps the arena, which holds every peak for reuse.
+    ``cpu_arena`` says what becomes of ONNX Runtime's CPU memory arena (see
+    :mod:`bertrt.memory`): ``shrink`` (the default) lets a run reuse memory through the
+    arena and hands the arena's free blocks back to the operating system when the run
+    ends, so resident memory stays flat in a long-running service; ``keep`` holds every
+    peak for reuse (a little faster on steady large batches, but the process keeps its
+    largest request's memory); ``off`` allocates every tensor afresh (slowest).
 
     Request limits make an oversized call fail fast with an InputError instead of eating
     memory (see :mod:`bertrt.limits`): ``max_texts_per_call`` (texts, or QA pairs, per
@@ -55,7 +59,7 @@ class RuntimeOptions:
     batch_size: int = 32
     group_by_length: bool = True
     cuda_device_id: int = 0
-    cpu_memory_arena: bool = False
+    cpu_arena: str = "shrink"
     max_texts_per_call: int = 10_000
     max_chars_per_text: int = 2_000_000
     max_context_chars: int = 100_000
@@ -67,6 +71,8 @@ class RuntimeOptions:
                 f"graph_optimization must be one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}, "
                 f"got {self.graph_optimization!r}."
             )
+        if self.cpu_arena not in CPU_ARENA_MODES:
+            raise ConfigError(f"cpu_arena must be one of {', '.join(CPU_ARENA_MODES)}, got {self.cpu_arena!r}.")
         for name in ("intra_op_threads", "inter_op_threads", "cuda_device_id"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}.")

@@ -68,11 +68,20 @@ def session_options(options: RuntimeOptions) -> ort.SessionOptions:
     so.graph_optimization_level = _GRAPH_LEVELS[options.graph_optimization]
     so.intra_op_num_threads = options.intra_op_threads
     so.inter_op_num_threads = options.inter_op_threads
-    so.enable_cpu_mem_arena = options.cpu_memory_arena
-    if not options.cpu_memory_arena:
-        # Without glibc's help, blocks freed by the arena-less allocator stay in the heap.
+    so.enable_cpu_mem_arena = options.cpu_arena != "off"
+    if options.cpu_arena != "keep":
+        # Without glibc's help, blocks handed back by the arena (or freed without one) stay in the heap.
         pin_mmap_threshold()
     return so
+
+
+def run_options(options: RuntimeOptions) -> ort.RunOptions:
+    """ONNX Runtime RunOptions for every run of a session: with ``cpu_arena="shrink"``
+    the CPU arena's free blocks are handed back at the end of each run."""
+    ro = ort.RunOptions()
+    if options.cpu_arena == "shrink":
+        ro.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return ro
 
 
 def create_session(model_path: Path, device: Device, options: RuntimeOptions) -> ort.InferenceSession:

@@ -41,7 +41,7 @@ import onnxruntime as ort
 
 from bertrt.errors import BundleError
 from bertrt.options import RuntimeOptions
-from bertrt.providers import CUDA_PROVIDER, create_session
+from bertrt.providers import CUDA_PROVIDER, create_session, run_options
 from bertrt.types import Device
 
 # ONNX Runtime's tensor type names -> NumPy dtypes (the ones BERT graphs use).
@@ -78,6 +78,8 @@ class OrtSession:
     ) -> None:
         self.options = options or RuntimeOptions()
         self._session = create_session(Path(model_path), device, self.options)
+        # Read-only after this point, so every thread's runs can share it.
+        self._run_options = run_options(self.options)
         self.provider: str = self._session.get_providers()[0]
         self.inputs = {t.name: _tensor_info(t) for t in self._session.get_inputs()}
         self.outputs = {t.name: _tensor_info(t) for t in self._session.get_outputs()}
@@ -101,7 +103,7 @@ class OrtSession:
         inputs = self._prepare(feeds)
         if not self.io_binding:
             names = list(self.outputs)
-            return dict(zip(names, self._session.run(names, inputs), strict=True))
+            return dict(zip(names, self._session.run(names, inputs, self._run_options), strict=True))
         return self._run_bound(inputs)
 
     def _prepare(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -132,7 +134,7 @@ class OrtSession:
             binding.bind_output(
                 name, self._device_type, self._device_id, info.dtype, shape, buffer.data_ptr()
             )
-        self._session.run_with_iobinding(binding)
+        self._session.run_with_iobinding(binding, self._run_options)
         arrays = binding.copy_outputs_to_cpu()
         # `inputs` stays referenced until here: bound host arrays must outlive the run.
         binding.clear_binding_inputs()
