@@ -24,21 +24,33 @@ from bertrt.qa_spans import decode_answers, encode_qa
 from bertrt.session import OrtSession
 from bertrt.types import Device, Precision, Task
 from export import samples
+from export.squad import f1_score
 
 
 @dataclass(frozen=True)
 class Tolerance:
-    """When a variant passes: elementwise bound and task-agreement floors."""
+    """When a variant passes: elementwise bound and task-agreement floors.
+
+    ``min_answer_agreement`` is the share of QA pairs whose best span is exactly PyTorch's;
+    ``min_answer_overlap`` the mean SQuAD token F1 between the two answers (0-1), which
+    counts "Paris" against "Paris, France" as mostly right.
+    """
 
     max_abs_diff: float | None
     min_label_agreement: float = 1.0
     min_answer_agreement: float = 1.0
+    min_answer_overlap: float | None = None
     min_cosine: float | None = None
 
 
 FP32 = Tolerance(max_abs_diff=1e-4)
 FP16 = Tolerance(max_abs_diff=1e-2)
-INT8 = Tolerance(max_abs_diff=None, min_label_agreement=0.9, min_answer_agreement=0.7, min_cosine=0.98)
+# int8 answers are judged mostly by overlap: on a handful of pairs, one span that gains or
+# loses a word moves exact agreement by 15 points (a trained MiniLM head's int8 file gives the
+# same span on 81% of SQuAD heldout8 questions, at 0.4 F1 below fp32).
+INT8 = Tolerance(
+    max_abs_diff=None, min_label_agreement=0.9, min_answer_agreement=0.5, min_answer_overlap=0.8, min_cosine=0.98
+)
 TOLERANCES: dict[Precision, Tolerance] = {Precision.FP32: FP32, Precision.FP16: FP16, Precision.INT8: INT8}
 
 
@@ -113,10 +125,13 @@ def validate_onnx(
         if agreement < tolerance.min_label_agreement:
             failures.append(f"label agreement {agreement:.3f} < {tolerance.min_label_agreement}")
     elif task is Task.QA:
-        agreement = _answer_agreement(reference, outputs)
+        agreement, overlap = _answer_agreement(reference, outputs)
         report["answer_agreement"] = agreement
+        report["answer_overlap"] = overlap
         if agreement < tolerance.min_answer_agreement:
             failures.append(f"answer agreement {agreement:.3f} < {tolerance.min_answer_agreement}")
+        if tolerance.min_answer_overlap is not None and overlap < tolerance.min_answer_overlap:
+            failures.append(f"answer overlap {overlap:.3f} < {tolerance.min_answer_overlap}")
     elif tolerance.min_cosine is not None:
         cosine = _min_cosine(reference.outputs["pooler_output"], outputs["pooler_output"])
         report["min_cosine_pooler"] = cosine
@@ -152,13 +167,15 @@ def _masked_max_abs_diff(expected: np.ndarray, actual: np.ndarray, mask: np.ndar
     return float(diff.max()) if diff.size else 0.0
 
 
-def _answer_agreement(reference: Reference, outputs: dict[str, np.ndarray]) -> float:
+def _answer_agreement(reference: Reference, outputs: dict[str, np.ndarray]) -> tuple[float, float]:
+    """Share of pairs with exactly PyTorch's best span, and the mean token F1 of the two answers."""
     expected = decode_answers(
         reference.outputs["start_logits"], reference.outputs["end_logits"], reference.windows, list(reference.contexts)
     )
     actual = decode_answers(outputs["start_logits"], outputs["end_logits"], reference.windows, list(reference.contexts))
     same = [(e[0].start, e[0].end) == (a[0].start, a[0].end) for e, a in zip(expected, actual)]
-    return float(np.mean(same))
+    overlap = [1.0 if a[0].text == e[0].text else f1_score(a[0].text, e[0].text) for e, a in zip(expected, actual)]
+    return float(np.mean(same)), float(np.mean(overlap))
 
 
 def _min_cosine(expected: np.ndarray, actual: np.ndarray) -> float:

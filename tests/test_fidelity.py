@@ -75,17 +75,34 @@ def test_eval_qa_compares_pytorch_with_every_variant(tiny_bundle: Path, tmp_path
     from bertrt.cli import app
 
     data = {
-        "data": [{"title": "t", "paragraphs": [{
-            "context": "paris is the capital of france. the film was good.",
-            "qas": [
-                {"id": "1", "question": "what is the capital of france?", "answers": [{"text": "paris", "answer_start": 0}]},
-                {"id": "2", "question": "what was good?", "answers": [{"text": "the film", "answer_start": 32}]},
-            ],
-        }]}]
+        "data": [
+            {
+                "title": "t",
+                "paragraphs": [
+                    {
+                        "context": "paris is the capital of france. the film was good.",
+                        "qas": [
+                            {
+                                "id": "1",
+                                "question": "what is the capital of france?",
+                                "answers": [{"text": "paris", "answer_start": 0}],
+                            },
+                            {
+                                "id": "2",
+                                "question": "what was good?",
+                                "answers": [{"text": "the film", "answer_start": 32}],
+                            },
+                        ],
+                    }
+                ],
+            }
+        ]
     }
     path = tmp_path / "squad.json"
     path.write_text(json.dumps(data))
-    result = CliRunner().invoke(app, ["eval", "--task", "qa", "--data", str(path), "--models", str(tiny_bundle), "--json"])
+    result = CliRunner().invoke(
+        app, ["eval", "--task", "qa", "--data", str(path), "--models", str(tiny_bundle), "--json"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["count"] == 2 and set(report["systems"]) == {"pytorch", "bertrt-fp32", "bertrt-int8"}
@@ -98,7 +115,9 @@ def test_eval_classify_reports_accuracy_and_agreement(tiny_bundle: Path) -> None
 
     from bertrt.cli import app
 
-    result = CliRunner().invoke(app, ["eval", "--task", "classify", "--limit", "40", "--models", str(tiny_bundle), "--json"])
+    result = CliRunner().invoke(
+        app, ["eval", "--task", "classify", "--limit", "40", "--models", str(tiny_bundle), "--json"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     for dataset in ("imdb_heldout", "rotten_tomatoes"):
@@ -116,3 +135,37 @@ def test_eval_qa_without_data_says_what_to_pass(tiny_bundle: Path) -> None:
 
     result = CliRunner().invoke(app, ["eval", "--task", "qa", "--models", str(tiny_bundle)])
     assert result.exit_code == 2 and "--data" in result.stderr
+
+
+def test_qa_variants_are_judged_by_exact_spans_and_by_overlap(tiny_bundle: Path) -> None:
+    from tokenizers import Tokenizer
+
+    from bertrt.qa_spans import encode_qa
+    from export import validate
+
+    context = "paris is the capital of france and the seine flows through paris"
+    tokenizer = Tokenizer.from_file(str(tiny_bundle / "qa" / "tokenizer.json"))
+    windows = encode_qa(tokenizer, ["where?"] * 4, [context] * 4, 64, 16)
+
+    def logits(spans: list[str]) -> dict[str, np.ndarray]:
+        """Start/end logits that make each pair's best answer the given words of the context."""
+        start, end = np.zeros((2, *windows.input_ids.shape), dtype=np.float32)
+        for row, words in enumerate(spans):
+            begin = context.index(words)
+            start[row, np.flatnonzero(windows.context_mask[row] & (windows.offsets[row, :, 0] == begin))[0]] = 9
+            end[
+                row, np.flatnonzero(windows.context_mask[row] & (windows.offsets[row, :, 1] == begin + len(words)))[0]
+            ] = 9
+        return {"start_logits": start, "end_logits": end}
+
+    expected = ["capital of france", "the seine", "paris", "capital"]
+    reference = validate.Reference(feeds={}, outputs=logits(expected), contexts=(context,) * 4, windows=windows)
+    # One span gains a word, one loses one: half the spans differ, yet the answers mostly overlap.
+    agreement, overlap = validate._answer_agreement(
+        reference, logits(["capital of france", "seine", "paris", "capital of"])
+    )
+    assert agreement == 0.5
+    assert overlap == pytest.approx((1 + 1 + 1 + 2 / 3) / 4)  # "seine" vs "the seine": articles are ignored
+    assert validate.INT8.min_answer_overlap is not None and overlap >= validate.INT8.min_answer_overlap
+    _, unrelated = validate._answer_agreement(reference, logits(["paris", "paris", "france", "seine"]))
+    assert unrelated < validate.INT8.min_answer_overlap
