@@ -403,6 +403,15 @@ IMMUNE_CONTEXT = (
 )
 
 
+FACTOIDS = [
+    ("Who wrote Hamlet?", "Hamlet is a tragedy by William Shakespeare, written around 1600.", "William Shakespeare"),
+    ("When was the tower finished?", "The Eiffel Tower in Paris was finished in 1889 for a fair.", "1889"),
+    ("Where is the Eiffel Tower?", "The Eiffel Tower is a wrought-iron tower in Paris, France.", "Paris"),
+    ("How many players are on a soccer team?", "Each soccer team has eleven players on the field.", "eleven"),
+    ("What is the capital of France?", "France is in Europe. Its capital is Paris, its largest city.", "Paris"),
+]
+
+
 @pytest.fixture(scope="module")
 def real_bundle() -> Bundle:
     if not (REAL_BUNDLE / "manifest.json").is_file():
@@ -456,7 +465,9 @@ def test_real_classifier_and_qa(real_bundle: Bundle) -> None:
     for answer in result.answers:
         assert (IMMUNE_CONTEXT * 3)[answer.start : answer.end] == answer.text
     if qa.manifest.trained:
-        assert "disease" in result.answers[0].text
+        # Plain factoid questions a SQuAD-trained head must mostly get (one miss allowed).
+        right = [truth in qa.answer(question, context).best.text for question, context, truth in FACTOIDS]
+        assert sum(right) >= len(FACTOIDS) - 1, right
 
 
 @pytest.mark.slow
