@@ -51,6 +51,8 @@ class BenchConfig:
     min_repeats: int = 3
     max_seconds: float = 3.0
     stream_texts: int = 2000
+    # W2's truncation length (tokens, special tokens included), as the workload specifies it.
+    stream_max_tokens: int = 256
     stream_passes: int = 1
     qa_questions: int = 500
     squad_path: Path = DEFAULT_SQUAD
@@ -70,6 +72,7 @@ class BenchConfig:
             "repeats",
             "min_repeats",
             "stream_texts",
+            "stream_max_tokens",
             "stream_passes",
             "qa_questions",
             "scaling_seq",

@@ -168,7 +168,7 @@ def plan_steps(config: BenchConfig, models: Mapping[Task, ModelInfo], inputs: In
         shapes = [("scaling.batch", b, config.scaling_seq) for b in config.batch_sizes]
         shapes += [("scaling.sequence", 1, s) for s in config.seq_lengths]
         # W2's biggest batch: the shape the physical-limit comparison uses.
-        shapes.append(("peak_batch", config.batch_size, model.max_length))
+        shapes.append(("peak_batch", config.batch_size, min(config.stream_max_tokens, model.max_length)))
         for prefix, batch, seq in shapes:
             run = partial(Measurer.forward, prefix=prefix, model=model, batch=batch, seq=seq)
             steps.append(Step(f"forward {batch} x {seq}", "forward", run))
