@@ -1,4 +1,5 @@
-"""A real export of the packaged MiniLM with a tiny training budget (slow: a few minutes)."""
+"""A real export of the packaged MiniLM with a tiny training budget, then `bertrt eval` on it
+(slow: a few minutes)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+SQUAD_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "squad"
+TRAIN40 = SQUAD_DIR / "dev-v1.1.train40.json"
+HELDOUT8 = SQUAD_DIR / "dev-v1.1.heldout8.json"
+
 
 @pytest.fixture(scope="module")
 def small_real_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
@@ -19,6 +24,9 @@ def small_real_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, s
         sys.executable, "-m", "bertrt.cli", "export",
         "--out", str(out),
         "--train-size", "200", "--heldout-size", "200",
+        # 64 questions are 4 optimizer steps: enough to run the QA training path for real.
+        "--qa-data", str(TRAIN40), "--qa-max-examples", "64",
+        "--qa-eval-data", str(HELDOUT8), "--qa-eval-size", "40",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -41,4 +49,34 @@ def test_real_export_validates_every_file(small_real_bundle: tuple[Path, str]) -
     assert training["heldout_examples"] == 200 and training["train_examples"] == 200
     assert 0.0 <= training["imdb_heldout_accuracy"] <= 1.0 and 0.0 <= training["rotten_tomatoes_accuracy"] <= 1.0
     assert classifier["labels"] == ["NEGATIVE", "POSITIVE"]
-    assert json.loads((out / "qa" / "manifest.json").read_text())["trained"] is False
+    qa = json.loads((out / "qa" / "manifest.json").read_text())
+    assert qa["trained"] is True
+    assert qa["training"]["train_examples"] == 64 and qa["training"]["eval"]["count"] == 40
+
+
+def run_eval(bundle: Path, *args: str) -> dict:
+    command = [sys.executable, "-m", "bertrt.cli", "eval", "--models", str(bundle), "--limit", "200", "--json", *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_eval_classify_on_the_real_bundle(small_real_bundle: tuple[Path, str]) -> None:
+    report = run_eval(small_real_bundle[0], "--task", "classify")
+    for dataset in ("imdb_heldout", "rotten_tomatoes"):
+        systems = report["datasets"][dataset]["systems"]
+        assert report["datasets"][dataset]["count"] == 200
+        assert systems["bertrt-fp32"]["label_agreement"] == 1.0
+        assert systems["bertrt-fp32"]["accuracy"] == systems["pytorch"]["accuracy"]
+        # The fidelity budget for int8 is 1 point of the default bundle's accuracy; on 200
+        # texts of a 13-step model a few flipped labels are within noise, so only agreement.
+        assert systems["bertrt-int8"]["label_agreement"] >= 0.95
+
+
+def test_eval_qa_on_the_real_bundle(small_real_bundle: tuple[Path, str]) -> None:
+    report = run_eval(small_real_bundle[0], "--task", "qa", "--data", str(HELDOUT8))
+    systems = report["systems"]
+    assert report["count"] == 200 and report["trained"] is True
+    assert systems["bertrt-fp32"]["answer_agreement"] >= 0.995
+    assert abs(systems["bertrt-fp32"]["f1"] - systems["pytorch"]["f1"]) <= 0.1
+    assert 0.0 <= systems["bertrt-int8"]["f1"] <= 100.0
