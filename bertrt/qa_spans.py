@@ -364,22 +364,41 @@ def _best_spans(
     spans, and those of one window that cover the same characters (word pieces of one word,
     once aligned to words) are one answer whose probabilities add up. An answer offered by
     several overlapping windows keeps its best window's score (the pipeline adds those up
-    too, which can push a score past 1).
+    too, which can push a score past 1). When the offers merge into fewer than ``top_k``
+    answers, each window offers more, so a pair gets ``top_k`` answers whenever its context
+    holds that many spans.
     """
     n_windows = log_prob.shape[0]
     flat = np.where(valid, log_prob, -np.inf).reshape(n_windows, -1)
     take = min(per_window, flat.shape[1])
+    while True:
+        answers, best_logit = _merged_offers(flat, take, log_prob.shape[1:], log_norm, offsets, context, top_k)
+        if len(answers) == top_k or take == flat.shape[1]:
+            return answers, best_logit
+        take = min(flat.shape[1], take * 2)
+
+
+def _merged_offers(
+    flat: FloatArray,
+    take: int,
+    band_shape: tuple[int, ...],
+    log_norm: FloatArray,
+    offsets: IntArray,
+    context: str,
+    top_k: int,
+) -> tuple[list[Answer], float]:
+    """The answers made of each window's ``take`` best token spans (see :func:`_best_spans`)."""
     if take == 0:
         return [], -np.inf
-    cut = np.argpartition(-flat, take - 1, axis=1)[:, :take]
+    n_windows = flat.shape[0]
+    cut = np.argpartition(-flat, take - 1, axis=1)[:, :take].ravel()
     window = np.repeat(np.arange(n_windows), take)
-    cut = cut.ravel()
     log_p = flat[window, cut]
     offered = np.isfinite(log_p)
     if not offered.any():
         return [], -np.inf
     window, cut, log_p = window[offered], cut[offered], log_p[offered]
-    start_token, length = np.unravel_index(cut, log_prob.shape[1:])
+    start_token, length = np.unravel_index(cut, band_shape)
     best = int(np.argmax(log_p))
     # Undo the window's normalization: the no-answer rule compares raw start+end logit sums.
     best_logit = float(log_p[best] + log_norm[window[best]])

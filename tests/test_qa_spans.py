@@ -171,6 +171,16 @@ def test_spans_inside_a_word_widen_to_the_whole_word(tokenizer: Tokenizer) -> No
     assert aligned.score > raw.score  # the spans inside "parisian" add up
 
 
+def test_top_k_answers_even_when_the_best_spans_all_widen_to_one_word(tokenizer: Tokenizer) -> None:
+    context = "supercalifragilistic paris"  # the long word splits into 20 pieces
+    windows = encode_qa(tokenizer, ["Which word?"], [context], 64, 16)
+    in_word = windows.context_mask & (windows.offsets[..., 1] <= len("supercalifragilistic"))
+    start = end = np.where(in_word, 8.0, 0.0)
+    [answers] = decode_answers(start, end, windows, [context], top_k=2)
+    assert answers[0].text == "supercalifragilistic"
+    assert len(answers) == 2 and answers[1].text != answers[0].text
+
+
 def test_word_offsets_cover_whole_words_and_stop_at_punctuation(tokenizer: Tokenizer) -> None:
     context = "old-parisian city."
     windows = encode_qa(tokenizer, ["What?"], [context], 64, 16)
