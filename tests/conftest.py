@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +137,40 @@ def real_bundle_dir(request: pytest.FixtureRequest) -> Path:
         return exported
     bundle: Path = request.getfixturevalue("small_real_bundle")[0]
     return bundle
+
+
+@pytest.fixture
+def frequent_switches() -> Iterator[None]:
+    """Switch threads every 10 µs instead of 5 ms, so races on shared state show up."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    yield
+    sys.setswitchinterval(before)
+
+
+@pytest.fixture
+def concurrently() -> Callable[[Callable[[int], None], int], None]:
+    """``concurrently(worker, n)`` runs ``worker(0)`` ... ``worker(n - 1)`` on n threads
+    released together, and fails the test if one hangs or raises (a thread's exception is
+    otherwise lost)."""
+
+    def run(worker: Callable[[int], None], n_threads: int) -> None:
+        start = threading.Barrier(n_threads)
+        errors: list[BaseException] = []
+
+        def body(number: int) -> None:
+            try:
+                start.wait()
+                worker(number)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=body, args=(n,)) for n in range(n_threads)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=600)
+        assert not any(t.is_alive() for t in threads), "a thread hung"
+        assert errors == []
+
+    return run

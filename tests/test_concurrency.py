@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,44 +33,23 @@ def bundle(tiny_bundle: Path) -> bertrt.Bundle:
     return bertrt.load(BUNDLE or tiny_bundle, device="cpu", options=RuntimeOptions(batch_size=4)).load_all()
 
 
-@pytest.fixture
-def frequent_switches() -> Iterator[None]:
-    """Switch threads every 10 µs instead of 5 ms, so races on shared state show up."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    yield
-    sys.setswitchinterval(before)
-
-
 @pytest.mark.usefixtures("frequent_switches")
-def test_sixteen_threads_get_exactly_the_sequential_results(bundle: bertrt.Bundle) -> None:
+def test_sixteen_threads_get_exactly_the_sequential_results(bundle: bertrt.Bundle, concurrently: Any) -> None:
     pool = mixed_requests(64, seed=1, max_words=100)
     expected = [serve(bundle, request) for request in pool]
     assert any(isinstance(e, str) for e in expected) and any(isinstance(e, list) for e in expected)
-    start = threading.Barrier(THREADS)
     mismatches: list[tuple[int, int]] = []
-    errors: list[BaseException] = []
     served = [0] * THREADS
 
     def client(number: int) -> None:
         rng = random.Random(number)
-        try:
-            start.wait()
-            for _ in range(REQUESTS_PER_THREAD):
-                index = rng.randrange(len(pool))
-                if serve(bundle, pool[index]) != expected[index]:
-                    mismatches.append((number, index))
-                served[number] += 1
-        except BaseException as exc:  # a thread's exception is otherwise lost
-            errors.append(exc)
+        for _ in range(REQUESTS_PER_THREAD):
+            index = rng.randrange(len(pool))
+            if serve(bundle, pool[index]) != expected[index]:
+                mismatches.append((number, index))
+            served[number] += 1
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=600)
-    assert not any(t.is_alive() for t in threads), "a client thread hung"
-    assert errors == []
+    concurrently(client, THREADS)
     assert mismatches == []
     assert served == [REQUESTS_PER_THREAD] * THREADS
 

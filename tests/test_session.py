@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -134,7 +134,7 @@ def test_a_missing_declared_input_names_it(bound: OrtSession) -> None:
         bound.run({"input_ids": np.ones((1, 2), dtype=np.int64)})
 
 
-def test_each_thread_gets_its_own_binding(graph: Path) -> None:
+def test_each_thread_gets_its_own_binding(graph: Path, concurrently: Any) -> None:
     session = OrtSession(graph, Device.CPU)
     requests = [feeds(1 + i % 4, 2 + i % 5, seed=i) for i in range(24)]
     failures: list[str] = []
@@ -147,11 +147,7 @@ def test_each_thread_gets_its_own_binding(graph: Path) -> None:
                 failures.append(f"thread {offset} request {i}")
         capacities.append(session.buffer_capacity())
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    concurrently(work, 8)
     assert failures == []
     assert len(capacities) == 8 and all(c["hidden"] == 4 * 6 * 4 for c in capacities)
     assert session.buffer_capacity() == {}  # the main thread never ran

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +36,6 @@ def snapshot(bundle: bertrt.Bundle, offset: int) -> list[Any]:
     ]
 
 
-@pytest.fixture
-def frequent_switches() -> Iterator[None]:
-    """Switch threads every 10 µs instead of 5 ms, so races on shared state show up."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    yield
-    sys.setswitchinterval(before)
-
-
 def same(a: list[Any], b: list[Any]) -> bool:
     vectors_equal = all(np.array_equal(x, y) for x, y in zip(a[0], b[0], strict=True))
     return vectors_equal and a[1] == b[1] and a[2] == b[2]
@@ -56,50 +44,28 @@ def same(a: list[Any], b: list[Any]) -> bool:
 @pytest.mark.filterwarnings("ignore:The qa head")
 @pytest.mark.usefixtures("frequent_switches")
 @pytest.mark.parametrize("io_binding", [True, False])
-def test_eight_threads_match_a_sequential_run(tiny_bundle: Path, io_binding: bool) -> None:
+def test_eight_threads_match_a_sequential_run(tiny_bundle: Path, io_binding: bool, concurrently: Any) -> None:
     # Small batches: every call runs several batches of different widths, so buffers grow
     # and are reused while other threads run.
     bundle = bertrt.load(
         tiny_bundle, device="cpu", options=RuntimeOptions(batch_size=2, io_binding=io_binding)
     )
     expected = {offset: snapshot(bundle, offset) for offset in range(THREADS)}
-    start = threading.Barrier(THREADS)
     mismatches: list[str] = []
-    errors: list[BaseException] = []
 
     def hammer(offset: int) -> None:
-        try:
-            start.wait()
-            for round_ in range(ROUNDS):
-                key = (offset + round_) % THREADS
-                if not same(snapshot(bundle, key), expected[key]):
-                    mismatches.append(f"thread {offset}, round {round_}")
-        except BaseException as exc:  # a thread's exception is otherwise lost
-            errors.append(exc)
+        for round_ in range(ROUNDS):
+            key = (offset + round_) % THREADS
+            if not same(snapshot(bundle, key), expected[key]):
+                mismatches.append(f"thread {offset}, round {round_}")
 
-    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a worker thread hung"
-    assert errors == []
+    concurrently(hammer, THREADS)
     assert mismatches == []
 
 
 @pytest.mark.filterwarnings("ignore:The qa head")
-def test_first_use_from_many_threads_loads_each_runner_once(tiny_bundle: Path) -> None:
+def test_first_use_from_many_threads_loads_each_runner_once(tiny_bundle: Path, concurrently: Any) -> None:
     bundle = bertrt.load(tiny_bundle, device="cpu")
     seen: list[int] = []
-    start = threading.Barrier(THREADS)
-
-    def first_use() -> None:
-        start.wait()
-        seen.append(id(bundle.classifier))
-
-    threads = [threading.Thread(target=first_use) for _ in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    concurrently(lambda _: seen.append(id(bundle.classifier)), THREADS)
     assert len(seen) == THREADS and len(set(seen)) == 1

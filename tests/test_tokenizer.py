@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import shutil
-import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -74,25 +74,16 @@ def test_fresh_instance_is_independent(tokenizer: TextTokenizer) -> None:
     assert len(tokenizer.encode([TEXTS[3]])[0]) == 32
 
 
-def test_concurrent_encoding_matches_sequential(tokenizer: TextTokenizer) -> None:
+def test_concurrent_encoding_matches_sequential(tokenizer: TextTokenizer, concurrently: Any) -> None:
     texts = [f"{t} {i}" for i in range(20) for t in TEXTS]
     expected = [e.ids.tolist() for e in tokenizer.encode(texts)]
     results: list[list[list[int]]] = []
-    errors: list[BaseException] = []
 
-    def work() -> None:
-        try:
-            for _ in range(5):
-                results.append([e.ids.tolist() for e in tokenizer.encode(texts)])
-        except BaseException as exc:  # surfaced below: a thread's exception is otherwise lost
-            errors.append(exc)
+    def work(_: int) -> None:
+        for _ in range(5):
+            results.append([e.ids.tolist() for e in tokenizer.encode(texts)])
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    concurrently(work, 8)
     assert len(results) == 40 and all(r == expected for r in results)
 
 
