@@ -3,6 +3,7 @@ threshold pinned."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,14 @@ def test_large_freed_blocks_leave_the_process() -> None:
 
     grown = {mode: growth(mode) for mode in ("default", "pinned")}
     assert grown["pinned"] < 8 << 20 < 24 << 20 < grown["default"]
+
+
+def test_arena_benchmark_measures_every_mode(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import arena
+
+    assert arena.main(["--models", str(tiny_bundle), "--rounds", "1", "--threads", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["mode"] for r in rows] == ["shrink", "keep", "off"]
+    for row in rows:
+        assert row["request_128_p50_ms"] > 0 and row["stream_64_best_s"] > 0
+        assert row["forward_32x256_median_ms"] >= 0 and row["rss_after_stream_mb"] > 0
