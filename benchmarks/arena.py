@@ -7,7 +7,7 @@ and its resident memory after the stream. Modes alternate over ``--rounds`` roun
 change in background load hits all of them alike. The process-wide allocator settings
 (glibc's threshold, the arena) are why each measurement needs its own process.
 
-    python -m benchmarks.arena --models models/minilm --rounds 2
+    python -m bertrt.bench.arena --models models/minilm --rounds 2
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ MODES = ("shrink", "keep", "off")
 def measure(models: Path, mode: str, threads: int) -> dict[str, Any]:
     """One mode's figures, measured in this process (call it in a fresh one)."""
     import bertrt
-    from benchmarks import workloads
+    from bertrt.bench import workloads
 
     options = bertrt.RuntimeOptions(intra_op_threads=threads, inter_op_threads=1, cpu_arena=mode)
     classifier = bertrt.load(models, device="cpu", options=options).classifier
@@ -66,7 +66,7 @@ def _rss_mb() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.arena", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bertrt.bench.arena", description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=Path("models/minilm"), help="bundle folder")
     parser.add_argument("--rounds", type=int, default=2, help="times every mode is measured")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for _ in range(args.rounds):
         for mode in MODES:
-            command = [sys.executable, "-m", "benchmarks.arena", "--child", mode]
+            command = [sys.executable, "-m", "bertrt.bench.arena", "--child", mode]
             command += ["--models", str(args.models), "--threads", str(args.threads)]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:

@@ -1,7 +1,8 @@
 """Footprint: peak memory of a process serving all three models, and the time to import bertrt.
 
-Each measurement runs in a fresh Python process (:mod:`benchmarks.footprint_child`), so
-nothing the harness itself imported is counted.
+Each measurement runs in a fresh Python process (:mod:`bertrt.bench.footprint_child`, run as a
+script file so that not even the ``bertrt`` package is imported unless the stack under test
+needs it), so nothing the harness itself imported is counted.
 
 Example::
 
@@ -21,10 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import benchmarks
 from bertrt.errors import BertrtError
 
 _IMPORT_PROBE = "import time; t = time.perf_counter(); import bertrt; print(time.perf_counter() - t)"
+# Run by path: `python -m bertrt.bench.footprint_child` would import bertrt (and ONNX Runtime)
+# into the PyTorch stack's process before the measurement starts.
+_CHILD = Path(__file__).with_name("footprint_child.py")
 
 
 def measure_footprint(
@@ -61,7 +64,7 @@ def import_time(repeats: int) -> float:
 
 def _child(stack: str, request: dict[str, Any]) -> dict[str, Any]:
     try:
-        report: dict[str, Any] = json.loads(_python(["-m", "benchmarks.footprint_child", stack], json.dumps(request)))
+        report: dict[str, Any] = json.loads(_python([str(_CHILD), stack], json.dumps(request)))
         return report
     except BertrtError as exc:
         return {"error": str(exc)}
@@ -70,9 +73,6 @@ def _child(stack: str, request: dict[str, Any]) -> dict[str, Any]:
 def _python(args: list[str], stdin: str = "") -> str:
     """Run this interpreter with ``args``; its last stdout line (BertrtError if it fails)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    # The child must import this checkout's `benchmarks`, wherever the caller runs from.
-    repo = str(Path(benchmarks.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, *args], input=stdin, capture_output=True, text=True, env=env, timeout=600)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:

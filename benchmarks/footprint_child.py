@@ -2,10 +2,10 @@
 print peak RSS as JSON. Only the stack under test is imported, so the figure is that
 stack's own.
 
-Run by :mod:`benchmarks.footprint`; by hand::
+Run by :mod:`bertrt.bench.footprint`; by hand::
 
     echo '{"bundle": "models/minilm", "threads": 2, "texts": ["I love Paris"],
-           "question": "Where?", "context": "In Paris."}' | python -m benchmarks.footprint_child bertrt-fp32
+           "question": "Where?", "context": "In Paris."}' | python benchmarks/footprint_child.py bertrt-fp32
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def serve_torch(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    """``python -m benchmarks.footprint_child bertrt-fp32|bertrt-int8|torch`` with the
+    """``python footprint_child.py bertrt-fp32|bertrt-int8|torch`` with the
     request on stdin."""
     stack = sys.argv[1]
     request = json.loads(sys.stdin.read())

@@ -14,11 +14,11 @@ copies hurt). Writes ``gpu_check.json`` and ``gpu_check.png`` into the output fo
 
 Rehearse on the CPU (only the provider changes)::
 
-    python -m benchmarks.gpu_check --device cpu --out /tmp/gpu-check --quick
+    python -m bertrt.bench.gpu_check --device cpu --out /tmp/gpu-check --quick
 
 On the GPU machine (after installing onnxruntime-gpu, see the README's GPU section)::
 
-    python -m benchmarks.gpu_check --device cuda --out $OUT
+    python -m bertrt.bench.gpu_check --device cuda --out $OUT
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def _export(model: Any, folder: Path, config: BertConfig, outputs: tuple[str, ..
         model, (), str(raw), kwargs=feeds, input_names=list(feeds), output_names=list(outputs),
         dynamic_axes=axes, opset_version=17, dynamo=False,
     )
-    from export.optimize import convert_fp16, optimize_fp32
+    from bertrt.export.optimize import convert_fp16, optimize_fp32
 
     fused = folder / "model.onnx"
     optimize_fp32(raw, fused, config.num_attention_heads, config.hidden_size)

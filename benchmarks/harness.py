@@ -2,7 +2,7 @@
 physical limit and the footprint; one JSON-ready results dict.
 
 All systems live in one process and are measured step by step (every system on one
-figure, then the next figure; see :mod:`benchmarks.measure`), on inputs built once and
+figure, then the next figure; see :mod:`bertrt.bench.measure`), on inputs built once and
 shared, with the same thread count and batch size. A system whose libraries or variant
 files are missing is skipped with a note.
 
@@ -24,14 +24,14 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from benchmarks import report, workloads
-from benchmarks.config import BASELINES, BenchConfig
-from benchmarks.footprint import measure_footprint
-from benchmarks.machine import load_average, machine_info
-from benchmarks.measure import Inputs, Log, Measurer, Recorder, plan_steps
-from benchmarks.physical import BertShape, gemm_rate
-from benchmarks.subjects import ModelInfo, bundle_models
-from benchmarks.systems import System, SystemSettings, make_system
+from bertrt.bench import report, workloads
+from bertrt.bench.config import BASELINES, BenchConfig
+from bertrt.bench.footprint import measure_footprint
+from bertrt.bench.machine import load_average, machine_info
+from bertrt.bench.measure import Inputs, Log, Measurer, Recorder, plan_steps
+from bertrt.bench.physical import BertShape, gemm_rate
+from bertrt.bench.subjects import ModelInfo, bundle_models
+from bertrt.bench.systems import System, SystemSettings, make_system
 from bertrt.errors import BertrtError
 from bertrt.types import Precision, Task
 

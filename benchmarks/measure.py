@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from benchmarks import workloads
-from benchmarks.config import BenchConfig
-from benchmarks.subjects import ModelInfo
-from benchmarks.systems import System
-from benchmarks.timing import LatencyStats, measure_latency, measure_throughput
+from bertrt.bench import workloads
+from bertrt.bench.config import BenchConfig
+from bertrt.bench.subjects import ModelInfo
+from bertrt.bench.systems import System
+from bertrt.bench.timing import LatencyStats, measure_latency, measure_throughput
 from bertrt.types import Task
 
 Log = Callable[[str], None]

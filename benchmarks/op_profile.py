@@ -6,7 +6,7 @@ operators do, graph fusion is what is missing.
 
 Example (also a command)::
 
-    python -m benchmarks.op_profile models/minilm/classifier/model.onnx --batch 32 --seq 256
+    python -m bertrt.bench.op_profile models/minilm/classifier/model.onnx --batch 32 --seq 256
     summary = profile_ops(Path(".../model.onnx"), batch=32, seq=256, threads=2)
     summary["by_op"]["MatMul"]["share"]
 """
@@ -22,8 +22,8 @@ from typing import Any
 
 import onnxruntime as ort
 
-from benchmarks.subjects import read_vocab_size
-from benchmarks.workloads import token_batch
+from bertrt.bench.subjects import read_vocab_size
+from bertrt.bench.workloads import token_batch
 
 
 def profile_ops(model: Path, *, batch: int, seq: int, threads: int = 2, runs: int = 3) -> dict[str, Any]:

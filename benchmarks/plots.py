@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks.config import ALL_SYSTEMS
-from benchmarks.report import FOOTPRINT_STACKS
+from bertrt.bench.config import ALL_SYSTEMS
+from bertrt.bench.report import FOOTPRINT_STACKS
 from bertrt.errors import ConfigError
 
 Figures = Mapping[str, Mapping[str, Mapping[str, Any]]]

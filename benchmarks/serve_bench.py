@@ -14,7 +14,7 @@ leaves more of it to the system under test.
 
 Example::
 
-    python -m benchmarks.serve_bench --models models/minilm --seconds 10 --rounds 2 \\
+    python -m bertrt.bench.serve_bench --models models/minilm --seconds 10 --rounds 2 \\
         --out benchmarks/results/serve-classify.json
 """
 
@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.machine import load_average, machine_info
-from benchmarks.workloads import ROTTEN_TOMATOES, sentiment_csv
+from bertrt.bench.machine import load_average, machine_info
+from bertrt.bench.workloads import ROTTEN_TOMATOES, sentiment_csv
 
 # Request path and JSON body of one single-text request, per task.
 ENDPOINTS = {"classify": ("/classify", "texts"), "embed": ("/embed", "texts"), "openai": ("/v1/embeddings", "input")}
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         model_costs=not args.no_model_costs,
     )
     results = run_serve_bench(config, log=lambda line: print(line, file=sys.stderr))
-    results["command"] = "python -m benchmarks.serve_bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    results["command"] = "python -m bertrt.bench.serve_bench " + " ".join(argv if argv is not None else sys.argv[1:])
     print(
         json.dumps({"figures": results["figures"], "ratios": results["ratios"], "target": results["target"]}, indent=2)
     )

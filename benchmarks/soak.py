@@ -15,11 +15,11 @@ and prints per window the p50/p99 latency and the resident set size. It then che
 It exits 1 when a check fails or a request failed unexpectedly. Bounded in time by
 ``--max-seconds``. Smoke run on the tiny test bundle (CI)::
 
-    python -m benchmarks.soak --models /tmp/tiny --requests 300 --window 100
+    python -m bertrt.bench.soak --models /tmp/tiny --requests 300 --window 100
 
 The real run::
 
-    python -m benchmarks.soak --models models/minilm --requests 20000
+    python -m bertrt.bench.soak --models models/minilm --requests 20000
 
 The request mix (:func:`mixed_requests`) and :func:`serve` are shared with the concurrency
 test, which checks that 16 threads get exactly the sequential results.
@@ -233,7 +233,7 @@ def render(report: SoakReport, rss_limit: float, p99_limit: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bertrt.bench.soak", description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=Path("models/minilm"), help="bundle folder")
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--window", type=int, default=1000, help="requests per measured window")

@@ -22,8 +22,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from benchmarks.config import TORCH_SYSTEMS
-from benchmarks.subjects import ModelInfo
+from bertrt.bench.config import TORCH_SYSTEMS
+from bertrt.bench.subjects import ModelInfo
 from bertrt.bundle import Bundle
 from bertrt.errors import ConfigError
 from bertrt.options import RuntimeOptions
@@ -204,7 +204,7 @@ def make_system(name: str, models: Mapping[Task, ModelInfo], settings: SystemSet
         return PlainOrtSystem(models, settings)
     if name in TORCH_SYSTEMS:
         try:
-            from benchmarks import torch_systems
+            from bertrt.bench import torch_systems
         except ImportError as exc:
             raise ConfigError(
                 f"The {name} baseline needs {exc.name}, which is not installed; pip install 'bertrt[export]'."

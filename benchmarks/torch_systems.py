@@ -1,7 +1,7 @@
 """The baselines built on PyTorch: eager ``transformers`` models, ``transformers.pipeline``,
 and optimum's ``ORTModelFor*`` on the same ONNX file (model-only and through a pipeline).
 
-Importing this module imports torch and transformers; :func:`benchmarks.systems.make_system`
+Importing this module imports torch and transformers; :func:`bertrt.bench.systems.make_system`
 imports it only when one of these baselines is requested.
 
 "Model-only" systems tokenize each batch with the fast tokenizer (padding to the batch's
@@ -26,8 +26,8 @@ import torch
 import transformers
 from transformers import AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
 
-from benchmarks.subjects import ModelInfo
-from benchmarks.systems import System, SystemSettings, mean_pool, ort_providers
+from bertrt.bench.subjects import ModelInfo
+from bertrt.bench.systems import System, SystemSettings, mean_pool, ort_providers
 from bertrt.types import Device, Precision, Task
 
 PIPELINE_TASKS = {Task.EMBED: "feature-extraction", Task.CLASSIFY: "text-classification", Task.QA: "question-answering"}

@@ -17,14 +17,14 @@ and, with fragmentation, past it:
   :func:`pin_mmap_threshold` fixes the threshold at 128 KiB (glibc's initial value), which
   also stops that adjustment.
 
-Measured with ``python -m benchmarks.arena`` on the MiniLM classifier (fp32, two threads, a
+Measured with ``python -m bertrt.bench.arena`` on the MiniLM classifier (fp32, two threads, a
 fresh process per mode, two rounds on an idle machine; benchmarks/results/arena-minilm.jsonl):
 one 128-token request takes 17.8-17.9 ms with the arena kept, 18.3-20.2 ms shrunk and 19.6 ms
 without an arena; 64 mixed reviews take 2.87-2.89 s kept, 3.09-3.24 s shrunk and 4.00-4.18 s
 without; a 32 x 256 forward 1,187-1,208 ms kept, 1,264-1,316 ms shrunk, 1,644-1,695 ms
 without. Resident memory after the reviews: 1,221-1,225 MB kept (the largest batch's working
 set stays), 205 MB shrunk or without. With the request mix
-of ``python -m benchmarks.soak`` (2,500 requests, one intra-op thread), no arena and glibc's
+of ``python -m bertrt.bench.soak`` (2,500 requests, one intra-op thread), no arena and glibc's
 defaults climbed from 656 to 731 MB in steps, no arena and the pinned threshold stayed
 within 387-390 MB.
 """

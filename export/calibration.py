@@ -11,9 +11,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from bertrt.types import Task
-from export import samples
-from export.recipe import ClassifierTraining, Recipe
-from export.variants import CalibrationText
+from bertrt.export import samples
+from bertrt.export.recipe import ClassifierTraining, Recipe
+from bertrt.export.variants import CalibrationText
 
 CALIBRATION_SIZE = 64
 
@@ -23,7 +23,7 @@ def calibration_texts(task: Task, recipe: Recipe, qa_data: Path | None, sentimen
     if task is Task.QA:
         if qa_data is None:
             return list(samples.QA_PAIRS)
-        from export.squad import load_squad
+        from bertrt.export.squad import load_squad
 
         return [(e.question, e.context) for e in load_squad(qa_data, limit=CALIBRATION_SIZE)]
     return list(_training_reviews(recipe.classifier_training, sentiment_csv))
@@ -31,7 +31,7 @@ def calibration_texts(task: Task, recipe: Recipe, qa_data: Path | None, sentimen
 
 @lru_cache(maxsize=2)
 def _training_reviews(cfg: ClassifierTraining, csv_path: Path | None) -> tuple[str, ...]:
-    from export.data import load_sentiment
+    from bertrt.export.data import load_sentiment
 
     train = load_sentiment(cfg, csv_path).train
     return tuple(train.select(range(min(CALIBRATION_SIZE, len(train))))["text"])

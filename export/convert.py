@@ -46,7 +46,7 @@ class EncoderWithPoolerOnnxConfig(BertOnnxConfig):
 def export_onnx(model: Any, task: Task, out_dir: Path, opset: int) -> Path:
     """Export a transformers BERT model to ``out_dir/model.onnx`` and return that path.
 
-    Validation against PyTorch is done by :mod:`export.validate` with real texts, so
+    Validation against PyTorch is done by :mod:`bertrt.export.validate` with real texts, so
     optimum's own random-input check is skipped here.
     """
     out_dir.mkdir(parents=True, exist_ok=True)

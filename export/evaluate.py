@@ -19,11 +19,11 @@ from tqdm.auto import tqdm
 import bertrt
 from bertrt.manifest import ModelManifest
 from bertrt.types import Device, Precision, Task
-from export.finetune import predict_answers, predict_labels
-from export.recipe import ClassifierTraining
-from export.revalidate import load_torch_model
-from export.squad import SquadExample, load_squad, squad_scores
-from export.variants import variant_runs_here
+from bertrt.export.finetune import predict_answers, predict_labels
+from bertrt.export.recipe import ClassifierTraining
+from bertrt.export.revalidate import load_torch_model
+from bertrt.export.squad import SquadExample, load_squad, squad_scores
+from bertrt.export.variants import variant_runs_here
 
 CHUNK = 64  # texts per runtime call, so the progress bar moves
 
@@ -36,7 +36,7 @@ def runnable_precisions(model_dir: Path) -> list[Precision]:
 
 def eval_classify(bundle_dir: Path, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Accuracy of PyTorch and each variant on held-out IMDB and Rotten Tomatoes."""
-    from export.data import load_sentiment
+    from bertrt.export.data import load_sentiment
 
     model_dir = bundle_dir / "classifier"
     manifest = ModelManifest.read(model_dir)

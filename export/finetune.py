@@ -31,9 +31,9 @@ from transformers import (
 
 from bertrt.errors import ExportError
 from bertrt.qa_spans import QAWindows, decode_answers, encode_qa
-from export.data import SentimentSplits
-from export.recipe import ClassifierTraining, QATraining
-from export.squad import SquadExample, build_qa_train_features, squad_scores
+from bertrt.export.data import SentimentSplits
+from bertrt.export.recipe import ClassifierTraining, QATraining
+from bertrt.export.squad import SquadExample, build_qa_train_features, squad_scores
 
 # Inference batches hold no activations for backward, so they can be larger than training ones.
 EVAL_BATCH_SIZE = 64

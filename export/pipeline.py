@@ -3,7 +3,7 @@
 For each of the three models: load the source weights, fine-tune where the recipe says so,
 convert to ONNX, build the precision variants, validate every file against the PyTorch model,
 and write the model folder with its manifest. The bundle is built in a staging folder and
-swapped in only when every model passed (see :mod:`export.atomic`).
+swapped in only when every model passed (see :mod:`bertrt.export.atomic`).
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ from bertrt.manifest import (
     sha256_of,
 )
 from bertrt.types import Device, Precision, Task
-from export import validate
-from export.atomic import remove_stale_partials, staged_directory
-from export.calibration import calibration_texts
-from export.convert import export_onnx, graph_signature
-from export.recipe import ModelRecipe, Recipe
-from export.sources import load_pretrained
-from export.variants import build_order, build_variant, variant_runs_here
+from bertrt.export import validate
+from bertrt.export.atomic import remove_stale_partials, staged_directory
+from bertrt.export.calibration import calibration_texts
+from bertrt.export.convert import export_onnx, graph_signature
+from bertrt.export.recipe import ModelRecipe, Recipe
+from bertrt.export.sources import load_pretrained
+from bertrt.export.variants import build_order, build_variant, variant_runs_here
 
 Log = Callable[[str], None]
 
@@ -226,8 +226,8 @@ def _train(
     if task is Task.CLASSIFY:
         if not spec.finetune:
             return None, _has_trained_head(model, "ForSequenceClassification")
-        from export.data import load_sentiment
-        from export.finetune import finetune_classifier
+        from bertrt.export.data import load_sentiment
+        from bertrt.export.finetune import finetune_classifier
 
         splits = load_sentiment(recipe.classifier_training, options.sentiment_csv)
         log(f"      fine-tuning on {len(splits.train)} IMDB reviews")
@@ -248,8 +248,8 @@ def _train(
             raise ValidationFailed("The recipe fine-tunes the QA model; pass SQuAD-format training data with --qa-data.")
         log("      no --qa-data: exporting the untrained span head (marked trained: false)")
         return None, False
-    from export.finetune import evaluate_qa, finetune_qa
-    from export.squad import load_squad
+    from bertrt.export.finetune import evaluate_qa, finetune_qa
+    from bertrt.export.squad import load_squad
 
     examples = load_squad(options.qa_data, limit=recipe.qa_training.max_examples)
     log(f"      fine-tuning on {len(examples)} questions from {options.qa_data.name}")

@@ -32,7 +32,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from bertrt.errors import ConfigError, ExportError, ValidationFailed
-from export.optimize import batch_invariance_gap, probe_feeds
+from bertrt.export.optimize import batch_invariance_gap, probe_feeds
 
 # Node groups that can stay fp32, matched on optimum's exported node names and fused op types.
 KEEP_GROUPS = ("head", "attention", "attention-output", "ffn-input", "ffn-output", "embeddings")

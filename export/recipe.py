@@ -1,6 +1,8 @@
 """Recipes: which source models a bundle is made from and how its heads are trained.
 
-A recipe is a TOML file (``models/<name>.toml``)::
+A recipe is a TOML file. The shipped ones (``minilm``, ``bert-base``) are package data of
+:mod:`bertrt.export.recipes`; a user's own sit in ``./models/<name>.toml`` or anywhere as a
+path::
 
     name = "minilm"
     max_length = 256
@@ -28,14 +30,16 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field, fields, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from bertrt.errors import ConfigError
 
-# Recipes are looked up in ./models first (a checkout or a project of the user's), then beside
-# the installed package (an editable install of this repository).
-RECIPE_DIRS = (Path("models"), Path(__file__).resolve().parent.parent / "models")
+# A recipe name is looked up in ./models first (a project's own recipes), then among the
+# recipes shipped as package data, so a wheel finds what a checkout finds.
+LOCAL_RECIPE_DIR = Path("models")
+PACKAGED_RECIPES = "bertrt.export.recipes"
 
 
 @dataclass(frozen=True)
@@ -125,26 +129,40 @@ class Recipe:
 
 
 def available_recipes() -> list[str]:
-    """Names of the recipes shipped in ``models/``."""
-    return sorted({p.stem for folder in RECIPE_DIRS for p in folder.glob("*.toml")})
+    """Names of the recipes in ``./models`` and of those shipped with bertrt."""
+    local = {p.stem for p in LOCAL_RECIPE_DIR.glob("*.toml")}
+    return sorted(local | set(_packaged_recipes()))
 
 
 def load_recipe(name_or_path: str) -> Recipe:
     """Load a recipe by name (``minilm``, ``bert-base``) or from a ``.toml`` file path."""
     path = Path(name_or_path)
-    if path.suffix != ".toml":
-        candidates = [folder / f"{name_or_path}.toml" for folder in RECIPE_DIRS]
-        path = next((p for p in candidates if p.is_file()), candidates[0])
-    if not path.is_file():
+    if path.suffix == ".toml" or (LOCAL_RECIPE_DIR / f"{name_or_path}.toml").is_file():
+        path = path if path.suffix == ".toml" else LOCAL_RECIPE_DIR / f"{name_or_path}.toml"
+        if not path.is_file():
+            raise ConfigError(f"Recipe file {path} does not exist; pass the path of a .toml recipe file.")
+        return _parse(path.read_bytes(), str(path), path.stem)
+    packaged = _packaged_recipes().get(name_or_path)
+    if packaged is None:
         raise ConfigError(
             f"Recipe {name_or_path!r} not found; use one of {available_recipes()} "
             "or pass the path of a .toml recipe file."
         )
+    return _parse(packaged.read_bytes(), f"{PACKAGED_RECIPES}/{packaged.name}", name_or_path)
+
+
+def _packaged_recipes() -> dict[str, Any]:
+    """The shipped recipes by name, as importlib.resources traversables."""
+    folder = resources.files(PACKAGED_RECIPES)
+    return {entry.name.removesuffix(".toml"): entry for entry in folder.iterdir() if entry.name.endswith(".toml")}
+
+
+def _parse(raw: bytes, where: str, default_name: str) -> Recipe:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"Recipe {path} cannot be read ({exc}); fix the TOML and retry.") from exc
-    return recipe_from_dict(data, default_name=path.stem)
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"Recipe {where} cannot be read ({exc}); fix the TOML and retry.") from exc
+    return recipe_from_dict(data, default_name=default_name)
 
 
 def recipe_from_dict(data: dict[str, Any], default_name: str = "custom") -> Recipe:

@@ -10,9 +10,9 @@ from transformers import AutoTokenizer
 
 from bertrt.manifest import BundleManifest, ModelManifest
 from bertrt.types import Precision, Task
-from export import validate
-from export.pipeline import MODEL_CLASSES, TORCH_DIR
-from export.variants import variant_runs_here
+from bertrt.export import validate
+from bertrt.export.pipeline import MODEL_CLASSES, TORCH_DIR
+from bertrt.export.variants import variant_runs_here
 
 
 @dataclass(frozen=True)

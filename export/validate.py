@@ -23,8 +23,8 @@ import torch
 from bertrt.qa_spans import decode_answers, encode_qa
 from bertrt.session import OrtSession
 from bertrt.types import Device, Precision, Task
-from export import samples
-from export.squad import f1_score
+from bertrt.export import samples
+from bertrt.export.squad import f1_score
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from onnx import TensorProto, helper
 
 from bertrt.manifest import VARIANT_FILES
 from bertrt.types import Precision
-from export.optimize import convert_fp16, optimize_fp32
-from export.quantize import calibration_feeds, quantize_int8
+from bertrt.export.optimize import convert_fp16, optimize_fp32
+from bertrt.export.quantize import calibration_feeds, quantize_int8
 
 CalibrationText = str | tuple[str, str]
 

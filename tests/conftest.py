@@ -41,7 +41,7 @@ def tiny_recipe_dict(source: Path, max_length: int = 64) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding a random tiny BertModel, its config and WordPiece tokenizer."""
-    from export.tiny import write_tiny_source
+    from bertrt.export.tiny import write_tiny_source
 
     return write_tiny_source(tmp_path_factory.mktemp("tiny-source"))
 
@@ -49,7 +49,7 @@ def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_recipe(tiny_source: Path) -> Any:
     """The parsed tiny recipe (QA max_length 64 with stride 16, so long contexts make windows)."""
-    from export.recipe import recipe_from_dict
+    from bertrt.export.recipe import recipe_from_dict
 
     data = tiny_recipe_dict(tiny_source)
     data.pop("qa.training")
@@ -60,7 +60,7 @@ def tiny_recipe(tiny_source: Path) -> Any:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_recipe: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete bundle (embedder, classifier, qa; every variant this machine can build)."""
-    from export.pipeline import ExportOptions, export_bundle
+    from bertrt.export.pipeline import ExportOptions, export_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     export_bundle(tiny_recipe, ExportOptions(out=out, precisions=BUILT_PRECISIONS), log=lambda _: None)
@@ -73,7 +73,7 @@ def tiny_torch_models(tiny_recipe: Any, tiny_source: Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from bertrt.types import Task
-    from export.pipeline import load_source_model
+    from bertrt.export.pipeline import load_source_model
 
     models: dict[str, Any] = {
         Task.EMBED.value: load_source_model(Task.EMBED, tiny_recipe.embedder),

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks import report, workloads
-from benchmarks.config import BenchConfig
-from benchmarks.harness import run_benchmark
-from benchmarks.op_profile import summarize
-from benchmarks.physical import BertShape
-from benchmarks.timing import LatencyStats, measure_latency
+from bertrt.bench import report, workloads
+from bertrt.bench.config import BenchConfig
+from bertrt.bench.harness import run_benchmark
+from bertrt.bench.op_profile import summarize
+from bertrt.bench.physical import BertShape
+from bertrt.bench.timing import LatencyStats, measure_latency
 from bertrt.cli import app
 from bertrt.errors import ConfigError
 

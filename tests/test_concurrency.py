@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import bertrt
-from benchmarks.soak import main, mixed_requests, run_soak, serve
+from bertrt.bench.soak import main, mixed_requests, run_soak, serve
 from bertrt import RuntimeOptions
 
 THREADS = 16

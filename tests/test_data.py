@@ -1,4 +1,4 @@
-"""Sentiment data sampling (export.data): balance, disjointness, determinism, cleaning, errors."""
+"""Sentiment data sampling (bertrt.export.data): balance, disjointness, determinism, cleaning, errors."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bertrt.errors import ConfigError
-from export.data import clean_review, load_sentiment, sentiment_csv_path
-from export.recipe import ClassifierTraining
+from bertrt.export.data import clean_review, load_sentiment, sentiment_csv_path
+from bertrt.export.recipe import ClassifierTraining
 
 SMALL = ClassifierTraining(train_size=10, heldout_size=6, rotten_tomatoes_size=4, seed=7)
 

@@ -68,7 +68,7 @@ def disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def interrupted_training(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C while the QA head trains (the last model, so two are already staged)."""
-    from export import finetune
+    from bertrt.export import finetune
 
     def interrupted(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
@@ -78,7 +78,7 @@ def interrupted_training(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def failed_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     """The classifier's ONNX file differs from PyTorch beyond its tolerance."""
-    from export import validate
+    from bertrt.export import validate
 
     real = validate.validate_onnx
 
@@ -109,7 +109,7 @@ FAILURES: dict[str, tuple[Injection, type[BaseException], str | None]] = {
 def test_a_failed_export_leaves_the_previous_bundle_untouched(
     failure: str, tiny_recipe: Any, tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from export.pipeline import ExportOptions, export_bundle
+    from bertrt.export.pipeline import ExportOptions, export_bundle
 
     inject, error, message = FAILURES[failure]
     scratch = tmp_path / "scratch"
@@ -139,7 +139,7 @@ def test_a_failed_export_leaves_the_previous_bundle_untouched(
 def test_a_failed_first_export_writes_nothing(
     tiny_recipe: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from export.pipeline import ExportOptions, export_bundle
+    from bertrt.export.pipeline import ExportOptions, export_bundle
 
     disk_full(monkeypatch)
     with pytest.raises(ExportError, match="nothing was published"):
@@ -149,7 +149,7 @@ def test_a_failed_first_export_writes_nothing(
 
 
 def test_a_kill_between_the_publishing_renames_is_repaired(tmp_path: Path) -> None:
-    from export.atomic import remove_stale_partials
+    from bertrt.export.atomic import remove_stale_partials
 
     final = tmp_path / "tiny"
     backup = tmp_path / ".tiny.previous-123"
@@ -165,7 +165,7 @@ def test_a_kill_between_the_publishing_renames_is_repaired(tmp_path: Path) -> No
 
 
 def test_an_error_while_staging_removes_the_staging_folder(tmp_path: Path) -> None:
-    from export.atomic import staged_directory
+    from bertrt.export.atomic import staged_directory
 
     with pytest.raises(OSError), staged_directory(tmp_path / "tiny") as staging:
         (staging / "half.onnx").write_bytes(b"\0")
@@ -179,7 +179,7 @@ def test_an_error_while_staging_removes_the_staging_folder(tmp_path: Path) -> No
 def test_source_models_load_from_safetensors_without_remote_code(
     tiny_recipe: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from export import pipeline
+    from bertrt.export import pipeline
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(pipeline, "load_pretrained", lambda cls, source, **kwargs: calls.append(kwargs))
@@ -192,7 +192,7 @@ def test_source_models_load_from_safetensors_without_remote_code(
 
 
 def test_recipes_do_not_trust_remote_code_by_default() -> None:
-    from export.recipe import load_recipe
+    from bertrt.export.recipe import load_recipe
 
     for name in ("minilm", "bert-base"):
         recipe = load_recipe(name)
@@ -203,7 +203,7 @@ def test_a_pickled_checkpoint_is_refused(tiny_source: Path, tiny_recipe: Any, tm
     import torch
     from safetensors.torch import load_file
 
-    from export.pipeline import load_source_model
+    from bertrt.export.pipeline import load_source_model
 
     source = Path(shutil.copytree(tiny_source, tmp_path / "pickled"))
     weights = source / "model.safetensors"

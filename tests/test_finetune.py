@@ -1,4 +1,4 @@
-"""Fine-tuning loops (export.finetune) on a tiny random BERT and tasks it can learn in seconds."""
+"""Fine-tuning loops (bertrt.export.finetune) on a tiny random BERT and tasks it can learn in seconds."""
 
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ from transformers import (
     set_seed,
 )
 
-from export.data import SentimentSplits
-from export.finetune import (
+from bertrt.export.data import SentimentSplits
+from bertrt.export.finetune import (
     classification_accuracy,
     evaluate_qa,
     finetune_classifier,
     finetune_qa,
     predict_answers,
 )
-from export.recipe import ClassifierTraining, QATraining
-from export.squad import SquadExample
+from bertrt.export.recipe import ClassifierTraining, QATraining
+from bertrt.export.squad import SquadExample
 
 LABELS = {0: "NEGATIVE", 1: "POSITIVE"}
 FILLER = [

@@ -19,7 +19,7 @@ TEXTS = ["i love paris", "the film was bad", "what a great story about the city 
 
 
 def _cuda_runs() -> bool:
-    from export.variants import cuda_available
+    from bertrt.export.variants import cuda_available
 
     return cuda_available()
 
@@ -46,7 +46,7 @@ def test_cuda_matches_cpu(tiny_bundle: Path, precision: Precision) -> None:
 
 def test_gpu_check_rehearses_on_cpu(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--quick", "--repeats", "3", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bertrt.bench.gpu_check", "--device", "cpu", "--quick", "--repeats", "3", "--out", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]

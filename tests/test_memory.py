@@ -75,7 +75,7 @@ def test_large_freed_blocks_leave_the_process() -> None:
 
 
 def test_arena_benchmark_measures_every_mode(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from benchmarks import arena
+    from bertrt.bench import arena
 
     assert arena.main(["--models", str(tiny_bundle), "--rounds", "1", "--threads", "1"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

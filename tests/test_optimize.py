@@ -10,7 +10,7 @@ import pytest
 
 from bertrt.errors import ConfigError
 from bertrt.types import Precision, Task
-from export.optimize import (
+from bertrt.export.optimize import (
     batch_invariance_gap,
     convert_fp16,
     cpu_runnable,
@@ -19,7 +19,7 @@ from export.optimize import (
     optimize_fp32,
     probe_feeds,
 )
-from export.quantize import Int8Config, Int8Scheme, calibration_feeds, quantize_int8, select_nodes
+from bertrt.export.quantize import Int8Config, Int8Scheme, calibration_feeds, quantize_int8, select_nodes
 
 TASKS = (Task.EMBED, Task.CLASSIFY, Task.QA)
 # Short review-like texts for calibration and batch make-up checks (tiny vocabulary words).
@@ -41,7 +41,7 @@ def raw_models(tiny_source: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     import torch
     from transformers import BertForQuestionAnswering, BertForSequenceClassification, BertModel
 
-    from export.convert import export_onnx
+    from bertrt.export.convert import export_onnx
 
     classes = {Task.EMBED: BertModel, Task.CLASSIFY: BertForSequenceClassification, Task.QA: BertForQuestionAnswering}
     root = tmp_path_factory.mktemp("optimize")

@@ -33,3 +33,21 @@ def test_runtime_dependencies_stay_light() -> None:
     for heavy in ("torch", "transformers", "optimum"):
         assert heavy not in runtime
     assert "torch==" in " ".join(project["optional-dependencies"]["export"])
+
+
+def test_wheel_installs_only_under_the_product_name(tmp_path: Path) -> None:
+    """`export/` and `benchmarks/` ship as bertrt.export and bertrt.bench, recipes as package data."""
+    import subprocess
+    import sys
+    import zipfile
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    [wheel] = tmp_path.glob("bertrt-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/", 1)[0] for name in names}
+    assert top_level == {"bertrt", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
+    assert {"bertrt/export/pipeline.py", "bertrt/bench/harness.py", "bertrt/export/recipes/minilm.toml"} <= set(names)

@@ -47,7 +47,7 @@ def test_classifier_has_labels_and_qa_is_marked_untrained(tiny_bundle: Path) -> 
 def test_onnx_matches_torch_on_unseen_batch(tiny_bundle: Path, tiny_torch_models: dict[str, Any]) -> None:
     import torch
 
-    from export.validate import run_onnx
+    from bertrt.export.validate import run_onnx
 
     tokenizer = tiny_torch_models["tokenizer"]
     feeds = tokenizer(["a movie", "the plot was bad and the actors were not good at all"], padding=True, return_tensors="np")
@@ -59,7 +59,7 @@ def test_onnx_matches_torch_on_unseen_batch(tiny_bundle: Path, tiny_torch_models
 
 
 def test_validation_failure_stops_export_and_writes_nothing(tiny_recipe: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from export import pipeline, validate
+    from bertrt.export import pipeline, validate
 
     def broken(*args: Any, **kwargs: Any) -> dict[str, Any]:
         return {"ran": True, "passed": False, "failures": ["logits differ by 1 > 0.0001"], "max_abs_diff": {"logits": 1.0}}
@@ -75,7 +75,7 @@ def test_validation_failure_stops_export_and_writes_nothing(tiny_recipe: Any, tm
 def test_failed_export_keeps_previous_bundle(tiny_recipe: Any, tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    from export import pipeline
+    from bertrt.export import pipeline
 
     out = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, out)
@@ -94,7 +94,7 @@ def test_failed_export_keeps_previous_bundle(tiny_recipe: Any, tiny_bundle: Path
 def test_unreachable_hub_id_fails_with_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import AutoTokenizer
 
-    from export.sources import load_pretrained
+    from bertrt.export.sources import load_pretrained
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ExportError, match="from the model hub.*local folder"):
@@ -102,7 +102,7 @@ def test_unreachable_hub_id_fails_with_one_sentence(monkeypatch: pytest.MonkeyPa
 
 
 def test_missing_folder_source_is_treated_as_hub_id_and_fails_clearly() -> None:
-    from export.recipe import recipe_from_dict
+    from bertrt.export.recipe import recipe_from_dict
 
     with pytest.raises(Exception, match="source"):
         recipe_from_dict({"embedder": {}, "classifier": {"source": "x"}, "qa": {"source": "x"}})

@@ -353,7 +353,7 @@ def test_importing_bertrt_and_its_cli_leaves_the_server_stack_out() -> None:
 
 
 def test_serve_benchmark_smoke_run(tiny_bundle: Path) -> None:
-    from benchmarks.serve_bench import ServeBenchConfig, run_serve_bench
+    from bertrt.bench.serve_bench import ServeBenchConfig, run_serve_bench
 
     config = ServeBenchConfig(
         models=tiny_bundle, clients=4, seconds=0.6, warmup=0.2, rounds=1, n_texts=50, model_costs=False

@@ -1,4 +1,4 @@
-"""SQuAD loading, the official v1.1 scores, and QA training features (export.squad)."""
+"""SQuAD loading, the official v1.1 scores, and QA training features (bertrt.export.squad)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bertrt.errors import ConfigError
-from export.squad import (
+from bertrt.export.squad import (
     SquadExample,
     build_qa_train_features,
     exact_match,

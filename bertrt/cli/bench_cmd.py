@@ -1,8 +1,9 @@
 """`bertrt bench`: time bertrt against PyTorch, optimum and plain ONNX Runtime on a bundle.
 
-The harness lives in the ``benchmarks`` package and is imported only when the command
-runs; the PyTorch-based baselines are imported only when requested and installed, so
-``bertrt bench --system ort --system bertrt-fp32`` works without torch.
+The harness lives in :mod:`bertrt.bench` (the repository's ``benchmarks/`` folder) and is
+imported only when the command runs; the PyTorch-based baselines are imported only when
+requested and installed, so ``bertrt bench --system ort --system bertrt-fp32`` works without
+torch.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ def bench(
 ) -> None:
     """Time every system on the same inputs and threads; print a table (or --json), with ratios to the baselines."""
     with command_errors(capture_warnings=True):
-        from benchmarks.config import BenchConfig
-        from benchmarks.harness import run_benchmark
-        from benchmarks.report import markdown_table, write_json
+        from bertrt.bench.config import BenchConfig
+        from bertrt.bench.harness import run_benchmark
+        from bertrt.bench.report import markdown_table, write_json
 
         overrides: dict[str, object] = {"device": device, "threads": threads}
         if system:
@@ -74,7 +75,7 @@ def bench(
         if out is not None:
             write_json(results, out)
         if plot is not None:
-            from benchmarks.plots import write_plots
+            from bertrt.bench.plots import write_plots
 
             write_plots(results, plot)
         typer.echo(json.dumps(results, indent=2) if json_output else markdown_table(results))

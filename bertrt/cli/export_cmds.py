@@ -72,8 +72,8 @@ def export(
     }
     with command_errors(capture_warnings=False):
         require_export_stage()
-        from export.pipeline import ExportOptions, export_bundle
-        from export.recipe import load_recipe
+        from bertrt.export.pipeline import ExportOptions, export_bundle
+        from bertrt.export.recipe import load_recipe
 
         for path, option in ((qa_data, "--qa-data"), (qa_eval_data, "--qa-eval-data")):
             if path is not None and not path.is_file():
@@ -129,7 +129,7 @@ def validate(
     """
     with command_errors(capture_warnings=False):
         require_export_stage()
-        from export.revalidate import validate_bundle
+        from bertrt.export.revalidate import validate_bundle
 
         checks = validate_bundle(models, tuple(precision) if precision else None)
     failed = [c for c in checks if c.report.get("passed") is False]
@@ -185,7 +185,7 @@ def evaluate(
     """
     with command_errors(capture_warnings=False):
         require_export_stage()
-        from export.evaluate import eval_classify, eval_qa
+        from bertrt.export.evaluate import eval_classify, eval_qa
 
         if task is EvalTask.QA:
             if data is None or not data.is_file():

@@ -1,0 +1,1 @@
+"""The recipes shipped with bertrt (``minilm``, ``bert-base``), read as package data."""
