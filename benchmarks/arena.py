@@ -26,8 +26,9 @@ MODES = ("shrink", "keep", "off")
 
 def measure(models: Path, mode: str, threads: int) -> dict[str, Any]:
     """One mode's figures, measured in this process (call it in a fresh one)."""
-    import bertrt
     from bertrt.bench import workloads
+
+    import bertrt
 
     options = bertrt.RuntimeOptions(intra_op_threads=threads, inter_op_threads=1, cpu_arena=mode)
     classifier = bertrt.load(models, device="cpu", options=options).classifier

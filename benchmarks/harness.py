@@ -32,6 +32,7 @@ from bertrt.bench.measure import Inputs, Log, Measurer, Recorder, plan_steps
 from bertrt.bench.physical import BertShape, gemm_rate
 from bertrt.bench.subjects import ModelInfo, bundle_models
 from bertrt.bench.systems import System, SystemSettings, make_system
+
 from bertrt.errors import BertrtError
 from bertrt.types import Precision, Task
 

@@ -31,6 +31,7 @@ from bertrt.bench.config import BenchConfig
 from bertrt.bench.subjects import ModelInfo
 from bertrt.bench.systems import System
 from bertrt.bench.timing import LatencyStats, measure_latency, measure_throughput
+
 from bertrt.types import Task
 
 Log = Callable[[str], None]

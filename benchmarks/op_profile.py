@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
-
 from bertrt.bench.subjects import read_vocab_size
 from bertrt.bench.workloads import token_batch
 

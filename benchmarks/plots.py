@@ -16,6 +16,7 @@ from typing import Any
 
 from bertrt.bench.config import ALL_SYSTEMS
 from bertrt.bench.report import FOOTPRINT_STACKS
+
 from bertrt.errors import ConfigError
 
 Figures = Mapping[str, Mapping[str, Mapping[str, Any]]]

@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from bertrt.bench.machine import load_average, machine_info
 from bertrt.bench.workloads import ROTTEN_TOMATOES, sentiment_csv
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
-
 from bertrt.bench.config import TORCH_SYSTEMS
 from bertrt.bench.subjects import ModelInfo
+from tokenizers import Tokenizer
+
 from bertrt.bundle import Bundle
 from bertrt.errors import ConfigError
 from bertrt.options import RuntimeOptions

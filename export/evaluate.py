@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
-
-import bertrt
-from bertrt.manifest import ModelManifest
-from bertrt.types import Device, Precision, Task
 from bertrt.export.finetune import predict_answers, predict_labels
 from bertrt.export.recipe import ClassifierTraining
 from bertrt.export.revalidate import load_torch_model
 from bertrt.export.squad import SquadExample, load_squad, squad_scores
 from bertrt.export.variants import variant_runs_here
+from tqdm.auto import tqdm
+
+import bertrt
+from bertrt.manifest import ModelManifest
+from bertrt.types import Device, Precision, Task
 
 CHUNK = 64  # texts per runtime call, so the progress bar moves
 

@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from bertrt.export.data import SentimentSplits
+from bertrt.export.recipe import ClassifierTraining, QATraining
+from bertrt.export.squad import SquadExample, build_qa_train_features, squad_scores
 from datasets import Dataset
 from tokenizers import Tokenizer
 from transformers import (
@@ -31,9 +34,6 @@ from transformers import (
 
 from bertrt.errors import ExportError
 from bertrt.qa_spans import QAWindows, decode_answers, encode_qa
-from bertrt.export.data import SentimentSplits
-from bertrt.export.recipe import ClassifierTraining, QATraining
-from bertrt.export.squad import SquadExample, build_qa_train_features, squad_scores
 
 # Inference batches hold no activations for backward, so they can be larger than training ones.
 EVAL_BATCH_SIZE = 64

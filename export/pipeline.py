@@ -20,6 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import transformers
+from bertrt.export import validate
+from bertrt.export.atomic import remove_stale_partials, staged_directory
+from bertrt.export.calibration import calibration_texts
+from bertrt.export.convert import export_onnx, graph_signature
+from bertrt.export.recipe import ModelRecipe, Recipe
+from bertrt.export.sources import load_pretrained
+from bertrt.export.variants import build_order, build_variant, variant_runs_here
 from transformers import (
     AutoModel,
     AutoModelForQuestionAnswering,
@@ -36,13 +43,6 @@ from bertrt.manifest import (
     sha256_of,
 )
 from bertrt.types import Device, Precision, Task
-from bertrt.export import validate
-from bertrt.export.atomic import remove_stale_partials, staged_directory
-from bertrt.export.calibration import calibration_texts
-from bertrt.export.convert import export_onnx, graph_signature
-from bertrt.export.recipe import ModelRecipe, Recipe
-from bertrt.export.sources import load_pretrained
-from bertrt.export.variants import build_order, build_variant, variant_runs_here
 
 Log = Callable[[str], None]
 

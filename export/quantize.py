@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
+from bertrt.export.optimize import batch_invariance_gap, probe_feeds
 from onnx import helper, numpy_helper
 
 from bertrt.errors import ConfigError, ExportError, ValidationFailed
-from bertrt.export.optimize import batch_invariance_gap, probe_feeds
 
 # Node groups that can stay fp32, matched on optimum's exported node names and fused op types.
 KEEP_GROUPS = ("head", "attention", "attention-output", "ffn-input", "ffn-output", "embeddings")

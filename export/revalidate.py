@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bertrt.export import validate
+from bertrt.export.pipeline import MODEL_CLASSES, TORCH_DIR
+from bertrt.export.variants import variant_runs_here
 from transformers import AutoTokenizer
 
 from bertrt.manifest import BundleManifest, ModelManifest
 from bertrt.types import Precision, Task
-from bertrt.export import validate
-from bertrt.export.pipeline import MODEL_CLASSES, TORCH_DIR
-from bertrt.export.variants import variant_runs_here
 
 
 @dataclass(frozen=True)

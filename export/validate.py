@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from bertrt.export import samples
+from bertrt.export.squad import f1_score
 
 from bertrt.qa_spans import decode_answers, encode_qa
 from bertrt.session import OrtSession
 from bertrt.types import Device, Precision, Task
-from bertrt.export import samples
-from bertrt.export.squad import f1_score
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
+from bertrt.export.optimize import convert_fp16, optimize_fp32
+from bertrt.export.quantize import calibration_feeds, quantize_int8
 from onnx import TensorProto, helper
 
 from bertrt.manifest import VARIANT_FILES
 from bertrt.types import Precision
-from bertrt.export.optimize import convert_fp16, optimize_fp32
-from bertrt.export.quantize import calibration_feeds, quantize_int8
 
 CalibrationText = str | tuple[str, str]
 

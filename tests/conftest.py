@@ -70,10 +70,10 @@ def tiny_bundle(tiny_recipe: Any, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture(scope="session")
 def tiny_torch_models(tiny_recipe: Any, tiny_source: Path) -> dict[str, Any]:
     """The PyTorch models the tiny bundle was exported from, by task value, plus ``tokenizer``."""
+    from bertrt.export.pipeline import load_source_model
     from transformers import AutoTokenizer
 
     from bertrt.types import Task
-    from bertrt.export.pipeline import load_source_model
 
     models: dict[str, Any] = {
         Task.EMBED.value: load_source_model(Task.EMBED, tiny_recipe.embedder),

@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 from bertrt.bench import report, workloads
 from bertrt.bench.config import BenchConfig
 from bertrt.bench.harness import run_benchmark
 from bertrt.bench.op_profile import summarize
 from bertrt.bench.physical import BertShape
 from bertrt.bench.timing import LatencyStats, measure_latency
+from typer.testing import CliRunner
+
 from bertrt.cli import app
 from bertrt.errors import ConfigError
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bertrt.bench.soak import main, mixed_requests, run_soak, serve
 
 import bertrt
-from bertrt.bench.soak import main, mixed_requests, run_soak, serve
 from bertrt import RuntimeOptions
 
 THREADS = 16

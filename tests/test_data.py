@@ -9,10 +9,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from bertrt.errors import ConfigError
 from bertrt.export.data import clean_review, load_sentiment, sentiment_csv_path
 from bertrt.export.recipe import ClassifierTraining
+
+from bertrt.errors import ConfigError
 
 SMALL = ClassifierTraining(train_size=10, heldout_size=6, rotten_tomatoes_size=4, seed=7)
 

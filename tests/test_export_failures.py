@@ -201,9 +201,8 @@ def test_recipes_do_not_trust_remote_code_by_default() -> None:
 
 def test_a_pickled_checkpoint_is_refused(tiny_source: Path, tiny_recipe: Any, tmp_path: Path) -> None:
     import torch
-    from safetensors.torch import load_file
-
     from bertrt.export.pipeline import load_source_model
+    from safetensors.torch import load_file
 
     source = Path(shutil.copytree(tiny_source, tmp_path / "pickled"))
     weights = source / "model.safetensors"

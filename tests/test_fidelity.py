@@ -138,10 +138,10 @@ def test_eval_qa_without_data_says_what_to_pass(tiny_bundle: Path) -> None:
 
 
 def test_qa_variants_are_judged_by_exact_spans_and_by_overlap(tiny_bundle: Path) -> None:
+    from bertrt.export import validate
     from tokenizers import Tokenizer
 
     from bertrt.qa_spans import encode_qa
-    from bertrt.export import validate
 
     context = "paris is the capital of france and the seine flows through paris"
     tokenizer = Tokenizer.from_file(str(tiny_bundle / "qa" / "tokenizer.json"))

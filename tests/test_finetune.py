@@ -9,14 +9,6 @@ from typing import Any
 
 import pytest
 import torch
-from datasets import Dataset
-from transformers import (
-    AutoTokenizer,
-    BertForQuestionAnswering,
-    BertForSequenceClassification,
-    set_seed,
-)
-
 from bertrt.export.data import SentimentSplits
 from bertrt.export.finetune import (
     classification_accuracy,
@@ -27,6 +19,13 @@ from bertrt.export.finetune import (
 )
 from bertrt.export.recipe import ClassifierTraining, QATraining
 from bertrt.export.squad import SquadExample
+from datasets import Dataset
+from transformers import (
+    AutoTokenizer,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    set_seed,
+)
 
 LABELS = {0: "NEGATIVE", 1: "POSITIVE"}
 FILLER = [

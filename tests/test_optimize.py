@@ -7,9 +7,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
-from bertrt.errors import ConfigError
-from bertrt.types import Precision, Task
 from bertrt.export.optimize import (
     batch_invariance_gap,
     convert_fp16,
@@ -20,6 +17,9 @@ from bertrt.export.optimize import (
     probe_feeds,
 )
 from bertrt.export.quantize import Int8Config, Int8Scheme, calibration_feeds, quantize_int8, select_nodes
+
+from bertrt.errors import ConfigError
+from bertrt.types import Precision, Task
 
 TASKS = (Task.EMBED, Task.CLASSIFY, Task.QA)
 # Short review-like texts for calibration and batch make-up checks (tiny vocabulary words).
@@ -39,9 +39,8 @@ TEXTS = [
 def raw_models(tiny_source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[Task, Path]:
     """Raw exporter output of the three task models built on the tiny source."""
     import torch
-    from transformers import BertForQuestionAnswering, BertForSequenceClassification, BertModel
-
     from bertrt.export.convert import export_onnx
+    from transformers import BertForQuestionAnswering, BertForSequenceClassification, BertModel
 
     classes = {Task.EMBED: BertModel, Task.CLASSIFY: BertForSequenceClassification, Task.QA: BertForQuestionAnswering}
     root = tmp_path_factory.mktemp("optimize")

@@ -46,7 +46,6 @@ def test_classifier_has_labels_and_qa_is_marked_untrained(tiny_bundle: Path) -> 
 
 def test_onnx_matches_torch_on_unseen_batch(tiny_bundle: Path, tiny_torch_models: dict[str, Any]) -> None:
     import torch
-
     from bertrt.export.validate import run_onnx
 
     tokenizer = tiny_torch_models["tokenizer"]
@@ -92,9 +91,8 @@ def test_failed_export_keeps_previous_bundle(tiny_recipe: Any, tiny_bundle: Path
 
 
 def test_unreachable_hub_id_fails_with_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
-    from transformers import AutoTokenizer
-
     from bertrt.export.sources import load_pretrained
+    from transformers import AutoTokenizer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ExportError, match="from the model hub.*local folder"):

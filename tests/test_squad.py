@@ -8,8 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from bertrt.errors import ConfigError
 from bertrt.export.squad import (
     SquadExample,
     build_qa_train_features,
@@ -19,6 +17,8 @@ from bertrt.export.squad import (
     normalize_answer,
     squad_scores,
 )
+
+from bertrt.errors import ConfigError
 
 SQUAD_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "squad"
 TRAIN40 = SQUAD_DIR / "dev-v1.1.train40.json"

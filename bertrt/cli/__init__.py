@@ -29,9 +29,9 @@ def _root() -> None:
 
 
 # Command modules register themselves on `app` when imported.
+from bertrt.cli import bench_cmd as _bench_cmd  # noqa: F401
 from bertrt.cli import export_cmds as _export_cmds  # noqa: F401
 from bertrt.cli import run_cmds as _run_cmds  # noqa: F401
-from bertrt.cli import bench_cmd as _bench_cmd  # noqa: F401
 from bertrt.cli import serve_cmd as _serve_cmd  # noqa: F401
 
 
