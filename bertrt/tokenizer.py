@@ -2,7 +2,8 @@
 
 :class:`TextTokenizer` truncates each text at the manifest's ``max_length`` (special
 tokens included, as the export validated) and does not pad: :meth:`TextTokenizer.pad`
-pads a batch to its longest member, so batching can group texts by length first.
+pads a batch to its longest member (with :func:`bertrt.feeds.pad_rows`, as every model
+feed is built), so batching can group texts by length first.
 
 Long texts cost no more than the window: only a head of ``max_length * 32`` characters is
 tokenized first, and its encoding is kept when it already overflows the window *and* the
@@ -27,7 +28,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ from tokenizers import Encoding as RawEncoding
 from tokenizers import Tokenizer
 
 from bertrt.errors import BundleError, InputError
+from bertrt.feeds import TokenBatch, pad_rows, pad_token_id
 
 TOKENIZER_FILE = "tokenizer.json"
 # Head of a long text tokenized first, in characters per token of the window: generous for
@@ -58,24 +59,6 @@ class Encoding:
         return len(self.ids)
 
 
-@dataclass(frozen=True)
-class TokenBatch:
-    """A padded batch: ``input_ids``, ``attention_mask`` and ``token_type_ids``, each
-    ``(batch, longest)`` int64."""
-
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-    token_type_ids: np.ndarray
-
-    def feeds(self) -> dict[str, np.ndarray]:
-        """The arrays by their usual graph input names."""
-        return {
-            "input_ids": self.input_ids,
-            "attention_mask": self.attention_mask,
-            "token_type_ids": self.token_type_ids,
-        }
-
-
 class TextTokenizer:
     """Truncating, non-padding tokenizer for single texts, configured once at construction.
 
@@ -94,8 +77,7 @@ class TextTokenizer:
 
     @classmethod
     def from_dir(cls, model_dir: Path, max_length: int) -> TextTokenizer:
-        """Load ``model_dir/tokenizer.json``; the pad id comes from its padding settings,
-        else its ``[PAD]`` token, else ``pad_token_id`` in ``config.json``."""
+        """Load ``model_dir/tokenizer.json``; the pad id follows :func:`bertrt.feeds.pad_token_id`."""
         path = model_dir / TOKENIZER_FILE
         if not path.is_file():
             raise BundleError(
@@ -106,7 +88,7 @@ class TextTokenizer:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises plain Exception on a bad file
             raise BundleError(f"{path} cannot be loaded ({exc}); re-export the bundle.") from exc
-        return cls(tokenizer, max_length, _pad_id(tokenizer, model_dir))
+        return cls(tokenizer, max_length, pad_token_id(tokenizer, model_dir))
 
     def fresh(self) -> Tokenizer:
         """A new, independent `tokenizers.Tokenizer` loaded from the same definition (for
@@ -132,16 +114,7 @@ class TextTokenizer:
         """Pad ``encodings`` on the right to the longest of them."""
         if not encodings:
             raise InputError("Cannot pad an empty batch; pass at least one encoding.")
-        width = max(len(e) for e in encodings)
-        input_ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
-        attention_mask = np.zeros((len(encodings), width), dtype=np.int64)
-        token_type_ids = np.zeros((len(encodings), width), dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            n = len(encoding)
-            input_ids[row, :n] = encoding.ids
-            attention_mask[row, :n] = 1
-            token_type_ids[row, :n] = encoding.type_ids
-        return TokenBatch(input_ids, attention_mask, token_type_ids)
+        return pad_rows([e.ids for e in encodings], self.pad_id, [e.type_ids for e in encodings])
 
 
 def _encoding(encoding: RawEncoding) -> Encoding:
@@ -164,18 +137,3 @@ def _head_decides(head: RawEncoding) -> bool:
     kept = [word for word in head.word_ids if word is not None]
     last = [word for word in pieces[-1].word_ids if word is not None]
     return bool(kept) and bool(last) and max(kept) < max(last)
-
-
-def _pad_id(tokenizer: Tokenizer, model_dir: Path) -> int:
-    padding = json.loads(tokenizer.to_str()).get("padding") or {}
-    if "pad_id" in padding:
-        return int(padding["pad_id"])
-    token_id = tokenizer.token_to_id("[PAD]")
-    if token_id is not None:
-        return int(token_id)
-    config_path = model_dir / "config.json"
-    if config_path.is_file():
-        pad = json.loads(config_path.read_text(encoding="utf-8")).get("pad_token_id")
-        if isinstance(pad, int):
-            return pad
-    return 0

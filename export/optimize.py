@@ -27,6 +27,7 @@ import onnx
 import onnxruntime as ort
 
 from bertrt.errors import ConfigError, ExportError, ValidationFailed
+from bertrt.feeds import DEFAULT_PAD_ID, pad_rows
 from bertrt.types import Precision
 
 # The operators the BERT fusions produce; their counts go into the manifest.
@@ -286,12 +287,9 @@ def _vocab_size(model: onnx.ModelProto) -> int:
 
 
 def _pad(rows: Sequence[Sequence[int]], width: int, names: Sequence[str]) -> dict[str, np.ndarray]:
-    ids = np.zeros((len(rows), width), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = row
-        mask[i, : len(row)] = 1
-    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    """Single-segment rows padded to ``width``, as the feeds the graph declares; probes have
+    no tokenizer, so they pad with the default pad id."""
+    feeds = pad_rows(rows, DEFAULT_PAD_ID, width=width).feeds()
     return {name: feeds[name] for name in names}
 
 

@@ -33,6 +33,7 @@ from bertrt.export.optimize import batch_invariance_gap, probe_feeds
 from onnx import helper, numpy_helper
 
 from bertrt.errors import ConfigError, ExportError, ValidationFailed
+from bertrt.feeds import pad_rows, pad_token_id
 
 # Node groups that can stay fp32, matched on optimum's exported node names and fused op types.
 KEEP_GROUPS = ("head", "attention", "attention-output", "ffn-input", "ffn-output", "embeddings")
@@ -134,6 +135,9 @@ def calibration_feeds(
 ) -> list[dict[str, np.ndarray]]:
     """Tokenize texts (or question/context pairs) into right-padded int64 batches.
 
+    Rows are truncated at ``max_length`` and padded by :func:`bertrt.feeds.pad_rows` with the
+    tokenizer's pad id, exactly as the runtime pads the texts it serves.
+
     >>> feeds = calibration_feeds(Path("tokenizer.json"), ["a fine film", "dull"], 128)
     >>> feeds[0]["input_ids"].shape
     (2, 5)
@@ -145,16 +149,13 @@ def calibration_feeds(
     if max_length < 2 or batch_size < 1:
         raise ConfigError(f"Need max_length >= 2 and batch_size >= 1, not {max_length} and {batch_size}.")
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    pad_id = pad_token_id(tokenizer)
+    tokenizer.no_padding()
     tokenizer.enable_truncation(max_length)
-    tokenizer.enable_padding()
     batches = []
     for start in range(0, len(texts), batch_size):
         encodings = tokenizer.encode_batch(list(texts[start : start + batch_size]))
-        batches.append({
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        })
+        batches.append(pad_rows([e.ids for e in encodings], pad_id, [e.type_ids for e in encodings]).feeds())
     return batches
 
 
