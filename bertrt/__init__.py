@@ -17,8 +17,7 @@ from bertrt.embed import Embedder
 from bertrt.errors import BertrtError, BundleError, ConfigError, DeviceError, InputError
 from bertrt.options import RuntimeOptions
 from bertrt.qa import QuestionAnswerer
-from bertrt.qa_spans import Answer
-from bertrt.results import Classification, Embedding, LabelScore, QAResult
+from bertrt.results import Answer, Classification, Embedding, LabelScore, QAResult
 from bertrt.types import Device, Pooling, Precision, Task
 
 __all__ = [

@@ -1,8 +1,9 @@
 """Extractive question answering over contexts of any length.
 
-Windowing and span decoding live in :mod:`bertrt.qa_spans` (shared with the export
-stage's validation); this runner feeds the windows through the session in length-grouped
-batches and hands the logits back to the decoder.
+Windowing lives in :mod:`bertrt.qa_windows` and span decoding in :mod:`bertrt.qa_decode`
+(both shared with the export stage); this runner checks a call's inputs, gathers its
+decoding settings into one :class:`~bertrt.qa_decode.DecodeOptions`, feeds the windows
+through the session in length-grouped batches and hands the logits to the decoder.
 
 Example::
 
@@ -20,8 +21,9 @@ import numpy as np
 
 from bertrt.batching import plan_batches
 from bertrt.errors import BundleError, InputError
-from bertrt.limits import check_positive, check_texts, check_top_k
-from bertrt.qa_spans import QAWindows, check_pairs, decode_answers, encode_qa
+from bertrt.limits import check_texts, check_top_k
+from bertrt.qa_decode import DecodeOptions, decode_answers
+from bertrt.qa_windows import QAWindows, check_pairs, encode_qa
 from bertrt.results import QAResult
 from bertrt.runner import TaskRunner
 from bertrt.types import Task
@@ -96,18 +98,8 @@ class QuestionAnswerer(TaskRunner):
         Empty or blank questions and contexts, a question too long for the model window,
         and contexts over ``options.max_context_chars`` raise InputError.
         """
-        questions = check_texts(questions, self.options, "question")
-        contexts = check_texts(contexts, self.options, "context", self.options.max_context_chars, "max_context_chars")
-        check_top_k(top_k, self.options)
-        check_positive(max_answer_length, "max_answer_length")
-        # Every pair is checked before any chunk runs: a bad pair late in a call fails it fast.
-        check_pairs(questions, contexts, self.manifest.max_length, self.doc_stride)
-        self._check_question_lengths(questions)
-        results: list[QAResult] = []
-        for chunk in pair_chunks(contexts, self.options.max_context_chars, 4 * self.options.batch_size):
-            pairs = (questions[chunk], contexts[chunk])
-            results += self._answer(chunk, *pairs, top_k, max_answer_length, null_threshold, align_to_words)
-        return results
+        decoding = DecodeOptions(top_k, max_answer_length, null_threshold, align_to_words)
+        return self._answer_pairs(questions, contexts, decoding)
 
     def answer(
         self,
@@ -120,35 +112,41 @@ class QuestionAnswerer(TaskRunner):
         align_to_words: bool = True,
     ) -> QAResult:
         """Answer one question from one context (see :meth:`__call__`)."""
-        [result] = self(
-            [question],
-            [context],
-            top_k=top_k,
-            max_answer_length=max_answer_length,
-            null_threshold=null_threshold,
-            align_to_words=align_to_words,
-        )
+        decoding = DecodeOptions(top_k, max_answer_length, null_threshold, align_to_words)
+        [result] = self._answer_pairs([question], [context], decoding)
         return result
 
-    def _answer(
-        self,
-        chunk: slice,
-        questions: list[str],
-        contexts: list[str],
-        top_k: int,
-        max_answer_length: int,
-        null_threshold: float | None,
-        align_to_words: bool,
+    def _answer_pairs(
+        self, questions: str | Sequence[str], contexts: str | Sequence[str], decoding: DecodeOptions
+    ) -> list[QAResult]:
+        """Check a call's inputs, then window, run and decode it chunk by chunk."""
+        questions = check_texts(questions, self.options, "question")
+        contexts = check_texts(contexts, self.options, "context", self.options.max_context_chars, "max_context_chars")
+        check_top_k(decoding.top_k, self.options)
+        # Every pair is checked before any chunk runs: a bad pair late in a call fails it fast.
+        check_pairs(questions, contexts, self.manifest.max_length, self.doc_stride)
+        self._check_question_lengths(questions)
+        results: list[QAResult] = []
+        for chunk in pair_chunks(contexts, self.options.max_context_chars, 4 * self.options.batch_size):
+            results += self._answer_chunk(chunk, questions[chunk], contexts[chunk], decoding)
+        return results
+
+    def _answer_chunk(
+        self, chunk: slice, questions: list[str], contexts: list[str], decoding: DecodeOptions
     ) -> list[QAResult]:
         """Window, run and decode the pairs of one ``chunk`` of the call."""
         with self._qa_lock:
             windows = encode_qa(
-                self._qa_tokenizer, questions, contexts, self.manifest.max_length, self.doc_stride, chunk.start
+                self._qa_tokenizer,
+                questions,
+                contexts,
+                self.manifest.max_length,
+                self.doc_stride,
+                first_index=chunk.start,
+                pad_id=self.tokenizer.pad_id,
             )
         start, end = self._logits(windows)
-        answers = decode_answers(
-            start, end, windows, contexts, top_k, max_answer_length, null_threshold, align_to_words
-        )
+        answers = decode_answers(start, end, windows, contexts, decoding)
         counts = np.bincount(windows.example_index, minlength=len(contexts))
         return [QAResult(tuple(a), int(n)) for a, n in zip(answers, counts, strict=True)]
 
@@ -169,7 +167,7 @@ class QuestionAnswerer(TaskRunner):
         which decoding ignores (it only reads context tokens and [CLS]).
         """
         lengths = windows.attention_mask.sum(axis=1)
-        inputs = windows.model_inputs()
+        inputs = windows.feeds()
         start = np.zeros(windows.input_ids.shape, dtype=np.float32)
         end = np.zeros(windows.input_ids.shape, dtype=np.float32)
 

@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from bertrt.qa_spans import Answer
-
 
 @dataclass(frozen=True)
 class Embedding:
@@ -83,10 +81,27 @@ class Classification:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """One answer span: ``text == context[start:end]`` (character offsets), with its score.
+
+    An empty ``text`` at ``start == end == 0`` is the "no answer" prediction.
+    """
+
+    text: str
+    start: int
+    end: int
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``{"text", "start", "end", "score"}``."""
+        return {"text": self.text, "start": self.start, "end": self.end, "score": self.score}
+
+
+@dataclass(frozen=True)
 class QAResult:
     """Answers to one (question, context) pair, best first.
 
-    Each :class:`~bertrt.qa_spans.Answer` is the exact substring ``context[start:end]``
+    Each :class:`Answer` is the exact substring ``context[start:end]``
     with its score; an empty ``text`` is the no-answer result (when a null threshold is
     set). ``windows`` is how many model windows covered the context.
     """

@@ -1,7 +1,7 @@
 """Fine-tuning of the sentiment and QA heads with the Hugging Face ``Trainer``, and their scores.
 
-The QA head is scored through :mod:`bertrt.qa_spans`, so PyTorch answers are windowed and
-decoded exactly as the runtime decodes ONNX outputs.
+The QA head is scored through :mod:`bertrt.qa_windows` and :mod:`bertrt.qa_decode`, so
+PyTorch answers are windowed and decoded exactly as the runtime decodes ONNX outputs.
 
 Example::
 
@@ -33,7 +33,8 @@ from transformers import (
 )
 
 from bertrt.errors import ExportError
-from bertrt.qa_spans import QAWindows, decode_answers, encode_qa
+from bertrt.qa_decode import DecodeOptions, decode_answers
+from bertrt.qa_windows import QAWindows, encode_qa
 
 # Inference batches hold no activations for backward, so they can be larger than training ones.
 EVAL_BATCH_SIZE = 64
@@ -159,7 +160,7 @@ def predict_answers(
         contexts = [e.context for e in chunk]
         windows = encode_qa(backend, [e.question for e in chunk], contexts, max_length, doc_stride)
         start, end = qa_logits(model, windows)
-        answers = decode_answers(start, end, windows, contexts, max_answer_length=max_answer_length)
+        answers = decode_answers(start, end, windows, contexts, DecodeOptions(max_answer_length=max_answer_length))
         predictions.update({e.id: (a[0].text if a else "") for e, a in zip(chunk, answers)})
     return predictions
 
@@ -172,7 +173,7 @@ def qa_logits(
     model.eval()
     starts: list[np.ndarray] = []
     ends: list[np.ndarray] = []
-    inputs = windows.model_inputs()
+    inputs = windows.feeds()
     with torch.inference_mode():
         for begin in range(0, windows.n_windows, batch_size):
             batch = {k: torch.from_numpy(v[begin : begin + batch_size]).to(device) for k, v in inputs.items()}

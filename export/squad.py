@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from bertrt.errors import ConfigError
-from bertrt.qa_spans import CLS_POSITION, QAWindows, encode_qa
+from bertrt.qa_windows import CLS_POSITION, QAWindows, encode_qa
 
 # Examples tokenized per call when building features: bounds the padded window arrays.
 FEATURE_CHUNK = 256
@@ -156,7 +156,7 @@ def build_qa_train_features(
 ) -> Dataset:
     """Training windows of SQuAD examples with their answer token positions (the HF recipe).
 
-    Windows come from :func:`bertrt.qa_spans.encode_qa`, the same windowing the runtime uses.
+    Windows come from :func:`bertrt.qa_windows.encode_qa`, the same windowing the runtime uses.
     Each window is labelled with the tokens where the first ground-truth answer starts and
     ends; a window that does not hold the whole answer (or an unanswerable example) points
     both at ``[CLS]`` (0). Rows are left unpadded for a padding data collator.
@@ -177,7 +177,7 @@ def build_qa_train_features(
         starts, ends = answer_token_positions(windows, chunk)
         lengths = windows.attention_mask.sum(axis=1)
         for row, length in enumerate(lengths):
-            for name, values in windows.model_inputs().items():
+            for name, values in windows.feeds().items():
                 columns[name].append(values[row, :length].tolist())
         columns["start_positions"].extend(starts.tolist())
         columns["end_positions"].extend(ends.tolist())

@@ -22,7 +22,8 @@ import torch
 from bertrt.export import samples
 from bertrt.export.squad import f1_score
 
-from bertrt.qa_spans import decode_answers, encode_qa
+from bertrt.qa_decode import decode_answers
+from bertrt.qa_windows import encode_qa
 from bertrt.session import OrtSession
 from bertrt.types import Device, Precision, Task
 

@@ -141,7 +141,7 @@ def test_qa_variants_are_judged_by_exact_spans_and_by_overlap(tiny_bundle: Path)
     from bertrt.export import validate
     from tokenizers import Tokenizer
 
-    from bertrt.qa_spans import encode_qa
+    from bertrt.qa_windows import encode_qa
 
     context = "paris is the capital of france and the seine flows through paris"
     tokenizer = Tokenizer.from_file(str(tiny_bundle / "qa" / "tokenizer.json"))

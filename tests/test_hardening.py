@@ -32,7 +32,7 @@ from typer.testing import CliRunner
 import bertrt
 from bertrt import BundleError, InputError, RuntimeOptions
 from bertrt.cli import app
-from bertrt.qa_spans import Answer
+from bertrt.results import Answer
 from bertrt.tokenizer import TextTokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:The (qa|classify) head")

@@ -27,7 +27,7 @@ def imported_after(statement: str) -> list[str]:
     [
         "import bertrt",
         "import bertrt.cli",
-        "import bertrt, bertrt.session, bertrt.qa_spans, bertrt.bundle, bertrt.info",
+        "import bertrt, bertrt.session, bertrt.qa_windows, bertrt.qa_decode, bertrt.feeds, bertrt.bundle, bertrt.info",
     ],
 )
 def test_runtime_imports_no_heavy_library(statement: str) -> None:

@@ -21,7 +21,8 @@ from tokenizers import Tokenizer
 
 import bertrt
 from bertrt import RuntimeOptions
-from bertrt.qa_spans import QAWindows, decode_answers, encode_qa
+from bertrt.qa_decode import DecodeOptions, decode_answers
+from bertrt.qa_windows import QAWindows, encode_qa
 from bertrt.results import QAResult
 from bertrt.tokenizer import TextTokenizer
 
@@ -129,7 +130,8 @@ def test_decoded_answers_are_exact_short_ranked_spans(
     questions = ["what is it?"] * len(contexts)
     windows = encode_qa(qa_tokenizer, questions, contexts, max_length=24, doc_stride=4)
     start, end = np.random.default_rng(seed).normal(scale=3.0, size=(2, *windows.input_ids.shape))
-    decoded = decode_answers(start, end, windows, contexts, top_k, max_answer_length, null_threshold, align_to_words)
+    options = DecodeOptions(top_k, max_answer_length, null_threshold, align_to_words)
+    decoded = decode_answers(start, end, windows, contexts, options)
     assert len(decoded) == len(contexts)
     for pair, (context, answers) in enumerate(zip(contexts, decoded, strict=True)):
         assert len(answers) <= top_k
@@ -223,7 +225,7 @@ def test_every_qa_pair_gets_its_own_answers_whatever_the_batching(
 
 
 def test_same_answers_tolerates_only_ties() -> None:
-    from bertrt.qa_spans import Answer
+    from bertrt.results import Answer
 
     a = QAResult((Answer("x", 0, 1, 0.5), Answer("y", 2, 3, 0.5)), 1)
     swapped = QAResult((Answer("y", 2, 3, 0.5), Answer("x", 0, 1, 0.5)), 1)

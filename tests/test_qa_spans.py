@@ -1,4 +1,4 @@
-"""QA windowing and span decoding (bertrt.qa_spans): offsets, windows, scores, no-answer."""
+"""QA windowing (bertrt.qa_windows) and span decoding (bertrt.qa_decode): offsets, windows, scores, no-answer."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from bertrt.errors import InputError
-from bertrt.qa_spans import Answer, QAWindows, decode_answers, encode_qa
+from bertrt.qa_decode import DecodeOptions, decode_answers
+from bertrt.qa_windows import QAWindows, encode_qa
+from bertrt.results import Answer
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = [
@@ -108,7 +110,7 @@ def test_windows_are_padded_and_typed(tokenizer: Tokenizer) -> None:
     # Context tokens (and the final [SEP]) are segment 1, the question segment 0.
     assert (windows.token_type_ids[windows.context_mask] == 1).all()
     assert windows.input_ids[0, 0] == tokenizer.token_to_id("[CLS]")
-    assert all(a.dtype == np.int64 for a in windows.model_inputs().values())
+    assert all(a.dtype == np.int64 for a in windows.feeds().values())
 
 
 def test_questions_are_left_stripped(tokenizer: Tokenizer) -> None:
@@ -152,9 +154,9 @@ def test_max_answer_length_is_respected(tokenizer: Tokenizer) -> None:
     context = "the river seine flows through paris and the city of paris is old"
     windows = encode_qa(tokenizer, ["Which river?"], [context], 64, 16)
     start, end = keyword_logits(tokenizer, windows, "river", "old")
-    [[best]] = decode_answers(start, end, windows, [context], max_answer_length=30)
+    [[best]] = decode_answers(start, end, windows, [context], DecodeOptions(max_answer_length=30))
     assert best.text == "river seine flows through paris and the city of paris is old"
-    answers = decode_answers(start, end, windows, [context], top_k=20, max_answer_length=3)[0]
+    answers = decode_answers(start, end, windows, [context], DecodeOptions(top_k=20, max_answer_length=3))[0]
     assert len(answers) == 20
     assert all(span_token_count(windows, a, 0) <= 3 for a in answers)
     assert answers[0].text != best.text
@@ -165,7 +167,7 @@ def test_spans_inside_a_word_widen_to_the_whole_word(tokenizer: Tokenizer) -> No
     windows = encode_qa(tokenizer, ["Which river?"], [context], 64, 16)
     start, end = keyword_logits(tokenizer, windows, "paris", "paris")
     [[aligned]] = decode_answers(start, end, windows, [context])
-    [[raw]] = decode_answers(start, end, windows, [context], align_to_words=False)
+    [[raw]] = decode_answers(start, end, windows, [context], DecodeOptions(align_to_words=False))
     assert (raw.text, aligned.text) == ("paris", "parisian")
     assert (aligned.start, aligned.end) == (context.index("parisian"), context.index(" streets"))
     assert aligned.score > raw.score  # the spans inside "parisian" add up
@@ -176,7 +178,7 @@ def test_top_k_answers_even_when_the_best_spans_all_widen_to_one_word(tokenizer:
     windows = encode_qa(tokenizer, ["Which word?"], [context], 64, 16)
     in_word = windows.context_mask & (windows.offsets[..., 1] <= len("supercalifragilistic"))
     start = end = np.where(in_word, 8.0, 0.0)
-    [answers] = decode_answers(start, end, windows, [context], top_k=2)
+    [answers] = decode_answers(start, end, windows, [context], DecodeOptions(top_k=2))
     assert answers[0].text == "supercalifragilistic"
     assert len(answers) == 2 and answers[1].text != answers[0].text
 
@@ -195,12 +197,12 @@ def test_top_k_is_sorted_and_distinct(tokenizer: Tokenizer) -> None:
     windows = encode_qa(tokenizer, [QUESTION], contexts, 32, 12)
     rng = np.random.default_rng(1)
     start, end = rng.normal(size=(2, *windows.input_ids.shape))
-    [answers] = decode_answers(start, end, windows, contexts, top_k=15)
+    [answers] = decode_answers(start, end, windows, contexts, DecodeOptions(top_k=15))
     assert len(answers) == 15
     scores = [a.score for a in answers]
     assert scores == sorted(scores, reverse=True)
     assert len({(a.start, a.end) for a in answers}) == 15
-    [[first]] = decode_answers(start, end, windows, contexts, top_k=1)
+    [[first]] = decode_answers(start, end, windows, contexts, DecodeOptions(top_k=1))
     assert first == answers[0]
 
 
@@ -223,11 +225,11 @@ def test_no_answer_threshold(tokenizer: Tokenizer) -> None:
     start, end = keyword_logits(tokenizer, windows, "paris", "paris")
     start[:, 0] = end[:, 0] = 9.0  # [CLS] beats "Paris" by 2 in start+end logits
     assert decode_answers(start, end, windows, [context])[0][0].text == "Paris"
-    [[null]] = decode_answers(start, end, windows, [context], null_threshold=0.0)
+    [[null]] = decode_answers(start, end, windows, [context], DecodeOptions(null_threshold=0.0))
     assert (null.text, null.start, null.end) == ("", 0, 0)
     assert 0 < null.score < 1
-    assert decode_answers(start, end, windows, [context], null_threshold=1.9)[0][0].text == ""
-    assert decode_answers(start, end, windows, [context], null_threshold=2.1)[0][0].text == "Paris"
+    assert decode_answers(start, end, windows, [context], DecodeOptions(null_threshold=1.9))[0][0].text == ""
+    assert decode_answers(start, end, windows, [context], DecodeOptions(null_threshold=2.1))[0][0].text == "Paris"
 
 
 def test_null_score_is_the_minimum_over_windows(tokenizer: Tokenizer) -> None:
@@ -235,9 +237,9 @@ def test_null_score_is_the_minimum_over_windows(tokenizer: Tokenizer) -> None:
     windows = encode_qa(tokenizer, [QUESTION], [context], 32, 8)
     start, end = keyword_logits(tokenizer, windows, "paris", "paris")
     start[:, 0] = end[:, 0] = 20.0
-    assert decode_answers(start, end, windows, [context], null_threshold=0.0)[0][0].text == ""
+    assert decode_answers(start, end, windows, [context], DecodeOptions(null_threshold=0.0))[0][0].text == ""
     start[-1, 0] = end[-1, 0] = 0.0  # the window holding "Paris" is sure there is an answer
-    assert decode_answers(start, end, windows, [context], null_threshold=0.0)[0][0].text == "Paris"
+    assert decode_answers(start, end, windows, [context], DecodeOptions(null_threshold=0.0))[0][0].text == "Paris"
 
 
 @pytest.mark.parametrize(
@@ -268,10 +270,33 @@ def test_decode_checks_its_arguments(tokenizer: Tokenizer) -> None:
     logits = np.zeros(windows.input_ids.shape)
     with pytest.raises(InputError, match="shapes"):
         decode_answers(logits[:, :-1], logits, windows, ["Paris."])
-    with pytest.raises(InputError, match="top_k"):
-        decode_answers(logits, logits, windows, ["Paris."], top_k=0)
-    with pytest.raises(InputError, match="max_answer_length"):
-        decode_answers(logits, logits, windows, ["Paris."], max_answer_length=0)
+    with pytest.raises(InputError, match="more contexts"):
+        decode_answers(logits, logits, windows, [])
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"top_k": 0}, r"^top_k must be a positive integer, got 0\.$"),
+        ({"top_k": True}, r"^top_k must be a positive integer, got True\.$"),
+        ({"max_answer_length": 0}, r"^max_answer_length must be a positive integer, got 0\.$"),
+        ({"max_answer_length": 2.5}, r"^max_answer_length must be a positive integer, got 2\.5\.$"),
+        ({"null_threshold": float("nan")}, r"^null_threshold must be a number or None, got nan\.$"),
+        ({"null_threshold": "1"}, r"^null_threshold must be a number or None, got '1'\.$"),
+        ({"align_to_words": "yes"}, r"^align_to_words must be True or False, got 'yes'\.$"),
+    ],
+)
+def test_decode_options_are_checked_when_built(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        DecodeOptions(**settings)  # type: ignore[arg-type]
+
+
+def test_decode_options_are_frozen_and_take_numbers() -> None:
+    options = DecodeOptions(top_k=2, null_threshold=-1)
+    assert (options.top_k, options.max_answer_length, options.null_threshold) == (2, 30, -1)
+    assert options.align_to_words is True
+    with pytest.raises(AttributeError):
+        options.top_k = 3  # type: ignore[misc]
 
 
 def test_answer_to_dict() -> None:
@@ -296,7 +321,8 @@ def test_answers_are_exact_substrings_of_the_context(
     windows = encode_qa(tokenizer, ["what is it?"], [context], 24, stride)
     rng = np.random.default_rng(seed)
     start, end = rng.normal(scale=4.0, size=(2, *windows.input_ids.shape))
-    [answers] = decode_answers(start, end, windows, [context], top_k=top_k, max_answer_length=max_answer_length)
+    options = DecodeOptions(top_k=top_k, max_answer_length=max_answer_length)
+    [answers] = decode_answers(start, end, windows, [context], options)
     assert 1 <= len(answers) <= top_k
     for answer in answers:
         assert 0 <= answer.start < answer.end <= len(context)
@@ -331,7 +357,7 @@ def test_windows_match_transformers_on_the_minilm_tokenizer() -> None:
     assert windows.n_windows > len(questions)
     np.testing.assert_array_equal(windows.example_index, expected["overflow_to_sample_mapping"])
     for name in ("input_ids", "attention_mask", "token_type_ids"):
-        np.testing.assert_array_equal(windows.model_inputs()[name], expected[name])
+        np.testing.assert_array_equal(windows.feeds()[name], expected[name])
     in_context = np.array([[sid == 1 for sid in expected.sequence_ids(i)] for i in range(windows.n_windows)])
     np.testing.assert_array_equal(windows.context_mask, in_context)
     np.testing.assert_array_equal(windows.offsets[in_context], expected["offset_mapping"][in_context])
@@ -360,15 +386,13 @@ def test_decoding_matches_the_transformers_pipeline(
     expected = expected if isinstance(expected, list) else [expected]
     windows = encode_qa(tokenizer.backend_tokenizer, [question], [context], 384, 128)
     with torch.inference_mode():
-        out = model(**{k: torch.from_numpy(v) for k, v in windows.model_inputs().items()})
+        out = model(**{k: torch.from_numpy(v) for k, v in windows.feeds().items()})
     [answers] = decode_answers(
         out.start_logits.numpy(),
         out.end_logits.numpy(),
         windows,
         [context],
-        top_k=top_k,
-        max_answer_length=6,
-        align_to_words=align_to_words,
+        DecodeOptions(top_k=top_k, max_answer_length=6, align_to_words=align_to_words),
     )
     assert [(a.text, a.start, a.end) for a in answers] == [(e["answer"], e["start"], e["end"]) for e in expected]
     np.testing.assert_allclose([a.score for a in answers], [e["score"] for e in expected], rtol=1e-4)

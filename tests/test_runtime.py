@@ -31,7 +31,8 @@ from bertrt import (
     RuntimeOptions,
 )
 from bertrt.manifest import ModelManifest, sha256_of
-from bertrt.qa_spans import decode_answers, encode_qa
+from bertrt.qa_decode import DecodeOptions, decode_answers
+from bertrt.qa_windows import encode_qa
 from bertrt.types import Pooling, Precision, Task
 
 TOLERANCE = 1e-4
@@ -116,8 +117,9 @@ def test_qa_matches_pytorch(qa: QuestionAnswerer, tiny_torch_models: dict[str, A
     contexts = [CONTEXT * 3, CONTEXT]  # the first needs several windows
     windows = encode_qa(qa.tokenizer.fresh(), QUESTIONS, contexts, 64, 16)
     with torch.no_grad():
-        out = tiny_torch_models["qa"](**{k: torch.from_numpy(v) for k, v in windows.model_inputs().items()})
-    expected = decode_answers(out.start_logits.numpy(), out.end_logits.numpy(), windows, contexts, top_k=3)
+        out = tiny_torch_models["qa"](**{k: torch.from_numpy(v) for k, v in windows.feeds().items()})
+    start, end = out.start_logits.numpy(), out.end_logits.numpy()
+    expected = decode_answers(start, end, windows, contexts, DecodeOptions(top_k=3))
     results = qa(QUESTIONS, contexts, top_k=3)
     assert results[0].windows > 1 and results[1].windows == 1
     for result, answers in zip(results, expected, strict=True):
