@@ -19,8 +19,11 @@ from bertrt.types import Task
 CALIBRATION_SIZE = 64
 
 
-def calibration_texts(task: Task, recipe: Recipe, qa_data: Path | None, sentiment_csv: Path | None) -> list[CalibrationText]:
-    """Up to :data:`CALIBRATION_SIZE` texts (question/context pairs for QA) for ``task``."""
+def calibration_texts(
+    task: Task, recipe: Recipe, qa_data: str | Path | None, sentiment_csv: Path | None
+) -> list[CalibrationText]:
+    """Up to :data:`CALIBRATION_SIZE` texts (question/context pairs for QA) for ``task``;
+    ``qa_data`` is any SQuAD source :func:`~bertrt.export.squad.load_squad` reads."""
     if task is Task.QA:
         if qa_data is None:
             return list(samples.QA_PAIRS)

@@ -63,8 +63,9 @@ class ExportOptions:
 
     out: Path
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.FP16, Precision.INT8)
-    qa_data: Path | None = None
-    qa_eval_data: Path | None = None
+    # SQuAD data: a JSON file, a save_to_disk folder or a hub id (see bertrt.export.squad).
+    qa_data: str | Path | None = None
+    qa_eval_data: str | Path | None = None
     sentiment_csv: Path | None = None
 
 
@@ -249,18 +250,20 @@ def _train(
         log("      no --qa-data: exporting the untrained span head (marked trained: false)")
         return None, False
     from bertrt.export.finetune import evaluate_qa, finetune_qa
-    from bertrt.export.squad import load_squad
+    from bertrt.export.squad import SquadSource, load_squad
 
-    examples = load_squad(options.qa_data, limit=recipe.qa_training.max_examples)
-    log(f"      fine-tuning on {len(examples)} questions from {options.qa_data.name}")
+    source = SquadSource.parse(options.qa_data)
+    examples = load_squad(source, limit=recipe.qa_training.max_examples)
+    log(f"      fine-tuning on {len(examples)} questions from {source.name}")
     metrics = finetune_qa(model, tokenizer, examples, recipe.qa_training, work / "qa")
     metrics["config"] = asdict(recipe.qa_training)
-    metrics["data"] = options.qa_data.name
+    metrics["data"] = source.name
     if options.qa_eval_data is not None:
-        held = load_squad(options.qa_eval_data, limit=recipe.qa_training.eval_size)
+        eval_source = SquadSource.parse(options.qa_eval_data)
+        held = load_squad(eval_source, limit=recipe.qa_training.eval_size)
         scores = evaluate_qa(model, tokenizer, held, recipe.qa_training)
-        metrics["eval"] = {"data": options.qa_eval_data.name, **scores}
-        log(f"      {options.qa_eval_data.name}: EM {scores['exact_match']:.1f}, F1 {scores['f1']:.1f}")
+        metrics["eval"] = {"data": eval_source.name, **scores}
+        log(f"      {eval_source.name}: EM {scores['exact_match']:.1f}, F1 {scores['f1']:.1f}")
     return metrics, True
 
 

@@ -1,8 +1,19 @@
 """SQuAD data: loading, the official v1.1 scores, and training features for a QA head.
 
+SQuAD questions load from three kinds of source, through one path (:func:`load_squad`):
+
+- a SQuAD-format JSON file (``{"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}``);
+- a folder written by ``datasets``' ``save_to_disk``, with the columns of the hub's
+  ``rajpurkar/squad`` (``id``, ``title``, ``context``, ``question``,
+  ``answers: {"text": [...], "answer_start": [...]}``);
+- a ``datasets`` hub id such as ``rajpurkar/squad``.
+
+A folder or hub id that holds several splits names one after a colon: ``rajpurkar/squad:train``,
+``squad-folder:validation``. Either way each question becomes the same :class:`SquadExample`.
+
 Example::
 
-    examples = load_squad(Path("dev-v1.1.json"), limit=100)
+    examples = load_squad("dev-v1.1.json", limit=100)       # or "rajpurkar/squad:validation"
     squad_scores({e.id: "Denver Broncos" for e in examples}, examples)
     # {"exact_match": ..., "f1": ..., "count": 100}
 """
@@ -13,11 +24,14 @@ import json
 import re
 import string
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 from datasets import Dataset
 from tokenizers import Tokenizer
@@ -30,6 +44,13 @@ from bertrt.qa_windows import CLS_POSITION, QAWindows, encode_qa
 FEATURE_CHUNK = 256
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
+# A hub dataset id: ``name`` or ``owner/name``, then an optional ``:split``.
+_HUB_ID = re.compile(r"(?P<id>[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?)(?::(?P<split>[\w.-]+))?")
+_COLUMNS = ("id", "question", "context", "answers")
+SOURCE_FORMS = (
+    "a SQuAD-format JSON file, a folder written by datasets' save_to_disk, "
+    "or a datasets hub id with its split such as rajpurkar/squad:train"
+)
 
 
 @dataclass(frozen=True)
@@ -44,52 +65,188 @@ class SquadExample:
     title: str = ""
 
 
-def load_squad(path: Path, limit: int | None = None) -> list[SquadExample]:
-    """The questions of a SQuAD-format JSON file in file order, the first ``limit`` only if given.
+class SourceKind(str, Enum):
+    """Where SQuAD questions are read from."""
+
+    JSON = "json"  # a SQuAD-format JSON file
+    DISK = "disk"  # a folder written by datasets' save_to_disk
+    HUB = "hub"  # a datasets hub id
+
+
+@dataclass(frozen=True)
+class SquadSource:
+    """A parsed ``--qa-data`` value: its kind, its path or hub id, and the split it names."""
+
+    kind: SourceKind
+    location: str
+    split: str | None = None
+
+    @classmethod
+    def parse(cls, source: str | Path) -> SquadSource:
+        """Tell a JSON file, a ``save_to_disk`` folder (``DIR[:SPLIT]``) and a hub id
+        (``ID[:SPLIT]``) apart; a local path must exist (ConfigError otherwise).
+
+        >>> SquadSource.parse("rajpurkar/squad:train")
+        SquadSource(kind=<SourceKind.HUB: 'hub'>, location='rajpurkar/squad', split='train')
+        """
+        text = str(source)
+        path = Path(text).expanduser()
+        if path.is_file():
+            return cls(SourceKind.JSON, str(path))
+        if path.is_dir():
+            return cls(SourceKind.DISK, str(path))
+        folder, colon, split = text.rpartition(":")
+        if colon and split and Path(folder).expanduser().is_dir():
+            return cls(SourceKind.DISK, str(Path(folder).expanduser()), split)
+        hub = _HUB_ID.fullmatch(text)
+        if hub is None or isinstance(source, Path) or hub["id"].endswith(".json"):
+            raise ConfigError(f"SQuAD data {text} does not exist; pass {SOURCE_FORMS}.")
+        return cls(SourceKind.HUB, hub["id"], hub["split"])
+
+    @property
+    def name(self) -> str:
+        """A short label for logs and manifests: the file or folder name, or the hub id, with the split."""
+        base = self.location if self.kind is SourceKind.HUB else Path(self.location).name
+        return f"{base}:{self.split}" if self.split else base
+
+
+def check_squad_source(source: str | Path) -> SquadSource:
+    """Parse ``source`` and, for a hub id, check that the hub (or the local cache) knows the
+    dataset and its split, so a bad ``--qa-data`` fails before any training starts."""
+    parsed = SquadSource.parse(source)
+    if parsed.kind is SourceKind.HUB:
+        _hub_split(parsed)
+    return parsed
+
+
+def load_squad(source: str | Path | SquadSource, limit: int | None = None) -> list[SquadExample]:
+    """The questions of a SQuAD source in its order, the first ``limit`` only if given.
+
+    ``source`` is a JSON file, a ``save_to_disk`` folder or a hub id (see the module notes).
 
     Example::
 
         load_squad(Path("dev-v1.1.heldout8.json"), limit=8)[0].question
+        load_squad("rajpurkar/squad:validation", limit=8)[0].question   # the same question
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"SQuAD file {path} does not exist; pass the path of a SQuAD v1.1 JSON file.")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be 1 or more, got {limit}.")
+    parsed = source if isinstance(source, SquadSource) else SquadSource.parse(source)
+    if parsed.kind is SourceKind.JSON:
+        rows = _json_rows(Path(parsed.location))
+    else:
+        dataset = _hub_dataset(parsed) if parsed.kind is SourceKind.HUB else _disk_dataset(parsed)
+        missing = [c for c in _COLUMNS if c not in dataset.column_names]
+        if missing:
+            raise ConfigError(
+                f"{parsed.location} lacks the SQuAD column(s) {', '.join(missing)}; pass data with the columns of "
+                "rajpurkar/squad (id, title, context, question, answers)."
+            )
+        rows = iter(dataset)
+    try:
+        examples = [_example(row) for row in islice(rows, limit)]
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ConfigError(
+            f"{parsed.location} is not in the SQuAD layout (missing or bad {exc}); expected "
+            '{"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]} or the columns of rajpurkar/squad.'
+        ) from exc
+    if not examples:
+        raise ConfigError(f"{parsed.location} holds no SQuAD questions; pass data with at least one.")
+    return examples
+
+
+def _example(row: Mapping[str, Any]) -> SquadExample:
+    """One row in the hub's SQuAD layout as a :class:`SquadExample`."""
+    answers = row["answers"] or {"text": [], "answer_start": []}
+    return SquadExample(
+        id=str(row["id"]),
+        question=str(row["question"]),
+        context=str(row["context"]),
+        answers=[str(text) for text in answers["text"]],
+        answer_starts=[int(start) for start in answers["answer_start"]],
+        title=str(row.get("title") or ""),
+    )
+
+
+def _json_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """A SQuAD JSON file's questions as rows in the hub's layout, in file order."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"SQuAD file {path} cannot be read as JSON ({exc}); pass a SQuAD v1.1 file.") from exc
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be 1 or more, got {limit}.")
-    try:
-        examples = list(_iter_examples(data, limit))
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError(
-            f"{path} is not in the SQuAD layout (missing or bad {exc}); expected "
-            '{"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}.'
-        ) from exc
-    if not examples:
-        raise ConfigError(f"{path} holds no SQuAD questions; pass a file with at least one.")
-    return examples
+    return _flatten(data)
 
 
-def _iter_examples(data: Mapping[str, Any], limit: int | None) -> Iterator[SquadExample]:
-    count = 0
+def _flatten(data: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     for article in data["data"]:
         for paragraph in article["paragraphs"]:
-            context = str(paragraph["context"])
+            context = paragraph["context"]
             for qa in paragraph["qas"]:
-                if limit is not None and count >= limit:
-                    return
-                answers = qa.get("answers") or []
-                yield SquadExample(
-                    id=str(qa["id"]),
-                    question=str(qa["question"]),
-                    context=context,
-                    answers=[str(a["text"]) for a in answers],
-                    answer_starts=[int(a["answer_start"]) for a in answers],
-                    title=str(article.get("title", "")),
-                )
-                count += 1
+                answers: Iterable[Mapping[str, Any]] = qa.get("answers") or []
+                yield {
+                    "id": qa["id"],
+                    "title": article.get("title", ""),
+                    "context": context,
+                    "question": qa["question"],
+                    "answers": {
+                        "text": [a["text"] for a in answers],
+                        "answer_start": [a["answer_start"] for a in answers],
+                    },
+                }
+
+
+def _disk_dataset(source: SquadSource) -> Dataset:
+    try:
+        loaded = datasets.load_from_disk(source.location)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(
+            f"{source.location} is a folder but not one written by datasets' save_to_disk ({exc}); pass {SOURCE_FORMS}."
+        ) from exc
+    if isinstance(loaded, Dataset):
+        if source.split is not None:
+            raise ConfigError(f"{source.location} holds a single data set without splits; drop ':{source.split}'.")
+        return loaded
+    return loaded[_pick_split(source, list(loaded))]
+
+
+def _hub_dataset(source: SquadSource) -> Dataset:
+    split = _hub_split(source)
+    try:
+        return datasets.load_dataset(source.location, split=split)
+    except (ConnectionError, FileNotFoundError) as exc:
+        raise _hub_error(source, exc) from exc
+
+
+def _hub_split(source: SquadSource) -> str:
+    """The split to read from a hub dataset, checked against the splits it has."""
+    try:
+        splits = datasets.get_dataset_split_names(source.location)
+    except (ConnectionError, FileNotFoundError) as exc:
+        raise _hub_error(source, exc) from exc
+    return _pick_split(source, splits)
+
+
+def _pick_split(source: SquadSource, splits: Sequence[str]) -> str:
+    if source.split is not None and source.split in splits:
+        return source.split
+    if source.split is None and len(splits) == 1:
+        return splits[0]
+    if not splits:
+        raise ConfigError(f"{source.location} holds no data split; pass {SOURCE_FORMS}.")
+    problem = f"has no split {source.split!r}" if source.split is not None else "has several splits"
+    raise ConfigError(
+        f"{source.location} {problem}; name one of {', '.join(splits)} after a colon, "
+        f"as in {source.location}:{splits[0]}."
+    )
+
+
+def _hub_error(source: SquadSource, exc: BaseException) -> ConfigError:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return ConfigError(
+        f"{source.location} is no local file or folder and the Hugging Face Hub cannot provide it as a dataset "
+        f"({reason}); pass a local SQuAD JSON file or save_to_disk folder, or connect to the hub "
+        "(with HF_DATASETS_OFFLINE and HF_HUB_OFFLINE unset)."
+    )
 
 
 def normalize_answer(text: str) -> str:

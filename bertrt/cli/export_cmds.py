@@ -36,11 +36,21 @@ def export(
         Path | None, typer.Option(help="Bundle folder to write (replaced atomically). Default: models/<recipe name>.")
     ] = None,
     qa_data: Annotated[
-        Path | None,
-        typer.Option(help="SQuAD-format JSON to fine-tune the QA head on; without it the head is exported untrained."),
+        str | None,
+        typer.Option(
+            metavar="SQUAD",
+            help="SQuAD data to fine-tune the QA head on: a SQuAD-format JSON file, a folder written by datasets' "
+            "save_to_disk, or a datasets hub id, with the split after a colon where it holds several "
+            "(rajpurkar/squad:train, DIR:train). Without it the head is exported untrained."
+        ),
     ] = None,
     qa_eval_data: Annotated[
-        Path | None, typer.Option(help="SQuAD-format JSON to score the trained QA head on (EM/F1, kept in the manifest).")
+        str | None,
+        typer.Option(
+            metavar="SQUAD",
+            help="SQuAD data to score the trained QA head on (EM/F1, kept in the manifest), in any --qa-data form "
+            "(rajpurkar/squad:validation)."
+        ),
     ] = None,
     precision: Annotated[
         list[Precision] | None,
@@ -74,10 +84,11 @@ def export(
         require_export_stage()
         from bertrt.export.pipeline import ExportOptions, export_bundle
         from bertrt.export.recipe import load_recipe
+        from bertrt.export.squad import check_squad_source
 
-        for path, option in ((qa_data, "--qa-data"), (qa_eval_data, "--qa-eval-data")):
-            if path is not None and not path.is_file():
-                raise ConfigError(f"{option} {path} does not exist; pass the path of a SQuAD-format JSON file.")
+        for source in (qa_data, qa_eval_data):
+            if source is not None:
+                check_squad_source(source)
         loaded = load_recipe(recipe).with_overrides(**overrides)
         options = ExportOptions(
             out=out or Path("models") / loaded.name,
