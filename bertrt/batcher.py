@@ -121,8 +121,10 @@ class DynamicBatcher(Generic[R]):
     ``batcher(questions, contexts)``), from any number of threads, or ``await
     batcher.acall(...)`` from coroutines; :meth:`submit` returns a future.
     ``on_batch`` is called (on the worker thread) with a :class:`BatchReport` after each
-    merged run. ``arity`` (inputs per call) and ``count_tokens`` are found from a
-    bertrt runner; pass them for any other callable.
+    merged run; ``on_queue`` with the number of calls waiting, each time it changes (under
+    the batcher's lock, so the depths arrive in order: keep it quick). ``arity`` (inputs
+    per call) and ``count_tokens`` are found from a bertrt runner; pass them for any other
+    callable.
 
     >>> # batcher = DynamicBatcher(bundle.embedder, BatcherOptions(max_batch_size=64))
     >>> # batcher(["one text", "another"], pooling="mean")[1].vector
@@ -135,6 +137,7 @@ class DynamicBatcher(Generic[R]):
         *,
         name: str | None = None,
         on_batch: Callable[[BatchReport], None] | None = None,
+        on_queue: Callable[[int], None] | None = None,
         arity: int | None = None,
         count_tokens: TokenCounter | None = None,
     ) -> None:
@@ -148,6 +151,7 @@ class DynamicBatcher(Generic[R]):
             )
         self._runner = runner
         self._on_batch = on_batch
+        self._on_queue = on_queue
         self._arity = arity or (2 if isinstance(runner, QuestionAnswerer) else 1)
         self._count_tokens = count_tokens or _token_counter(runner)
         self._queue: deque[_Call] = deque()
@@ -195,6 +199,7 @@ class DynamicBatcher(Generic[R]):
             self._queue.append(call)
             self._queued_items += len(items)
             self._queued_tokens += call.tokens
+            self._queue_changed()
             self._cond.notify()
         return future
 
@@ -304,6 +309,7 @@ class DynamicBatcher(Generic[R]):
         self._queue = kept
         self._queued_items -= items
         self._queued_tokens -= tokens
+        self._queue_changed()
         return taken
 
     def _run(self, calls: list[_Call]) -> None:
@@ -359,7 +365,18 @@ class DynamicBatcher(Generic[R]):
         dropped = list(self._queue)
         self._queue.clear()
         self._queued_items = self._queued_tokens = 0
+        if dropped:
+            self._queue_changed()
         return dropped
+
+    def _queue_changed(self) -> None:
+        """Report the queue depth to ``on_queue`` (the caller holds the lock)."""
+        if self._on_queue is None:
+            return
+        try:
+            self._on_queue(len(self._queue))
+        except Exception:
+            log.exception("%s: the on_queue observer failed", self.name)
 
     def _fail_closed(self, dropped: list[_Call]) -> None:
         for call in dropped:

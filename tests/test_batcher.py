@@ -285,9 +285,25 @@ def test_calls_over_the_runtime_limits_are_refused_at_admission(tiny_bundle: Pat
         DynamicBatcher(small.classifier, BatcherOptions(max_batch_size=5))
 
 
+def test_the_queue_observer_sees_every_depth_in_order(fake: FakeRunner) -> None:
+    depths: list[int] = []
+    fake.gate.clear()
+    batcher = DynamicBatcher(fake, BatcherOptions(max_queue=2, max_wait_ms=0), on_queue=depths.append)
+    running = batcher.submit("running")
+    assert fake.started.wait(5)
+    queued = [batcher.submit("q1"), batcher.submit("q2")]
+    with pytest.raises(OverloadedError):
+        batcher.submit("refused")
+    threading.Timer(0.05, fake.gate.set).start()
+    batcher.close(drain=False)
+    assert running.result(0) == ["RUNNING"] and all(f.exception(0) for f in queued)
+    # queued, taken by the worker, two queued behind it, both dropped by close
+    assert depths == [1, 0, 1, 2, 0]
+
+
 def test_a_failing_observer_does_not_stop_the_worker(fake: FakeRunner) -> None:
-    def broken(report: BatchReport) -> None:
+    def broken(report: BatchReport | int) -> None:
         raise ValueError("observer bug")
 
-    with DynamicBatcher(fake, BatcherOptions(max_wait_ms=0), on_batch=broken) as batcher:
+    with DynamicBatcher(fake, BatcherOptions(max_wait_ms=0), on_batch=broken, on_queue=broken) as batcher:
         assert batcher("one") == ["ONE"] and batcher("two") == ["TWO"]
