@@ -32,7 +32,7 @@ from bertrt.batcher import BatcherClosedError, OverloadedError
 from bertrt.errors import BertrtError, ConfigError, InputError
 from bertrt.serve.config import ServeConfig
 from bertrt.serve.host import ModelHost, NotReadyError, TaskNotServedError
-from bertrt.serve.metrics import ServeMetrics
+from bertrt.serve.metrics import ServeMetrics, drop_created_series
 from bertrt.serve.routes import build_router
 
 # uvicorn's worker processes rebuild the app from this variable (see bertrt.serve.server).
@@ -54,9 +54,12 @@ ERROR_STATUS: tuple[tuple[type[BertrtError], int, str], ...] = (
 )
 
 
-def create_app(config: ServeConfig) -> FastAPI:
-    """The server for ``config``; its models load in the background once it starts."""
-    metrics = ServeMetrics()
+def create_app(config: ServeConfig, *, metrics: ServeMetrics | None = None) -> FastAPI:
+    """The server for ``config``; its models load in the background once it starts.
+
+    ``metrics``: where the app records (default: :meth:`ServeMetrics.for_this_process`).
+    """
+    metrics = metrics if metrics is not None else ServeMetrics.for_this_process()
     host = ModelHost(config, metrics)
 
     @asynccontextmanager
@@ -65,6 +68,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         yield
         # uvicorn has let requests in flight finish; stop the batchers off the event loop.
         await asyncio.to_thread(host.close, config.shutdown_timeout_s)
+        metrics.close()
 
     app = FastAPI(
         title="bertrt",
@@ -87,6 +91,7 @@ def app_from_environment() -> FastAPI:
     text = os.environ.get(CONFIG_ENV)
     if not text:
         raise ConfigError(f"${CONFIG_ENV} is not set; start the server with `bertrt serve`.")
+    drop_created_series()  # a worker process belongs to `bertrt serve`
     return create_app(ServeConfig.from_json(text))
 
 
@@ -114,10 +119,9 @@ class RequestMetrics:
             await self.app(scope, receive, send_and_record)
         finally:
             endpoint = endpoint_label(scope["path"])
-            self.metrics.requests.inc(endpoint=endpoint, code=str(status))
-            if endpoint in ENDPOINT_TASKS:
-                seconds = time.perf_counter() - started
-                self.metrics.latency.observe(seconds, task=ENDPOINT_TASKS[endpoint], endpoint=endpoint)
+            task = ENDPOINT_TASKS.get(endpoint)
+            seconds = time.perf_counter() - started if task else None
+            self.metrics.count_request(endpoint, str(status), seconds, task)
 
 
 class BodyTooLarge(HTTPException):
@@ -148,7 +152,7 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             # Refused before reading a byte of it.
-            self.metrics.errors.inc(endpoint=endpoint_label(scope["path"]), reason="body_too_large")
+            self.metrics.count_error(endpoint_label(scope["path"]), "body_too_large")
             error = {"type": "body_too_large", "message": BodyTooLarge(self.max_bytes).detail}
             await JSONResponse({"error": error}, status_code=413)(scope, receive, send)
             return
@@ -174,7 +178,7 @@ def _add_error_handlers(app: FastAPI, metrics: ServeMetrics) -> None:
     def error(
         request: Request, status: int, kind: str, message: str, headers: dict[str, str] | None = None
     ) -> JSONResponse:
-        metrics.errors.inc(endpoint=endpoint_label(request.url.path), reason=kind)
+        metrics.count_error(endpoint_label(request.url.path), kind)
         return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
     @app.exception_handler(BertrtError)

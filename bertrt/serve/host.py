@@ -18,14 +18,16 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from bertrt.batcher import DynamicBatcher
 from bertrt.bundle import Bundle
 from bertrt.errors import BertrtError
 from bertrt.serve.config import ServeConfig
-from bertrt.serve.metrics import ServeMetrics
 from bertrt.types import Task
+
+if TYPE_CHECKING:  # prometheus_client (the serve extra) loads only with a server
+    from bertrt.serve.metrics import ServeMetrics
 
 log = logging.getLogger("bertrt.serve")
 
@@ -63,8 +65,6 @@ class ModelHost:
         self._lock = threading.Lock()
         self._closing = False
         self._loader: threading.Thread | None = None
-        metrics.add_gauge("bertrt_ready", "1 once every served model is loaded, else 0.", self._ready_sample)
-        metrics.add_gauge("bertrt_queue_depth", "Requests waiting for a batch, by task.", self._queue_samples)
 
     @property
     def ready(self) -> bool:
@@ -142,13 +142,12 @@ class ModelHost:
                 if self._closing:
                     return
                 self._batchers[task] = DynamicBatcher(
-                    runner, self.config.batching, name=task.value, on_batch=self.metrics.batch_observer(task.value)
+                    runner,
+                    self.config.batching,
+                    name=task.value,
+                    on_batch=self.metrics.batch_observer(task.value),
+                    on_queue=self.metrics.queue_observer(task.value),
                 )
         self._ready.set()
+        self.metrics.set_ready(True)
         log.info("Model %s ready: %s", self.model_name, ", ".join(t.value for t in self.tasks))
-
-    def _ready_sample(self) -> list[tuple[dict[str, str], float]]:
-        return [({}, 1.0 if self.ready else 0.0)]
-
-    def _queue_samples(self) -> list[tuple[dict[str, str], float]]:
-        return [({"task": task.value}, float(b.queue_depth)) for task, b in self._batchers.items()]

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from bertrt.embed import HIDDEN
 from bertrt.errors import InputError
 from bertrt.serve.host import ModelHost
-from bertrt.serve.metrics import ServeMetrics
+from bertrt.serve.metrics import CONTENT_TYPE, ServeMetrics
 from bertrt.serve.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -31,7 +31,6 @@ from bertrt.serve.schemas import (
 )
 from bertrt.types import Pooling, Task
 
-PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "The body is not valid JSON."},
     404: {"model": ErrorResponse, "description": "This server does not serve the task."},
@@ -94,8 +93,9 @@ def build_router(host: ModelHost, metrics: ServeMetrics) -> APIRouter:
 
     @router.get("/metrics", tags=["service"], response_class=PlainTextResponse)
     async def prometheus_metrics() -> PlainTextResponse:
-        """Request counts, errors, latency histograms, batch sizes and queue depth (Prometheus text)."""
-        return PlainTextResponse(metrics.render(), media_type=PROMETHEUS_TEXT)
+        """Request counts, errors, latency histograms, batch sizes and queue depth (Prometheus
+        text); with several worker processes, every worker's."""
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
 
     return router
 

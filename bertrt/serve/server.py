@@ -1,5 +1,8 @@
 """Running the app with uvicorn: one process, or ``workers`` processes sharing the port.
 
+Worker processes' metrics meet in a folder this process makes for them (see
+:mod:`bertrt.serve.metrics`).
+
 uvicorn handles SIGINT and SIGTERM: it stops accepting connections, lets requests in
 flight finish (at most ``shutdown_timeout_s``), then the app's lifespan closes its
 batchers, so a stopped server leaves no request unanswered and no thread running.
@@ -25,11 +28,13 @@ def run(config: ServeConfig) -> None:
         import uvicorn
 
         from bertrt.serve.app import CONFIG_ENV, create_app
+        from bertrt.serve.metrics import ServeMetrics, drop_created_series, worker_metrics_dir
     except ImportError as exc:
         raise ConfigError(
-            f"bertrt serve needs FastAPI and uvicorn ({exc.name} is missing); install them with "
-            "pip install 'bertrt[serve]'."
+            f"bertrt serve needs FastAPI, uvicorn and prometheus_client ({exc.name} is missing); install them "
+            "with pip install 'bertrt[serve]'."
         ) from None
+    drop_created_series()  # this process belongs to `bertrt serve`
     common = {
         "log_config": log_config(),
         "host": config.host,
@@ -39,11 +44,12 @@ def run(config: ServeConfig) -> None:
         "timeout_graceful_shutdown": int(config.shutdown_timeout_s),
     }
     if config.workers == 1:
-        uvicorn.run(create_app(config), **common)  # type: ignore[arg-type]
+        uvicorn.run(create_app(config, metrics=ServeMetrics()), **common)  # type: ignore[arg-type]
         return
     # Worker processes import the app by name; the config travels in the environment.
     os.environ[CONFIG_ENV] = config.to_json()
-    uvicorn.run("bertrt.serve.app:app_from_environment", factory=True, workers=config.workers, **common)  # type: ignore[arg-type]
+    with worker_metrics_dir():
+        uvicorn.run("bertrt.serve.app:app_from_environment", factory=True, workers=config.workers, **common)  # type: ignore[arg-type]
 
 
 def log_config() -> dict[str, Any]:
