@@ -335,6 +335,56 @@ def test_workers_rebuild_the_config_from_the_environment(config: ServeConfig, mo
     assert app.state.host.tasks == (bertrt.Task.QA,) and app.state.host.config == tuned
 
 
+def test_serve_command_builds_one_config_and_opens_the_bundle_once(tiny_bundle: Path, monkeypatch: Any) -> None:
+    from typer.testing import CliRunner
+
+    import bertrt.serve.metrics
+    from bertrt.cli import app
+    from bertrt.manifest import BundleManifest
+
+    served: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append((app, options)))
+    monkeypatch.setattr(bertrt.serve.metrics, "drop_created_series", lambda: None)  # process-wide otherwise
+    reads: list[Path] = []
+    read = BundleManifest.read.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(BundleManifest, "read", classmethod(lambda cls, path: reads.append(path) or read(cls, path)))
+    options = ["--task", "classify", "--port", "0", "--max-batch-size", "7", "--forward-batch-size", "4"]
+    options += ["--intra-op-threads", "1", "--max-body-mb", "1", "--max-wait-ms", "3", "--model-name", "m"]
+    result = CliRunner().invoke(app, ["serve", "--models", str(tiny_bundle), "--device", "cpu", *options])
+    assert result.exit_code == 0, result.output
+    [(served_app, uvicorn_options)] = served
+    host = served_app.state.host
+    assert reads == [tiny_bundle], "the bundle's manifest should be read once"
+    assert host.bundle.path == tiny_bundle and host.tasks == (bertrt.Task.CLASSIFY,)
+    expected = ServeConfig(
+        models=tiny_bundle,
+        device=bertrt.Device.CPU,
+        tasks=(bertrt.Task.CLASSIFY,),
+        runtime=bertrt.RuntimeOptions(intra_op_threads=1, batch_size=4),
+        batching=BatcherOptions(max_batch_size=7, max_wait_ms=3),
+        port=0,
+        model_name="m",
+        max_body_bytes=1024 * 1024,
+    )
+    assert host.config == expected and uvicorn_options["port"] == 0
+
+
+def test_serve_command_refuses_a_task_the_bundle_lacks(fp32_only_bundle: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from bertrt.cli import app
+
+    embed_only = Path(shutil.copytree(fp32_only_bundle, tmp_path / "embed-only"))
+    manifest = json.loads((embed_only / "manifest.json").read_text())
+    manifest["models"] = {folder: task for folder, task in manifest["models"].items() if task == "embed"}
+    (embed_only / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(app, ["serve", "--models", str(embed_only), "--task", "qa", "--port", "0"])
+    assert result.exit_code == 2 and "has no qa model (it serves: embed)" in result.stderr
+
+
 def test_importing_bertrt_and_its_cli_leaves_the_server_stack_out() -> None:
     stack = "('fastapi', 'uvicorn', 'starlette', 'prometheus_client')"
     code = f"import sys, bertrt, bertrt.cli; print(any(m in sys.modules for m in {stack}))"

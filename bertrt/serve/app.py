@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import bertrt
 from bertrt.batcher import BatcherClosedError, OverloadedError
+from bertrt.bundle import Bundle
 from bertrt.errors import BertrtError, ConfigError, InputError
 from bertrt.serve.config import ServeConfig
 from bertrt.serve.host import ModelHost, NotReadyError, TaskNotServedError
@@ -54,13 +55,15 @@ ERROR_STATUS: tuple[tuple[type[BertrtError], int, str], ...] = (
 )
 
 
-def create_app(config: ServeConfig, *, metrics: ServeMetrics | None = None) -> FastAPI:
+def create_app(config: ServeConfig, *, bundle: Bundle | None = None, metrics: ServeMetrics | None = None) -> FastAPI:
     """The server for ``config``; its models load in the background once it starts.
 
-    ``metrics``: where the app records (default: :meth:`ServeMetrics.for_this_process`).
+    ``bundle``: the bundle already opened for ``config`` by
+    :func:`~bertrt.serve.host.open_bundle` (opened here when None). ``metrics``: where the
+    app records (default: :meth:`ServeMetrics.for_this_process`).
     """
     metrics = metrics if metrics is not None else ServeMetrics.for_this_process()
-    host = ModelHost(config, metrics)
+    host = ModelHost(config, metrics, bundle)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

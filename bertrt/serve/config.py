@@ -47,11 +47,13 @@ def serving_threads(workers: int = 1) -> int:
     return max(1, cores // workers - 1)
 
 
-def serving_runtime(intra_op_threads: int | None = None, workers: int = 1) -> RuntimeOptions:
+def serving_runtime(
+    intra_op_threads: int | None = None, workers: int = 1, forward_batch_size: int = SERVE_FORWARD_BATCH
+) -> RuntimeOptions:
     """Runtime options for serving: ``intra_op_threads`` (default :func:`serving_threads`)
-    and forward passes of ``SERVE_FORWARD_BATCH`` texts."""
+    and forward passes of ``forward_batch_size`` texts."""
     threads = serving_threads(workers) if intra_op_threads is None else intra_op_threads
-    return RuntimeOptions(intra_op_threads=threads, batch_size=SERVE_FORWARD_BATCH)
+    return RuntimeOptions(intra_op_threads=threads, batch_size=forward_batch_size)
 
 
 @dataclass(frozen=True)

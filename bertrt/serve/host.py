@@ -40,23 +40,32 @@ class TaskNotServedError(BertrtError):
     """The server does not serve the requested task."""
 
 
-def served_tasks(bundle: Bundle, tasks: tuple[Task, ...]) -> tuple[Task, ...]:
-    """``tasks`` (every task of ``bundle`` when empty), after checking the bundle has each;
-    a BundleError names what it has instead."""
-    for task in tasks:
+def open_bundle(config: ServeConfig) -> Bundle:
+    """The bundle ``config`` serves, opened (its manifest read; models load later), after
+    checking that it has every task of ``config.tasks``; a BundleError says what is wrong.
+
+    This is the one check of a server's bundle: ``bertrt serve`` calls it before binding
+    its port and a one-process server keeps the result.
+    """
+    bundle = Bundle(config.models, device=config.device, precision=config.precision, options=config.runtime)
+    for task in config.tasks:
         bundle.model_dir(task)
-    return tasks or bundle.tasks
+    return bundle
 
 
 class ModelHost:
-    """Loads the configured bundle once and owns one batcher per served task."""
+    """Loads the configured bundle once and owns one batcher per served task.
 
-    def __init__(self, config: ServeConfig, metrics: ServeMetrics) -> None:
+    ``bundle`` is the bundle :func:`open_bundle` returned for ``config``; when None it is
+    opened here.
+    """
+
+    def __init__(self, config: ServeConfig, metrics: ServeMetrics, bundle: Bundle | None = None) -> None:
         self.config = config
         self.metrics = metrics
         # Reading the manifest is quick and fails early on a wrong path.
-        self.bundle = Bundle(config.models, device=config.device, precision=config.precision, options=config.runtime)
-        self.tasks = served_tasks(self.bundle, config.tasks)
+        self.bundle = bundle if bundle is not None else open_bundle(config)
+        self.tasks = config.tasks or self.bundle.tasks
         self.model_name = config.model_name or self.bundle.manifest.recipe
         self.error: str | None = None
         self._batchers: dict[Task, DynamicBatcher[Any]] = {}

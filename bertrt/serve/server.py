@@ -1,7 +1,9 @@
 """Running the app with uvicorn: one process, or ``workers`` processes sharing the port.
 
-Worker processes' metrics meet in a folder this process makes for them (see
-:mod:`bertrt.serve.metrics`).
+The bundle is opened and checked once, here, before the port is bound, so a wrong folder
+or task fails at once. One process serves that very bundle; worker processes each open
+their own (each loads its own models), and their metrics meet in a folder this process
+makes for them (see :mod:`bertrt.serve.metrics`).
 
 uvicorn handles SIGINT and SIGTERM: it stops accepting connections, lets requests in
 flight finish (at most ``shutdown_timeout_s``), then the app's lifespan closes its
@@ -28,12 +30,14 @@ def run(config: ServeConfig) -> None:
         import uvicorn
 
         from bertrt.serve.app import CONFIG_ENV, create_app
+        from bertrt.serve.host import open_bundle
         from bertrt.serve.metrics import ServeMetrics, drop_created_series, worker_metrics_dir
     except ImportError as exc:
         raise ConfigError(
             f"bertrt serve needs FastAPI, uvicorn and prometheus_client ({exc.name} is missing); install them "
             "with pip install 'bertrt[serve]'."
         ) from None
+    bundle = open_bundle(config)
     drop_created_series()  # this process belongs to `bertrt serve`
     common = {
         "log_config": log_config(),
@@ -44,7 +48,7 @@ def run(config: ServeConfig) -> None:
         "timeout_graceful_shutdown": int(config.shutdown_timeout_s),
     }
     if config.workers == 1:
-        uvicorn.run(create_app(config, metrics=ServeMetrics()), **common)  # type: ignore[arg-type]
+        uvicorn.run(create_app(config, bundle=bundle, metrics=ServeMetrics()), **common)  # type: ignore[arg-type]
         return
     # Worker processes import the app by name; the config travels in the environment.
     os.environ[CONFIG_ENV] = config.to_json()
