@@ -13,9 +13,9 @@ arrived, whichever comes first. Calls merge only with calls of the same options
 * One caller's bad input fails that caller only: inputs are checked before they are
   queued, and when a merged run fails anyway, each of its calls runs again on its own.
 * The queue is bounded: when ``max_queue`` calls wait, new calls fail at once with
-  :class:`OverloadedError` instead of piling up.
+  :class:`~bertrt.errors.OverloadedError` instead of piling up.
 * :meth:`DynamicBatcher.close` lets queued calls finish (or fails them with
-  :class:`BatcherClosedError`) and joins every worker thread.
+  :class:`~bertrt.errors.BatcherClosedError`) and joins every worker thread.
 
 Example::
 
@@ -41,7 +41,7 @@ from typing import Any, Generic, TypeVar
 
 from tokenizers import Tokenizer
 
-from bertrt.errors import BertrtError, ConfigError, InputError
+from bertrt.errors import BatcherClosedError, ConfigError, InputError, OverloadedError, RunnerError
 from bertrt.limits import as_texts, check_texts
 from bertrt.qa import QuestionAnswerer
 from bertrt.runner import TaskRunner
@@ -54,14 +54,6 @@ Item = tuple[str, ...]
 TokenCounter = Callable[[list[Item]], list[int]]
 
 _names = itertools.count()
-
-
-class OverloadedError(BertrtError):
-    """The batcher's queue is full; the call was refused without running."""
-
-
-class BatcherClosedError(BertrtError):
-    """The batcher was closed before the call could run."""
 
 
 @dataclass(frozen=True)
@@ -345,7 +337,10 @@ class DynamicBatcher(Generic[R]):
         columns = [list(column) for column in zip(*items, strict=True)]
         results = self._runner(*columns, **dict(options))
         if len(results) != len(items):
-            raise RuntimeError(f"{self.name}'s runner returned {len(results)} results for {len(items)} inputs.")
+            raise RunnerError(
+                f"{self.name}'s runner returned {len(results)} results for {len(items)} inputs; "
+                "a runner must return one result per input, in order."
+            )
         return results
 
     def _report(self, calls: list[_Call], items: list[Item], started: float, failed: bool) -> None:
@@ -420,8 +415,6 @@ def _token_counter(runner: Callable[..., Any]) -> TokenCounter:
 
 __all__ = [
     "BatchReport",
-    "BatcherClosedError",
     "BatcherOptions",
     "DynamicBatcher",
-    "OverloadedError",
 ]

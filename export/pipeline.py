@@ -34,7 +34,7 @@ from transformers import (
     AutoTokenizer,
 )
 
-from bertrt.errors import ExportError, ValidationFailed
+from bertrt.errors import ConfigError, ExportError, ValidationFailed
 from bertrt.manifest import (
     MANIFEST_NAME,
     BundleManifest,
@@ -101,6 +101,7 @@ def export_bundle(recipe: Recipe, options: ExportOptions, log: Log = print) -> E
 
 
 def _export_bundle(recipe: Recipe, options: ExportOptions, log: Log) -> ExportSummary:
+    _check_training_data(recipe, options)
     started = time.perf_counter()
     summary = ExportSummary(out=options.out)
     remove_stale_partials(options.out)
@@ -245,8 +246,6 @@ def _train(
     if spec.finetune is False:
         return None, _has_trained_head(model, "ForQuestionAnswering")
     if options.qa_data is None:
-        if spec.finetune is True:
-            raise ValidationFailed("The recipe fine-tunes the QA model; pass SQuAD-format training data with --qa-data.")
         log("      no --qa-data: exporting the untrained span head (marked trained: false)")
         return None, False
     from bertrt.export.finetune import evaluate_qa, finetune_qa
@@ -265,6 +264,12 @@ def _train(
         metrics["eval"] = {"data": eval_source.name, **scores}
         log(f"      {eval_source.name}: EM {scores['exact_match']:.1f}, F1 {scores['f1']:.1f}")
     return metrics, True
+
+
+def _check_training_data(recipe: Recipe, options: ExportOptions) -> None:
+    """Refuse, before any work, a recipe that must fine-tune QA but was given no data to train on."""
+    if recipe.qa.finetune is True and options.qa_data is None:
+        raise ConfigError("The recipe fine-tunes the QA model; pass SQuAD-format training data with --qa-data.")
 
 
 def serving_length(recipe: Recipe, task: Task) -> int:

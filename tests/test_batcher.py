@@ -14,14 +14,8 @@ import numpy as np
 import pytest
 
 import bertrt
-from bertrt.batcher import (
-    BatcherClosedError,
-    BatcherOptions,
-    BatchReport,
-    DynamicBatcher,
-    OverloadedError,
-)
-from bertrt.errors import ConfigError, InputError
+from bertrt.batcher import BatcherOptions, BatchReport, DynamicBatcher
+from bertrt.errors import BatcherClosedError, BertrtError, ConfigError, InputError, OverloadedError, RunnerError
 
 pytestmark = pytest.mark.filterwarnings("ignore:The qa head")
 
@@ -184,6 +178,16 @@ def test_a_full_queue_refuses_new_calls(fake: FakeRunner) -> None:
         fake.gate.set()
         assert running.result(5) == ["RUNNING"] and [f.result(5) for f in queued] == [["Q1"], ["Q2"]]
         assert batcher("fits again") == ["FITS AGAIN"]
+
+
+def test_a_runner_that_loses_results_is_a_runner_error() -> None:
+    def drops_the_last(texts: Sequence[str]) -> list[str]:
+        return list(texts)[:-1]
+
+    batcher = DynamicBatcher(drops_the_last, BatcherOptions(max_wait_ms=0))
+    with batcher, pytest.raises(RunnerError, match="returned 1 results for 2 inputs; a runner must return one result"):
+        batcher(["a", "b"])
+    assert issubclass(RunnerError, BertrtError)
 
 
 def test_close_drains_queued_calls_and_joins_its_threads(fake: FakeRunner) -> None:

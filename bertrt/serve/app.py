@@ -28,11 +28,18 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import bertrt
-from bertrt.batcher import BatcherClosedError, OverloadedError
 from bertrt.bundle import Bundle
-from bertrt.errors import BertrtError, ConfigError, InputError
+from bertrt.errors import (
+    BatcherClosedError,
+    BertrtError,
+    ConfigError,
+    InputError,
+    NotReadyError,
+    OverloadedError,
+    TaskNotServedError,
+)
 from bertrt.serve.config import ServeConfig
-from bertrt.serve.host import ModelHost, NotReadyError, TaskNotServedError
+from bertrt.serve.host import ModelHost
 from bertrt.serve.metrics import ServeMetrics, drop_created_series
 from bertrt.serve.routes import build_router
 

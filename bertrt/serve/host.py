@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from bertrt.batcher import DynamicBatcher
 from bertrt.bundle import Bundle
-from bertrt.errors import BertrtError
+from bertrt.errors import BertrtError, NotReadyError, TaskNotServedError
 from bertrt.serve.config import ServeConfig
 from bertrt.types import Task
 
@@ -30,14 +30,6 @@ if TYPE_CHECKING:  # prometheus_client (the serve extra) loads only with a serve
     from bertrt.serve.metrics import ServeMetrics
 
 log = logging.getLogger("bertrt.serve")
-
-
-class NotReadyError(BertrtError):
-    """The server's models are not loaded (yet, or loading failed)."""
-
-
-class TaskNotServedError(BertrtError):
-    """The server does not serve the requested task."""
 
 
 def open_bundle(config: ServeConfig) -> Bundle:
