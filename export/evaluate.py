@@ -9,7 +9,7 @@ answer for answer (label agreement, identical answer text).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,39 @@ from bertrt.export.variants import variant_runs_here
 from tqdm.auto import tqdm
 
 import bertrt
+from bertrt.errors import ConfigError
 from bertrt.manifest import ModelManifest
 from bertrt.types import Device, Precision, Task
 
 CHUNK = 64  # texts per runtime call, so the progress bar moves
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What `bertrt eval` scores: the ``task`` model (classify or qa) of the bundle at
+    ``bundle``; QA on the SQuAD-format file ``data``. ``limit`` keeps the first N examples
+    of each data set; ``progress`` shows progress bars on stderr."""
+
+    task: Task
+    bundle: Path
+    data: Path | None = None
+    limit: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.task not in (Task.CLASSIFY, Task.QA):
+            raise ConfigError(f"eval scores the classify or the qa model, not {self.task.value}.")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be 1 or more, got {self.limit}.")
+
+
+def evaluate(config: EvalConfig) -> dict[str, Any]:
+    """The report of :func:`eval_qa` or :func:`eval_classify`, as ``config.task`` says."""
+    if config.task is Task.CLASSIFY:
+        return eval_classify(config.bundle, config.limit, config.progress)
+    if config.data is None or not config.data.is_file():
+        raise ConfigError("--task qa needs --data pointing at a SQuAD-format JSON file.")
+    return eval_qa(config.bundle, config.data, config.limit, config.progress)
 
 
 def runnable_precisions(model_dir: Path) -> list[Precision]:

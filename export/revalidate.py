@@ -47,8 +47,19 @@ def load_torch_model(model_dir: Path, task: Task) -> tuple[Any, Any]:
     return model, AutoTokenizer.from_pretrained(model_dir)
 
 
-def validate_bundle(bundle_dir: Path, precisions: tuple[Precision, ...] | None = None) -> list[VariantCheck]:
-    """Validate every variant of every model in the bundle against its PyTorch model."""
+@dataclass(frozen=True)
+class ValidateConfig:
+    """What `bertrt validate` re-checks: the bundle at ``bundle``, and only the variants in
+    ``precisions`` (every variant when empty)."""
+
+    bundle: Path
+    precisions: tuple[Precision, ...] = ()
+
+
+def validate_bundle(config: ValidateConfig) -> list[VariantCheck]:
+    """Validate every variant (of ``config.precisions``) of every model in the bundle against
+    its PyTorch model."""
+    bundle_dir, precisions = config.bundle, config.precisions
     checks = []
     for name, task in BundleManifest.read(bundle_dir).models.items():
         model_dir = bundle_dir / name

@@ -1,6 +1,7 @@
 """The `bertrt` command line: a thin Typer layer over the library.
 
-Each command parses its options, calls one library function and prints the result.
+Each command parses its options, builds one config object, calls one library function
+and prints the result (:mod:`bertrt.cli.render`).
 Commands live in small modules by theme; importing this package never imports torch
 (the export commands import the export stage only when they run).
 """

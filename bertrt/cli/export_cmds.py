@@ -1,18 +1,23 @@
-"""Export-stage commands: export (validate and eval join it). They need the export extra."""
+"""Export-stage commands: export, validate and eval. They need the export extra.
+
+Each builds one config object from its options (ExportRequest, ValidateConfig, EvalConfig)
+and hands it to one export-stage function, imported only when the command runs.
+"""
 
 from __future__ import annotations
 
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from bertrt.cli import app
 from bertrt.cli.common import DEFAULT_MODELS, JsonOption, ModelsOption, command_errors
+from bertrt.cli.render import eval_text, export_summary_text, validation_table
 from bertrt.errors import ConfigError
-from bertrt.types import Precision
+from bertrt.types import Precision, Task
 
 EXPORT_EXTRA_HINT = "install the export stage with: pip install 'bertrt[export]'"
 
@@ -70,59 +75,27 @@ def export(
     The bundle appears at --out only when every file passed validation against PyTorch;
     a failed or interrupted export leaves the previous bundle untouched.
     """
-    overrides = {
-        "classifier": {
-            "train_size": train_size,
-            "heldout_size": heldout_size,
-            "epochs": epochs,
-            "learning_rate": learning_rate,
-            "max_length": max_length,
-        },
-        "qa": {"epochs": qa_epochs, "max_examples": qa_max_examples, "eval_size": qa_eval_size},
-    }
     with command_errors(capture_warnings=False):
         require_export_stage()
-        from bertrt.export.pipeline import ExportOptions, export_bundle
-        from bertrt.export.recipe import load_recipe
-        from bertrt.export.squad import check_squad_source
+        from bertrt.export.request import ExportRequest, run_export
 
-        for source in (qa_data, qa_eval_data):
-            if source is not None:
-                check_squad_source(source)
-        loaded = load_recipe(recipe).with_overrides(**overrides)
-        options = ExportOptions(
-            out=out or Path("models") / loaded.name,
-            precisions=tuple(dict.fromkeys(precision)) if precision else ExportOptions.precisions,
+        request = ExportRequest(
+            recipe=recipe,
+            out=out,
+            precisions=tuple(precision) if precision else ExportRequest.precisions,
             qa_data=qa_data,
             qa_eval_data=qa_eval_data,
+            classifier_training={
+                "train_size": train_size,
+                "heldout_size": heldout_size,
+                "epochs": epochs,
+                "learning_rate": learning_rate,
+                "max_length": max_length,
+            },
+            qa_training={"epochs": qa_epochs, "max_examples": qa_max_examples, "eval_size": qa_eval_size},
         )
-        summary = export_bundle(loaded, options, log=lambda line: typer.echo(line, err=True))
-    typer.echo(_summary_text(summary))
-
-
-def _summary_text(summary: Any) -> str:
-    lines = [f"Bundle written to {summary.out} in {summary.seconds / 60:.1f} min."]
-    for result in summary.models:
-        manifest = result.manifest
-        for precision, variant in manifest.variants.items():
-            report = variant.validation
-            if not report.get("ran"):
-                status = "not validated here"
-            else:
-                worst = max(report.get("max_abs_diff", {"-": 0.0}).values())
-                status = f"validated, max abs diff {worst:.1e}"
-            lines.append(f"  {result.name:<10} {precision.value:<5} {variant.file:<16} {status}")
-        training = manifest.training or {}
-        if "imdb_heldout_accuracy" in training:
-            lines.append(
-                f"  classifier held-out IMDB accuracy {training['imdb_heldout_accuracy']:.1%}, "
-                f"Rotten Tomatoes {training['rotten_tomatoes_accuracy']:.1%}"
-            )
-        if "eval" in training:
-            lines.append(f"  qa {training['eval']['data']}: EM {training['eval']['exact_match']:.1f}, F1 {training['eval']['f1']:.1f}")
-        if not manifest.trained:
-            lines.append("  qa span head is untrained (pass --qa-data to train it); its answers mean nothing yet")
-    return "\n".join(lines)
+        summary = run_export(request, log=lambda line: typer.echo(line, err=True))
+    typer.echo(export_summary_text(summary))
 
 
 @app.command()
@@ -140,39 +113,17 @@ def validate(
     """
     with command_errors(capture_warnings=False):
         require_export_stage()
-        from bertrt.export.revalidate import validate_bundle
+        from bertrt.export.revalidate import ValidateConfig, validate_bundle
 
-        checks = validate_bundle(models, tuple(precision) if precision else None)
-    failed = [c for c in checks if c.report.get("passed") is False]
+        checks = validate_bundle(ValidateConfig(models, tuple(precision or ())))
+    passed = all(check.report.get("passed") is not False for check in checks)
     if json_output:
-        typer.echo(json.dumps({"bundle": str(models), "passed": not failed, "checks": [c.to_dict() for c in checks]}, indent=2))
+        report = {"bundle": str(models), "passed": passed, "checks": [check.to_dict() for check in checks]}
+        typer.echo(json.dumps(report, indent=2))
     else:
-        typer.echo(f"{'model':<11}{'variant':<8}{'size':>9}  {'max abs diff':<14}{'agreement':<11}result")
-        for check in checks:
-            typer.echo(_check_row(check))
-    if failed:
+        typer.echo(validation_table(checks))
+    if not passed:
         raise typer.Exit(code=1)
-
-
-def _check_row(check: Any) -> str:
-    report = check.report
-    size = f"{check.size_bytes / 1e6:.1f} MB"
-    if not report.get("ran"):
-        return f"{check.model:<11}{check.precision.value:<8}{size:>9}  {'-':<14}{'-':<11}not run: {report['reason']}"
-    worst = max(report["max_abs_diff"].values())
-    agreement_text = _agreement_text(report)
-    result = "ok" if report["passed"] else "FAILED: " + "; ".join(report["failures"])
-    return f"{check.model:<11}{check.precision.value:<8}{size:>9}  {worst:<14.2e}{agreement_text:<11}{result}"
-
-
-def _agreement_text(report: dict[str, Any]) -> str:
-    if "label_agreement" in report:
-        return f"labels {report['label_agreement']:.0%}"
-    if "answer_agreement" in report:
-        return f"spans {report['answer_agreement']:.0%}"
-    if "min_cosine_pooler" in report:
-        return f"cos {report['min_cosine_pooler']:.4f}"
-    return "-"
 
 
 class EvalTask(str, Enum):
@@ -183,7 +134,7 @@ class EvalTask(str, Enum):
 
 
 @app.command(name="eval")
-def evaluate(
+def eval_command(
     task: Annotated[EvalTask, typer.Option(help="classify: held-out IMDB + Rotten Tomatoes; qa: SQuAD EM/F1 on --data.")],
     data: Annotated[Path | None, typer.Option(help="SQuAD-format JSON to score QA on (required for --task qa).")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Score only the first N examples of each data set.")] = None,
@@ -196,31 +147,7 @@ def evaluate(
     """
     with command_errors(capture_warnings=False):
         require_export_stage()
-        from bertrt.export.evaluate import eval_classify, eval_qa
+        from bertrt.export.evaluate import EvalConfig, evaluate
 
-        if task is EvalTask.QA:
-            if data is None or not data.is_file():
-                raise ConfigError("--task qa needs --data pointing at a SQuAD-format JSON file.")
-            report = eval_qa(models, data, limit, progress=not json_output)
-        else:
-            report = eval_classify(models, limit, progress=not json_output)
-    if json_output:
-        typer.echo(json.dumps(report, indent=2))
-    else:
-        typer.echo(_eval_table(report))
-
-
-def _eval_table(report: dict[str, Any]) -> str:
-    if report["task"] == "qa":
-        lines = [f"SQuAD {report['data']} ({report['count']} questions)", f"{'system':<14}{'EM':>7}{'F1':>7}{'same answer':>13}"]
-        for name, scores in report["systems"].items():
-            same = f"{scores['answer_agreement']:.1%}" if "answer_agreement" in scores else "-"
-            lines.append(f"{name:<14}{scores['exact_match']:>7.1f}{scores['f1']:>7.1f}{same:>13}")
-        return "\n".join(lines)
-    lines = []
-    for dataset, result in report["datasets"].items():
-        lines += [f"{dataset} ({result['count']} texts)", f"{'system':<14}{'accuracy':>10}{'same label':>12}"]
-        for name, scores in result["systems"].items():
-            same = f"{scores['label_agreement']:.1%}" if "label_agreement" in scores else "-"
-            lines.append(f"{name:<14}{scores['accuracy']:>10.2%}{same:>12}")
-    return "\n".join(lines)
+        report = evaluate(EvalConfig(Task(task.value), models, data, limit, progress=not json_output))
+    typer.echo(json.dumps(report, indent=2) if json_output else eval_text(report))

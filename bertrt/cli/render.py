@@ -1,4 +1,7 @@
-"""Human-readable text for the runtime commands: compact tables, one row per result.
+"""Everything the CLI prints: compact tables, one row per result, and JSON documents.
+
+The export-stage types are imported for type checking only: rendering an export summary
+must not import torch.
 
 Example::
 
@@ -9,12 +12,17 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bertrt.results import Classification, Embedding, QAResult
+
+if TYPE_CHECKING:
+    from bertrt.export.pipeline import ExportSummary
+    from bertrt.export.revalidate import VariantCheck
 
 TEXT_WIDTH = 48
 
@@ -84,7 +92,16 @@ def answers_text(questions: Sequence[str], results: Sequence[QAResult]) -> str:
     return "\n\n".join(blocks)
 
 
-def info_text(description: dict[str, Any]) -> str:
+def json_text(data: Any) -> str:
+    """``data`` as one JSON document, non-ASCII text kept as it is.
+
+    >>> json_text({"text": "café"})
+    '{"text": "café"}'
+    """
+    return json.dumps(data, ensure_ascii=False)
+
+
+def info_text(description: Mapping[str, Any]) -> str:
     """The bundle's recipe, versions, and per model its variants, sizes and validation."""
     lines = [
         f"bundle   {description['path']}",
@@ -120,6 +137,83 @@ def info_text(description: dict[str, Any]) -> str:
             details.append("training " + _metrics(model["training"]))
         lines.append(f"{folder}: " + "; ".join(details))
     return "\n".join(lines)
+
+
+def export_summary_text(summary: ExportSummary) -> str:
+    """Where the bundle went and, per model and variant, its file and validation result;
+    then the training scores, and a note on an untrained QA head."""
+    lines = [f"Bundle written to {summary.out} in {summary.seconds / 60:.1f} min."]
+    for result in summary.models:
+        manifest = result.manifest
+        for precision, variant in manifest.variants.items():
+            status = _export_validation(variant.validation)
+            lines.append(f"  {result.name:<10} {precision.value:<5} {variant.file:<16} {status}")
+        training = manifest.training or {}
+        if "imdb_heldout_accuracy" in training:
+            lines.append(
+                f"  classifier held-out IMDB accuracy {training['imdb_heldout_accuracy']:.1%}, "
+                f"Rotten Tomatoes {training['rotten_tomatoes_accuracy']:.1%}"
+            )
+        if "eval" in training:
+            scores = training["eval"]
+            lines.append(f"  qa {scores['data']}: EM {scores['exact_match']:.1f}, F1 {scores['f1']:.1f}")
+        if not manifest.trained:
+            lines.append("  qa span head is untrained (pass --qa-data to train it); its answers mean nothing yet")
+    return "\n".join(lines)
+
+
+def validation_table(checks: Sequence[VariantCheck]) -> str:
+    """``model  variant  size  max abs diff  agreement  result``, one row per checked file."""
+    header = f"{'model':<11}{'variant':<8}{'size':>9}  {'max abs diff':<14}{'agreement':<11}result"
+    return "\n".join([header, *(_check_row(check) for check in checks)])
+
+
+def eval_text(report: Mapping[str, Any]) -> str:
+    """`bertrt eval`'s report: per system, SQuAD EM/F1 or accuracy per data set, and how
+    often it agrees with PyTorch."""
+    if report["task"] == "qa":
+        lines = [
+            f"SQuAD {report['data']} ({report['count']} questions)",
+            f"{'system':<14}{'EM':>7}{'F1':>7}{'same answer':>13}",
+        ]
+        for name, scores in report["systems"].items():
+            same = f"{scores['answer_agreement']:.1%}" if "answer_agreement" in scores else "-"
+            lines.append(f"{name:<14}{scores['exact_match']:>7.1f}{scores['f1']:>7.1f}{same:>13}")
+        return "\n".join(lines)
+    lines = []
+    for dataset, result in report["datasets"].items():
+        lines += [f"{dataset} ({result['count']} texts)", f"{'system':<14}{'accuracy':>10}{'same label':>12}"]
+        for name, scores in result["systems"].items():
+            same = f"{scores['label_agreement']:.1%}" if "label_agreement" in scores else "-"
+            lines.append(f"{name:<14}{scores['accuracy']:>10.2%}{same:>12}")
+    return "\n".join(lines)
+
+
+def _export_validation(report: Mapping[str, Any]) -> str:
+    if not report.get("ran"):
+        return "not validated here"
+    worst = max(report.get("max_abs_diff", {"-": 0.0}).values())
+    return f"validated, max abs diff {worst:.1e}"
+
+
+def _check_row(check: VariantCheck) -> str:
+    report = check.report
+    size = f"{check.size_bytes / 1e6:.1f} MB"
+    if not report.get("ran"):
+        return f"{check.model:<11}{check.precision.value:<8}{size:>9}  {'-':<14}{'-':<11}not run: {report['reason']}"
+    worst = max(report["max_abs_diff"].values())
+    result = "ok" if report["passed"] else "FAILED: " + "; ".join(report["failures"])
+    return f"{check.model:<11}{check.precision.value:<8}{size:>9}  {worst:<14.2e}{_agreement(report):<11}{result}"
+
+
+def _agreement(report: Mapping[str, Any]) -> str:
+    if "label_agreement" in report:
+        return f"labels {report['label_agreement']:.0%}"
+    if "answer_agreement" in report:
+        return f"spans {report['answer_agreement']:.0%}"
+    if "min_cosine_pooler" in report:
+        return f"cos {report['min_cosine_pooler']:.4f}"
+    return "-"
 
 
 def _preview(vector: np.ndarray, count: int = 4) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -29,6 +29,7 @@ from bertrt.cli.render import (
     classifications_text,
     embeddings_text,
     info_text,
+    json_text,
 )
 from bertrt.errors import InputError
 from bertrt.info import describe
@@ -85,8 +86,8 @@ def embed(
         embedder = Bundle(models, device=device, precision=precision).embedder
         results = embedder(inputs, pooling=pooling, normalize=normalize, token_embeddings=token_embeddings)
         if json_output:
-            _print_json(
-                [{"text": t, **r.to_dict(token_embeddings)} for t, r in zip(inputs, results, strict=True)]
+            typer.echo(
+                json_text([{"text": t, **r.to_dict(token_embeddings)} for t, r in zip(inputs, results, strict=True)])
             )
         else:
             typer.echo(embeddings_text(inputs, results))
@@ -110,7 +111,7 @@ def classify(
         inputs = _expand_stdin(texts)
         results = Bundle(models, device=device, precision=precision).classifier(inputs, top_k=top_k)
         if json_output:
-            _print_json([{"text": t, **r.to_dict()} for t, r in zip(inputs, results, strict=True)])
+            typer.echo(json_text([{"text": t, **r.to_dict()} for t, r in zip(inputs, results, strict=True)]))
         else:
             typer.echo(classifications_text(inputs, results))
 
@@ -162,7 +163,7 @@ def qa(
             null_threshold=null_threshold,
         )
         if json_output:
-            _print_json([{"question": q, **r.to_dict()} for q, r in zip(questions, results, strict=True)])
+            typer.echo(json_text([{"question": q, **r.to_dict()} for q, r in zip(questions, results, strict=True)]))
         else:
             typer.echo(answers_text(questions, results))
 
@@ -179,7 +180,7 @@ def info(
     with command_errors():
         description = describe(models, verify=verify)
         if json_output:
-            _print_json(description)
+            typer.echo(json_text(description))
         else:
             typer.echo(info_text(description))
 
@@ -237,6 +238,3 @@ def _stdin_lines() -> list[str]:
         ) from None
     return text.splitlines()
 
-
-def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, ensure_ascii=False))
