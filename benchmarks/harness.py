@@ -54,6 +54,8 @@ def run_benchmark(config: BenchConfig, log: Log | None = None) -> dict[str, Any]
         "smoke": config.smoke,
         "machine": machine_info(),
         "config": _config_dict(config),
+        # The command line as the process received it, to rerun the same measurement.
+        "command": list(sys.argv),
         "bundle": {
             "path": str(config.bundle),
             "variants": sorted({p.value for m in models.values() for p in m.variants}),

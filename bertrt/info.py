@@ -20,7 +20,7 @@ from bertrt.model_files import verify_checksums
 def describe(path: str | Path, verify: bool = False) -> dict[str, Any]:
     """A JSON-ready description of the bundle at ``path`` without creating any session.
 
-    Recipe, creation time, library versions and, per model: task, source, max length,
+    Recipe, creation time, the export's command line, library versions and, per model: task, source, max length,
     trained flag, training metrics, labels, and per variant its file, size in bytes and
     validation report. With ``verify``, each model also gets ``checksums_ok``.
     """
@@ -58,6 +58,7 @@ def describe(path: str | Path, verify: bool = False) -> dict[str, Any]:
         "path": str(bundle.path),
         "recipe": bundle.manifest.recipe,
         "created": bundle.manifest.created,
+        "command": list(bundle.manifest.command),
         "versions": bundle.manifest.versions,
         "models": models,
     }

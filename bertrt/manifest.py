@@ -151,13 +151,18 @@ class ModelManifest:
 
 @dataclass(frozen=True)
 class BundleManifest:
-    """The top-level manifest: which recipe made the bundle, when, and its models by folder."""
+    """The top-level manifest: which recipe made the bundle, when, and its models by folder.
+
+    ``command`` is the command line that ran the export, as the process received it
+    (``sys.argv``); empty for bundles written before it was recorded.
+    """
 
     recipe: str
     created: str
     versions: dict[str, str]
     models: dict[str, Task]
     format_version: int = FORMAT_VERSION
+    command: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (enums as their values)."""
@@ -174,6 +179,7 @@ class BundleManifest:
                 versions=dict(data.get("versions", {})),
                 models={name: Task(task) for name, task in data["models"].items()},
                 format_version=int(data.get("format_version", FORMAT_VERSION)),
+                command=tuple(str(arg) for arg in data.get("command", ())),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise BundleError(

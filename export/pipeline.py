@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -118,6 +119,7 @@ def _export_bundle(recipe: Recipe, options: ExportOptions, log: Log) -> ExportSu
                 created=datetime.now(UTC).isoformat(timespec="seconds"),
                 versions=_library_versions(),
                 models={MODEL_DIRS[t]: t for t in MODEL_DIRS},
+                command=tuple(sys.argv),
             ).write(staging)
     summary.seconds = time.perf_counter() - started
     return summary

@@ -71,6 +71,7 @@ def test_smoke_cli_writes_results_and_plot(tiny_bundle: Path, tmp_path: Path) ->
     assert written["footprint"]["bertrt-fp32"]["peak_rss_mb"] > 0
     assert all({"name", "bound", "value", "met"} <= set(t) for t in written["targets"])
     assert plot.read_bytes().startswith(PNG_SIGNATURE)
+    assert written["command"] == sys.argv  # the command line this process was started with
 
 
 def test_smoke_run_covers_every_baseline(tiny_bundle: Path) -> None:

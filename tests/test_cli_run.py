@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -130,6 +131,14 @@ def test_info_describes_the_bundle(tiny_bundle: Path) -> None:
     data = json.loads(out)
     assert data["models"]["qa"]["trained"] is False
     assert data["models"]["classifier"]["variants"]["fp32"]["bytes"] > 0
+
+
+def test_info_shows_the_command_that_made_the_bundle(tiny_bundle: Path) -> None:
+    # The test bundle is exported inside this test process, whose command line is sys.argv.
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["command"] == sys.argv
+    code, out, _ = invoke("info", "--models", str(tiny_bundle))
+    assert code == 0 and f"command  {shlex.join(sys.argv)}" in out.splitlines()
 
 
 def test_info_flags_an_edited_file(tiny_bundle: Path, tmp_path: Path) -> None:

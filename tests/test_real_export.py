@@ -36,6 +36,14 @@ def test_real_export_validates_every_file(small_real_bundle: tuple[Path, str]) -
     assert qa["training"]["train_examples"] == 64 and qa["training"]["eval"]["count"] == 40
 
 
+def test_the_manifest_records_the_command_that_made_the_bundle(small_real_bundle: tuple[Path, str]) -> None:
+    out, _ = small_real_bundle
+    command = json.loads((out / "manifest.json").read_text())["command"]
+    # `python -m bertrt.cli export --out OUT ...`, as the process received it.
+    assert Path(command[0]).parts[-3:] == ("bertrt", "cli", "__main__.py")
+    assert command[1:4] == ["export", "--out", str(out)] and "--qa-max-examples" in command
+
+
 def run_eval(bundle: Path, *args: str) -> dict:
     command = [sys.executable, "-m", "bertrt.cli", "eval", "--models", str(bundle), "--limit", "200", "--json", *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1500)

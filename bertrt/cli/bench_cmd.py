@@ -56,22 +56,24 @@ def bench(
         int | None, typer.Option("--repeats", min=1, help="Most timed calls per latency figure (default 200).")
     ] = None,
 ) -> None:
-    """Time every system on the same inputs and threads; print a table (or --json), with ratios to the baselines."""
+    """Time every system on the same inputs and threads; print a table (or --json), with ratios to the baselines.
+
+    The results file records the command line (``command``, as the process received it) to rerun the same measurement.
+    """
     with command_errors(capture_warnings=True):
         from bertrt.bench.config import BenchConfig
         from bertrt.bench.harness import run_benchmark
         from bertrt.bench.report import markdown_table, write_json
 
-        overrides: dict[str, object] = {"device": device, "threads": threads}
+        sizes = {"squad_path": squad, "stream_texts": stream_texts, "qa_questions": qa_questions, "repeats": repeats}
+        overrides: dict[str, object] = {key: value for key, value in sizes.items() if value is not None}
         if system:
             overrides["systems"] = tuple(system)
         if workload:
             overrides["workloads"] = tuple(workload)
-        sizes = {"squad_path": squad, "stream_texts": stream_texts, "qa_questions": qa_questions, "repeats": repeats}
-        overrides.update({k: v for k, v in sizes.items() if v is not None})
-        config = BenchConfig.preset("smoke" if smoke else "full", bundle=models, **overrides)
+        preset = "smoke" if smoke else "full"
+        config = BenchConfig.preset(preset, bundle=models, device=device, threads=threads, **overrides)
         results = run_benchmark(config, log=lambda line: typer.echo(line, err=True))
-        results["command"] = "bertrt bench " + " ".join(_command_args(models, smoke, system, workload, overrides))
         if out is not None:
             write_json(results, out)
         if plot is not None:
@@ -79,24 +81,3 @@ def bench(
 
             write_plots(results, plot)
         typer.echo(json.dumps(results, indent=2) if json_output else markdown_table(results))
-
-
-def _command_args(
-    models: Path, smoke: bool, system: list[str] | None, workload: list[str] | None, overrides: dict[str, object]
-) -> list[str]:
-    """The options that shaped this run, for the results file (output paths left out)."""
-    args = [f"--models {models}"] + (["--smoke"] if smoke else [])
-    args += [f"--system {s}" for s in system or []] + [f"--workload {w}" for w in workload or []]
-    flags = {
-        "device": "--device",
-        "threads": "--threads",
-        "squad_path": "--squad",
-        "stream_texts": "--stream-texts",
-        "qa_questions": "--qa-questions",
-        "repeats": "--repeats",
-    }
-    for key, flag in flags.items():
-        if key in overrides:
-            value = overrides[key]
-            args.append(f"{flag} {value.value if isinstance(value, Device) else value}")
-    return args

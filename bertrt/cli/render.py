@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +107,10 @@ def info_text(description: Mapping[str, Any]) -> str:
     lines = [
         f"bundle   {description['path']}",
         f"recipe   {description['recipe']}   created {description['created']}",
+    ]
+    if description.get("command"):
+        lines.append(f"command  {shlex.join(description['command'])}")
+    lines += [
         "versions " + ", ".join(f"{k} {v}" for k, v in description["versions"].items()),
         "",
     ]
