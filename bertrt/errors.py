@@ -2,9 +2,18 @@
 
 Every exception bertrt raises on purpose is defined here, under one base class, so a caller
 can catch :class:`BertrtError` alone and a reader finds them all in one place.
+
+Example::
+
+    try:
+        bundle.qa(question, very_long_context)
+    except LimitExceeded as exc:
+        print(exc.limit)   # 'max_context_chars': the RuntimeOptions field to raise
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class BertrtError(Exception):
@@ -31,6 +40,40 @@ class DeviceError(BertrtError):
 
 class InputError(BertrtError):
     """A request's input (text, question, context, limits) cannot be served."""
+
+
+class LimitExceeded(InputError):
+    """A request goes past one of the :class:`~bertrt.options.RuntimeOptions` limits.
+
+    ``limit`` names the field (``max_context_chars``...) and ``allowed`` its value. The
+    message tells a library user to raise ``RuntimeOptions(<limit>=...)``; a front end with
+    its own way to raise the limit words the same refusal with :meth:`worded_for`.
+
+    >>> error = LimitExceeded("Context #0 has 9 characters, more than", "max_context_chars", 5, "shorten it")
+    >>> str(error).endswith("(5); shorten it or raise RuntimeOptions(max_context_chars=...).")
+    True
+    >>> error.worded_for("--max-context-chars").endswith("(5); shorten it or pass a larger --max-context-chars.")
+    True
+    """
+
+    def __init__(self, problem: str, limit: str, allowed: int, remedy: str) -> None:
+        self.problem = problem
+        self.limit = limit
+        self.allowed = allowed
+        self.remedy = remedy
+        super().__init__(f"{problem} {limit} ({allowed:,}); {remedy} or raise RuntimeOptions({limit}=...).")
+
+    def worded_for(self, option: str | None) -> str:
+        """The refusal naming ``option`` (a front end's setting for this limit, such as the
+        CLI's ``--max-context-chars``) instead of the RuntimeOptions field; with ``None`` (the
+        front end cannot raise this limit) it gives the remedy alone."""
+        if option is None:
+            return f"{self.problem} {self.limit} ({self.allowed:,}); {self.remedy}."
+        return f"{self.problem} {option} ({self.allowed:,}); {self.remedy} or pass a larger {option}."
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its parts when pickled (Ray and worker processes send errors back).
+        return (type(self), (self.problem, self.limit, self.allowed, self.remedy))
 
 
 class RunnerError(BertrtError):

@@ -1,7 +1,8 @@
 """Request validation: types and the limits of :class:`~bertrt.options.RuntimeOptions`.
 
 Every runner checks its inputs here before tokenizing anything, so a malformed or
-oversized call fails fast with one InputError instead of eating memory. Services that
+oversized call fails fast with one InputError (a :class:`~bertrt.errors.LimitExceeded`
+when it goes past a limit, naming the limit) instead of eating memory. Services that
 queue requests (a batcher, an HTTP server) can call :func:`check_texts` at admission time
 to refuse a request before it waits in line.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bertrt.errors import InputError
+from bertrt.errors import InputError, LimitExceeded
 from bertrt.options import RuntimeOptions
 
 
@@ -49,26 +50,25 @@ def check_texts(
 ) -> list[str]:
     """``texts`` as a list of str, within ``options.max_texts_per_call`` items and
     ``max_chars`` characters each (``options.max_chars_per_text`` unless given; the
-    message names ``limit_name``). Raises InputError naming the first offender."""
+    message names ``limit_name``). Raises InputError (LimitExceeded for a limit) naming
+    the first offender."""
     items = as_texts(texts, what)
     check_count(len(items), options, f"{what}s")
     limit = options.max_chars_per_text if max_chars is None else max_chars
     for index, text in enumerate(items):
         if len(text) > limit:
-            raise InputError(
-                f"{what.capitalize()} #{index} has {len(text):,} characters, more than {limit_name} "
-                f"({limit:,}); shorten it or raise RuntimeOptions({limit_name}=...)."
+            raise LimitExceeded(
+                f"{what.capitalize()} #{index} has {len(text):,} characters, more than", limit_name, limit, "shorten it"
             )
     return items
 
 
 def check_count(count: int, options: RuntimeOptions, what: str = "texts") -> None:
-    """InputError when one call carries more than ``options.max_texts_per_call`` items."""
+    """LimitExceeded when one call carries more than ``options.max_texts_per_call`` items."""
     if count > options.max_texts_per_call:
-        raise InputError(
-            f"Got {count:,} {what} in one call, more than max_texts_per_call "
-            f"({options.max_texts_per_call:,}); split the request or raise "
-            "RuntimeOptions(max_texts_per_call=...)."
+        raise LimitExceeded(
+            f"Got {count:,} {what} in one call, more than", "max_texts_per_call", options.max_texts_per_call,
+            "split the request",
         )
 
 
@@ -80,10 +80,7 @@ def check_top_k(value: object, options: RuntimeOptions) -> int:
     """
     top_k = check_positive(value, "top_k")
     if top_k > options.max_top_k:
-        raise InputError(
-            f"top_k {top_k:,} is more than max_top_k ({options.max_top_k}); ask for fewer "
-            "or raise RuntimeOptions(max_top_k=...)."
-        )
+        raise LimitExceeded(f"top_k {top_k:,} is more than", "max_top_k", options.max_top_k, "ask for fewer")
     return top_k
 
 

@@ -191,6 +191,78 @@ def test_every_option_has_help() -> None:
         assert "--device" in out or command == "info"
 
 
+LIMIT_OPTIONS = {
+    "embed": {"--max-texts-per-call": 10_000, "--max-chars-per-text": 2_000_000},
+    "classify": {"--max-texts-per-call": 10_000, "--max-chars-per-text": 2_000_000},
+    "qa": {"--max-texts-per-call": 10_000, "--max-chars-per-text": 2_000_000, "--max-context-chars": 100_000},
+}
+
+
+@pytest.mark.parametrize("command", list(LIMIT_OPTIONS))
+def test_help_states_each_input_limit_and_its_default(command: str) -> None:
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})  # no option name cut short
+    out = result.stdout
+    assert result.exit_code == 0
+    for option, default in LIMIT_OPTIONS[command].items():
+        assert option in out and str(default) in out
+        assert getattr(bertrt.RuntimeOptions(), option.lstrip("-").replace("-", "_")) == default
+    assert "any length" not in out
+
+
+def long_context_call(tiny_bundle: Path, *options: str) -> list[str]:
+    """A qa call whose context is the 119,030 characters the default limit (100,000) refuses."""
+    context = (CONTEXT + " ") * (119_030 // (len(CONTEXT) + 1))
+    context += "x" * (119_030 - len(context))
+    question = "what is the capital of france?"
+    return ["qa", "-q", question, "-c", context, "--models", str(tiny_bundle), "--device", "cpu", "--json", *options]
+
+
+def test_a_long_context_is_refused_by_default_and_answered_with_a_raised_limit(tiny_bundle: Path) -> None:
+    code, out, err = invoke(*long_context_call(tiny_bundle))
+    assert code == 2 and out == ""
+    assert err == (
+        "error: Context #0 has 119,030 characters, more than --max-context-chars (100,000); "
+        "shorten it or pass a larger --max-context-chars.\n"
+    )
+    args = long_context_call(tiny_bundle, "--max-context-chars", "120000")
+    code, out, err = invoke(*args)
+    assert code == 0, err
+    [item] = json.loads(out)
+    context = args[args.index("-c") + 1]
+    assert item["windows"] > 100 and item["answers"]
+    assert all(context[a["start"] : a["end"]] == a["text"] for a in item["answers"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["classify", "a", "b", "c", "--max-texts-per-call", "2"],
+            "Got 3 texts in one call, more than --max-texts-per-call (2); "
+            "split the request or pass a larger --max-texts-per-call.",
+        ),
+        (
+            ["embed", "abcd", "--max-chars-per-text", "3"],
+            "Text #0 has 4 characters, more than --max-chars-per-text (3); "
+            "shorten it or pass a larger --max-chars-per-text.",
+        ),
+        (
+            ["qa", "-q", "where?", "-c", "paris", "--max-chars-per-text", "5"],
+            "Question #0 has 6 characters, more than --max-chars-per-text (5); ",
+        ),
+        # No option raises max_top_k: the refusal gives the remedy alone, not RuntimeOptions.
+        (["classify", "a", "--top-k", "101"], "top_k 101 is more than max_top_k (100); ask for fewer.\n"),
+    ],
+)
+def test_a_refusal_names_the_option_that_raises_the_limit(tiny_bundle: Path, args: list[str], message: str) -> None:
+    models = ["--models", str(tiny_bundle), "--device", "cpu"]
+    code, out, err = invoke(*args, *models)
+    assert code == 2 and out == "" and message in err and err.count("\n") == 1
+    if args[-2].startswith("--max-"):
+        code, _, err = invoke(*args[:-1], str(int(args[-1]) + 1), *models)  # one more is enough
+        assert code == 0, err
+
+
 def test_subprocess_smoke_json_only_on_stdout(tiny_bundle: Path) -> None:
     done = subprocess.run(
         [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import pickle
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from bertrt import errors
-from bertrt.errors import BertrtError, ConfigError
+from bertrt.errors import BertrtError, ConfigError, LimitExceeded
 from bertrt.types import Precision
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +67,21 @@ def test_every_error_is_a_bertrt_error_with_a_docstring() -> None:
     assert len(classes) >= 12
     for cls in classes:
         assert issubclass(cls, BertrtError) and cls.__doc__, cls
+
+
+def test_a_limit_refusal_names_the_field_for_the_library_and_an_option_for_a_front_end() -> None:
+    error = LimitExceeded("Context #0 has 119,030 characters, more than", "max_context_chars", 100_000, "shorten it")
+    assert str(error) == (
+        "Context #0 has 119,030 characters, more than max_context_chars (100,000); "
+        "shorten it or raise RuntimeOptions(max_context_chars=...)."
+    )
+    assert error.worded_for("--max-context-chars") == (
+        "Context #0 has 119,030 characters, more than --max-context-chars (100,000); "
+        "shorten it or pass a larger --max-context-chars."
+    )
+    assert error.worded_for(None).endswith("(100,000); shorten it.")
+    copy = pickle.loads(pickle.dumps(error))  # worker processes and Ray send errors back pickled
+    assert type(copy) is LimitExceeded and str(copy) == str(error) and copy.limit == "max_context_chars"
 
 
 def test_a_recipe_that_must_train_qa_without_data_is_a_config_error_before_any_work(

@@ -383,7 +383,7 @@ def test_device_auto_falls_back_to_the_cpu_and_says_why(fp32_only_bundle: Path) 
         (["classify", "-"], b"ok\n\xc3\x28\n", "stdin is not valid UTF-8 (byte 0xc3 at offset 3)"),
         (["classify", "x", "--top-k", "1000"], None, "top_k 1,000 is more than max_top_k (100)"),
         (["qa", "-q", "where?", "-c", ""], None, "Context 0 is empty"),
-        (["qa", "-"], json.dumps({"question": "where?", "context": MEGABYTE}), "more than max_context_chars"),
+        (["qa", "-"], json.dumps({"question": "where?", "context": MEGABYTE}), "more than --max-context-chars"),
     ],
 )
 def test_cli_bad_input_is_one_line(

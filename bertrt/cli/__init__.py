@@ -34,6 +34,7 @@ from bertrt.cli import bench_cmd as _bench_cmd  # noqa: F401
 from bertrt.cli import export_cmds as _export_cmds  # noqa: F401
 from bertrt.cli import run_cmds as _run_cmds  # noqa: F401
 from bertrt.cli import serve_cmd as _serve_cmd  # noqa: F401
+from bertrt.cli.common import error_message
 
 
 def main() -> None:
@@ -41,5 +42,5 @@ def main() -> None:
     try:
         app()
     except BertrtError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {error_message(exc)}", err=True)
         sys.exit(2)

@@ -1,8 +1,9 @@
 """Runtime commands: embed, classify, qa, info.
 
-Each parses its options, calls the library once and prints a compact table, or JSON with
-``--json`` (then stdout holds the JSON document and nothing else). Errors print one line
-on stderr and exit with status 2; warnings (an untrained head) print one line on stderr.
+Each parses its options, builds its RuntimeOptions (the input limits it was given), calls
+the library once and prints a compact table, or JSON with ``--json`` (then stdout holds the
+JSON document and nothing else). Errors print one line on stderr and exit with status 2;
+warnings (an untrained head) print one line on stderr.
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ import typer
 from bertrt.bundle import Bundle
 from bertrt.cli import app
 from bertrt.cli.common import (
+    DEFAULT_LIMITS,
     DEFAULT_MODELS,
     DeviceOption,
     JsonOption,
+    MaxCharsOption,
+    MaxContextOption,
+    MaxPairsOption,
+    MaxQuestionCharsOption,
+    MaxTextsOption,
     ModelsOption,
     PrecisionOption,
     VerboseOption,
@@ -33,6 +40,7 @@ from bertrt.cli.render import (
 )
 from bertrt.errors import InputError
 from bertrt.info import describe
+from bertrt.options import RuntimeOptions
 from bertrt.types import Device, Pooling, Precision
 
 STDIN = "-"
@@ -52,6 +60,7 @@ TopKOption = Annotated[
 
 @app.command()
 def embed(
+    ctx: typer.Context,
     texts: TextsArgument,
     models: ModelsOption = DEFAULT_MODELS,
     pooling: Annotated[
@@ -74,6 +83,8 @@ def embed(
     ] = False,
     device: DeviceOption = Device.AUTO,
     precision: PrecisionOption = Precision.FP32,
+    max_texts_per_call: MaxTextsOption = DEFAULT_LIMITS.max_texts_per_call,
+    max_chars_per_text: MaxCharsOption = DEFAULT_LIMITS.max_chars_per_text,
     json_output: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -81,9 +92,10 @@ def embed(
 
     Example: bertrt embed "I love Paris" --pooling pooler --json
     """
-    with command_errors(verbose):
+    with command_errors(verbose, context=ctx):
         inputs = _expand_stdin(texts)
-        embedder = Bundle(models, device=device, precision=precision).embedder
+        limits = RuntimeOptions(max_texts_per_call=max_texts_per_call, max_chars_per_text=max_chars_per_text)
+        embedder = Bundle(models, device=device, precision=precision, options=limits).embedder
         results = embedder(inputs, pooling=pooling, normalize=normalize, token_embeddings=token_embeddings)
         if json_output:
             typer.echo(
@@ -95,11 +107,14 @@ def embed(
 
 @app.command()
 def classify(
+    ctx: typer.Context,
     texts: TextsArgument,
     models: ModelsOption = DEFAULT_MODELS,
     top_k: TopKOption = 1,
     device: DeviceOption = Device.AUTO,
     precision: PrecisionOption = Precision.FP32,
+    max_texts_per_call: MaxTextsOption = DEFAULT_LIMITS.max_texts_per_call,
+    max_chars_per_text: MaxCharsOption = DEFAULT_LIMITS.max_chars_per_text,
     json_output: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -107,9 +122,11 @@ def classify(
 
     Example: bertrt classify "I love Paris" "What a dull film" --top-k 2
     """
-    with command_errors(verbose):
+    with command_errors(verbose, context=ctx):
         inputs = _expand_stdin(texts)
-        results = Bundle(models, device=device, precision=precision).classifier(inputs, top_k=top_k)
+        limits = RuntimeOptions(max_texts_per_call=max_texts_per_call, max_chars_per_text=max_chars_per_text)
+        classifier = Bundle(models, device=device, precision=precision, options=limits).classifier
+        results = classifier(inputs, top_k=top_k)
         if json_output:
             typer.echo(json_text([{"text": t, **r.to_dict()} for t, r in zip(inputs, results, strict=True)]))
         else:
@@ -118,6 +135,7 @@ def classify(
 
 @app.command()
 def qa(
+    ctx: typer.Context,
     source: Annotated[
         str | None,
         typer.Argument(
@@ -128,7 +146,13 @@ def qa(
     ] = None,
     question: Annotated[str | None, typer.Option("--question", "-q", help="The question to answer.")] = None,
     context: Annotated[
-        str | None, typer.Option("--context", "-c", help="The text to find the answer in (any length).")
+        str | None,
+        typer.Option(
+            "--context",
+            "-c",
+            help="The text to find the answer in; one longer than the model window is read in overlapping "
+            "windows, up to --max-context-chars characters.",
+        ),
     ] = None,
     models: ModelsOption = DEFAULT_MODELS,
     top_k: TopKOption = 1,
@@ -145,6 +169,9 @@ def qa(
     ] = None,
     device: DeviceOption = Device.AUTO,
     precision: PrecisionOption = Precision.FP32,
+    max_context_chars: MaxContextOption = DEFAULT_LIMITS.max_context_chars,
+    max_chars_per_text: MaxQuestionCharsOption = DEFAULT_LIMITS.max_chars_per_text,
+    max_texts_per_call: MaxPairsOption = DEFAULT_LIMITS.max_texts_per_call,
     json_output: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -153,9 +180,14 @@ def qa(
 
     Example: bertrt qa --question "Where is the tower?" --context "The tower is in Paris."
     """
-    with command_errors(verbose):
+    with command_errors(verbose, context=ctx):
         questions, contexts = _qa_pairs(source, question, context)
-        results = Bundle(models, device=device, precision=precision).qa(
+        limits = RuntimeOptions(
+            max_texts_per_call=max_texts_per_call,
+            max_chars_per_text=max_chars_per_text,
+            max_context_chars=max_context_chars,
+        )
+        results = Bundle(models, device=device, precision=precision, options=limits).qa(
             questions,
             contexts,
             top_k=top_k,
