@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import onnx
@@ -89,6 +90,8 @@ class _quiet_exporter:
         self._level = self._logger.level
         self._logger.setLevel(logging.ERROR)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self._logger.setLevel(self._level)
-        self._filters.__exit__(*exc)
+        self._filters.__exit__(kind, error, trace)

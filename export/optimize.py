@@ -295,7 +295,8 @@ def _pad(rows: Sequence[Sequence[int]], width: int, names: Sequence[str]) -> dic
 
 def _run(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     wanted = {i.name for i in session.get_inputs()}
-    return session.run(None, {k: v for k, v in feeds.items() if k in wanted})
+    outputs: list[np.ndarray] = session.run(None, {k: v for k, v in feeds.items() if k in wanted})
+    return outputs
 
 
 def _input_names(model: Path) -> list[str]:

@@ -261,7 +261,7 @@ def _fix_scales(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]
             nodes.append(node)
             continue
         low, high = ranges[node.input[0]]
-        scale = max((high - low) / 255.0, np.finfo(np.float32).tiny)
+        scale = max((high - low) / 255.0, float(np.finfo(np.float32).tiny))
         zero_point = int(np.clip(np.rint(-low / scale), 0, 255))
         quantized, scale_name, zero_name = node.output
         model.graph.initializer.extend([
