@@ -29,6 +29,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -102,21 +103,23 @@ def _check_subject(
         shape_feeds = _feeds(batch, seq, vocab)
         inputs = _torch_inputs(shape_feeds, torch_device)
         systems: dict[str, Callable[[], Any]] = {
-            "torch-fp32": lambda: _torch_run(model, inputs, torch_device),
-            "ort-run-fp32": lambda: plain.run(shape_feeds),
-            "bertrt-fp32": lambda: sessions["fp32"].run(shape_feeds),
+            "torch-fp32": partial(_torch_run, model, inputs, torch_device),
+            "ort-run-fp32": partial(plain.run, shape_feeds),
+            "bertrt-fp32": partial(sessions["fp32"].run, shape_feeds),
         }
         if "fp16" in sessions:
-            systems["bertrt-fp16"] = lambda: sessions["fp16"].run(shape_feeds)
+            systems["bertrt-fp16"] = partial(sessions["fp16"].run, shape_feeds)
         timings = {name: _time(run, repeats) for name, run in systems.items()}
         model.half()
-        timings["torch-fp16"] = _time(lambda: _torch_run(model, inputs, torch_device), repeats)
+        timings["torch-fp16"] = _time(partial(_torch_run, model, inputs, torch_device), repeats)
         model.float()
         latency[f"{batch}x{seq}"] = timings
     return {"parity": parity, "latency_ms": latency}
 
 
-def _io_binding_ratio(path: Path, batch: int, seq: int, config: BertConfig, device: Device, repeats: int) -> dict[str, Any]:
+def _io_binding_ratio(
+    path: Path, batch: int, seq: int, config: BertConfig, device: Device, repeats: int
+) -> dict[str, Any]:
     feeds = _feeds(batch, seq, config.vocab_size)
     bound = OrtSession(path, device=device)
     plain = OrtSession(path, device=device, options=RuntimeOptions(io_binding=False))
@@ -219,7 +222,8 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(systems)
     for i, name in enumerate(systems):
-        ax.bar([x + i * width for x in range(len(shapes))], [latency[s][name]["p50"] for s in shapes], width, label=name)
+        p50 = [latency[s][name]["p50"] for s in shapes]
+        ax.bar([x + i * width for x in range(len(shapes))], p50, width, label=name)
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(shapes))], shapes)
     ax.set_ylabel("p50 latency (ms)")
     ax.set_yscale("log")
@@ -230,7 +234,9 @@ def _plot(results: dict[str, Any], path: Path) -> None:
 
 
 def _tiny_config() -> BertConfig:
-    return BertConfig(vocab_size=2000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+    return BertConfig(
+        vocab_size=2000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128
+    )
 
 
 def _parse() -> argparse.Namespace:

@@ -76,7 +76,8 @@ def graph_signature(onnx_path: Path) -> tuple[tuple[TensorSpec, ...], tuple[Tens
 def _spec(value: Any) -> TensorSpec:
     tensor_type = value.type.tensor_type
     shape = tuple(d.dim_param if d.dim_param else int(d.dim_value) for d in tensor_type.shape.dim)
-    return TensorSpec(name=value.name, dtype=_ONNX_DTYPES.get(tensor_type.elem_type, str(tensor_type.elem_type)), shape=shape)
+    dtype = _ONNX_DTYPES.get(tensor_type.elem_type, str(tensor_type.elem_type))
+    return TensorSpec(name=value.name, dtype=dtype, shape=shape)
 
 
 class _quiet_exporter:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ def eval_classify(bundle_dir: Path, limit: int | None = None, progress: bool = T
             label_ids = {label: i for i, label in enumerate(manifest.labels or ())}
             predicted = _in_chunks(
                 texts,
-                lambda chunk: np.array([label_ids[r.label] for r in runner(chunk)]),
+                partial(_label_ids, runner, label_ids),
                 f"{name} {precision.value}",
                 progress,
             )
@@ -132,6 +133,11 @@ def _in_chunks(texts: list[str], run: Callable[[list[str]], np.ndarray], label: 
         bar.update(min(CHUNK, len(texts) - begin))
     bar.close()
     return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+
+def _label_ids(runner: Callable[[list[str]], list[Any]], label_ids: dict[str, int], texts: list[str]) -> np.ndarray:
+    """The id of the label ``runner`` gives each text."""
+    return np.array([label_ids[result.label] for result in runner(texts)])
 
 
 def _training_config(manifest: ModelManifest) -> ClassifierTraining:

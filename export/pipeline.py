@@ -106,21 +106,24 @@ def _export_bundle(recipe: Recipe, options: ExportOptions, log: Log) -> ExportSu
     started = time.perf_counter()
     summary = ExportSummary(out=options.out)
     remove_stale_partials(options.out)
-    with _quiet_libraries(), tempfile.TemporaryDirectory(prefix="bertrt-train-") as work:
-        with staged_directory(options.out) as staging:
-            for step, task in enumerate(MODEL_DIRS, start=1):
-                name = MODEL_DIRS[task]
-                log(f"[{step}/3] {name}: {_model_recipe(recipe, task).source}")
-                t0 = time.perf_counter()
-                manifest = _export_model(recipe, task, options, staging / name, Path(work), log)
-                summary.models.append(ModelResult(name, manifest, time.perf_counter() - t0))
-            BundleManifest(
-                recipe=recipe.name,
-                created=datetime.now(UTC).isoformat(timespec="seconds"),
-                versions=_library_versions(),
-                models={MODEL_DIRS[t]: t for t in MODEL_DIRS},
-                command=tuple(sys.argv),
-            ).write(staging)
+    with (
+        _quiet_libraries(),
+        tempfile.TemporaryDirectory(prefix="bertrt-train-") as work,
+        staged_directory(options.out) as staging,
+    ):
+        for step, task in enumerate(MODEL_DIRS, start=1):
+            name = MODEL_DIRS[task]
+            log(f"[{step}/3] {name}: {_model_recipe(recipe, task).source}")
+            t0 = time.perf_counter()
+            manifest = _export_model(recipe, task, options, staging / name, Path(work), log)
+            summary.models.append(ModelResult(name, manifest, time.perf_counter() - t0))
+        BundleManifest(
+            recipe=recipe.name,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            versions=_library_versions(),
+            models={MODEL_DIRS[t]: t for t in MODEL_DIRS},
+            command=tuple(sys.argv),
+        ).write(staging)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -135,7 +138,9 @@ def _file_system_error(exc: OSError, out: Path) -> ExportError:
     )
 
 
-def _export_model(recipe: Recipe, task: Task, options: ExportOptions, model_dir: Path, work: Path, log: Log) -> ModelManifest:
+def _export_model(
+    recipe: Recipe, task: Task, options: ExportOptions, model_dir: Path, work: Path, log: Log
+) -> ModelManifest:
     spec = _model_recipe(recipe, task)
     tokenizer = load_pretrained(AutoTokenizer, spec.source, trust_remote_code=spec.trust_remote_code)
     model = load_source_model(task, spec)
@@ -175,7 +180,9 @@ def _export_model(recipe: Recipe, task: Task, options: ExportOptions, model_dir:
         variants=variants,
         trained=trained,
         training=training,
-        labels=tuple(model.config.id2label[i] for i in range(model.config.num_labels)) if task is Task.CLASSIFY else None,
+        labels=(
+            tuple(model.config.id2label[i] for i in range(model.config.num_labels)) if task is Task.CLASSIFY else None
+        ),
         doc_stride=doc_stride,
     )
     manifest.write(model_dir)
@@ -222,7 +229,14 @@ def load_source_model(task: Task, spec: ModelRecipe, seed: int = 0) -> Any:
 
 
 def _train(
-    recipe: Recipe, task: Task, spec: ModelRecipe, model: Any, tokenizer: Any, options: ExportOptions, work: Path, log: Log
+    recipe: Recipe,
+    task: Task,
+    spec: ModelRecipe,
+    model: Any,
+    tokenizer: Any,
+    options: ExportOptions,
+    work: Path,
+    log: Log,
 ) -> tuple[dict[str, Any] | None, bool]:
     """Fine-tune where the recipe asks; return (training metrics, whether the head is trained)."""
     if task is Task.EMBED:
@@ -313,7 +327,8 @@ def _describe(report: dict[str, Any]) -> str:
 
 def _library_versions() -> dict[str, str]:
     versions = {}
-    for package in ("bertrt", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime-gpu", "onnxruntime", "tokenizers"):
+    packages = ("bertrt", "torch", "transformers", "optimum", "optimum-onnx", "onnx")
+    for package in (*packages, "onnxruntime-gpu", "onnxruntime", "tokenizers"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -123,7 +123,9 @@ class Recipe:
         qa_over = {k: v for k, v in (qa or {}).items() if v is not None}
         return replace(
             self,
-            classifier_training=_build(ClassifierTraining, {**_as_dict(self.classifier_training), **cls_over}, "classifier.training"),
+            classifier_training=_build(
+                ClassifierTraining, {**_as_dict(self.classifier_training), **cls_over}, "classifier.training"
+            ),
             qa_training=_build(QATraining, {**_as_dict(self.qa_training), **qa_over}, "qa.training"),
         )
 

@@ -12,7 +12,14 @@ import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 _SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-_WORDS = ["the", "a", "an", "of", "to", "and", "in", "is", "was", "it", "that", "this", "for", "on", "with", "as", "by", "at", "from", "be", "are", "were", "i", "you", "he", "she", "they", "we", "his", "her", "their", "its", "not", "no", "but", "or", "if", "so", "very", "good", "great", "bad", "love", "hate", "film", "movie", "plot", "actor", "actors", "story", "paris", "city", "france", "capital", "immune", "system", "body", "disease", "cells", "what", "who", "where", "when", "why", "how", "which", "did", "does", "do", "have", "has", "had", "one", "two", "three", "first", "last", "new", "old", "year", "years", "time"]
+_WORDS = [
+    "the", "a", "an", "of", "to", "and", "in", "is", "was", "it", "that", "this", "for", "on", "with", "as",
+    "by", "at", "from", "be", "are", "were", "i", "you", "he", "she", "they", "we", "his", "her", "their",
+    "its", "not", "no", "but", "or", "if", "so", "very", "good", "great", "bad", "love", "hate", "film",
+    "movie", "plot", "actor", "actors", "story", "paris", "city", "france", "capital", "immune", "system",
+    "body", "disease", "cells", "what", "who", "where", "when", "why", "how", "which", "did", "does", "do",
+    "have", "has", "had", "one", "two", "three", "first", "last", "new", "old", "year", "years", "time",
+]
 _LETTERS = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'\"-:;()")
 
 

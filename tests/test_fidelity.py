@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,15 @@ def _three_ways(run: Any) -> list[np.ndarray]:
     return [alone, among_short, padded]
 
 
+def _vectors(embedder: Embedder, pooling: Pooling, texts: list[str]) -> list[np.ndarray]:
+    return [e.vector for e in embedder(texts, pooling=pooling)]
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_embeddings_do_not_depend_on_batch_make_up(tiny_bundle: Path, precision: Precision) -> None:
     embedder = Embedder(tiny_bundle / "embedder", device="cpu", precision=precision, options=ONE_BATCH)
     for pooling in (Pooling.MEAN, Pooling.POOLER):
-        alone, among_short, padded = _three_ways(lambda texts: [e.vector for e in embedder(texts, pooling=pooling)])
+        alone, among_short, padded = _three_ways(partial(_vectors, embedder, pooling))
         np.testing.assert_allclose(among_short, alone, atol=1e-5)
         np.testing.assert_allclose(padded, alone, atol=1e-5)
 

@@ -46,9 +46,10 @@ def test_cuda_matches_cpu(tiny_bundle: Path, precision: Precision) -> None:
 
 def test_gpu_check_rehearses_on_cpu(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bertrt.bench.gpu_check", "--device", "cpu", "--quick", "--repeats", "3", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bertrt.bench.gpu_check", "--device", "cpu", "--quick", "--repeats", "3",
+         "--out", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     parity = results["subjects"]["bert-base-classifier"]["parity"]

@@ -73,7 +73,9 @@ def feeds(tokenizer_file: Path) -> list[dict[str, np.ndarray]]:
 
 
 @pytest.fixture(scope="module")
-def int8_static(fused: dict[Task, tuple[Path, dict]], feeds: list[dict[str, np.ndarray]]) -> dict[Task, tuple[Path, dict]]:
+def int8_static(
+    fused: dict[Task, tuple[Path, dict]], feeds: list[dict[str, np.ndarray]]
+) -> dict[Task, tuple[Path, dict]]:
     out = {}
     for task, (src, _) in fused.items():
         dst = src.with_name("model.int8.onnx")
@@ -211,7 +213,9 @@ def test_static_int8_stays_close_to_fp32(
     assert path.stat().st_size < 0.5 * src.stat().st_size
 
 
-def test_head_group_stays_fp32(fused: dict[Task, tuple[Path, dict]], int8_static: dict[Task, tuple[Path, dict]]) -> None:
+def test_head_group_stays_fp32(
+    fused: dict[Task, tuple[Path, dict]], int8_static: dict[Task, tuple[Path, dict]]
+) -> None:
     src, _ = fused[Task.QA]
     path, report = int8_static[Task.QA]
     head = select_nodes(src, ["head"])

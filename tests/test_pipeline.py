@@ -49,7 +49,8 @@ def test_onnx_matches_torch_on_unseen_batch(tiny_bundle: Path, tiny_torch_models
     from bertrt.export.validate import run_onnx
 
     tokenizer = tiny_torch_models["tokenizer"]
-    feeds = tokenizer(["a movie", "the plot was bad and the actors were not good at all"], padding=True, return_tensors="np")
+    texts = ["a movie", "the plot was bad and the actors were not good at all"]
+    feeds = tokenizer(texts, padding=True, return_tensors="np")
     feeds = {k: v.astype(np.int64) for k, v in feeds.items()}
     with torch.inference_mode():
         expected = tiny_torch_models["classify"](**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
@@ -57,21 +58,27 @@ def test_onnx_matches_torch_on_unseen_batch(tiny_bundle: Path, tiny_torch_models
     np.testing.assert_allclose(actual, expected, atol=1e-4)
 
 
-def test_validation_failure_stops_export_and_writes_nothing(tiny_recipe: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_validation_failure_stops_export_and_writes_nothing(
+    tiny_recipe: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from bertrt.export import pipeline, validate
 
     def broken(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        return {"ran": True, "passed": False, "failures": ["logits differ by 1 > 0.0001"], "max_abs_diff": {"logits": 1.0}}
+        failures = ["logits differ by 1 > 0.0001"]
+        return {"ran": True, "passed": False, "failures": failures, "max_abs_diff": {"logits": 1.0}}
 
     monkeypatch.setattr(validate, "validate_onnx", broken)
     out = tmp_path / "bundle"
+    options = pipeline.ExportOptions(out=out, precisions=(Precision.FP32,))
     with pytest.raises(ValidationFailed, match="failed validation"):
-        pipeline.export_bundle(tiny_recipe, pipeline.ExportOptions(out=out, precisions=(Precision.FP32,)), log=lambda _: None)
+        pipeline.export_bundle(tiny_recipe, options, log=lambda _: None)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_export_keeps_previous_bundle(tiny_recipe: Any, tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_export_keeps_previous_bundle(
+    tiny_recipe: Any, tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import shutil
 
     from bertrt.export import pipeline
@@ -84,8 +91,9 @@ def test_failed_export_keeps_previous_bundle(tiny_recipe: Any, tiny_bundle: Path
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "export_onnx", interrupted)
+    options = pipeline.ExportOptions(out=out, precisions=(Precision.FP32,))
     with pytest.raises(KeyboardInterrupt):
-        pipeline.export_bundle(tiny_recipe, pipeline.ExportOptions(out=out, precisions=(Precision.FP32,)), log=lambda _: None)
+        pipeline.export_bundle(tiny_recipe, options, log=lambda _: None)
     assert (out / "manifest.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 

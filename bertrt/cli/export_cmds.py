@@ -61,14 +61,18 @@ def export(
         list[Precision] | None,
         typer.Option(help="Variant to build; repeat for several. Default: fp32, fp16 and int8."),
     ] = None,
-    train_size: Annotated[int | None, typer.Option(help="IMDB reviews to fine-tune the classifier on (balanced).")] = None,
+    train_size: Annotated[
+        int | None, typer.Option(help="IMDB reviews to fine-tune the classifier on (balanced).")
+    ] = None,
     heldout_size: Annotated[int | None, typer.Option(help="Held-out IMDB reviews to measure accuracy on.")] = None,
     epochs: Annotated[float | None, typer.Option(help="Classifier training epochs.")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Classifier learning rate.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Classifier training truncation length (tokens).")] = None,
     qa_epochs: Annotated[float | None, typer.Option(help="QA training epochs.")] = None,
     qa_max_examples: Annotated[int | None, typer.Option(help="Use at most this many questions of --qa-data.")] = None,
-    qa_eval_size: Annotated[int | None, typer.Option(help="Score on at most this many questions of --qa-eval-data.")] = None,
+    qa_eval_size: Annotated[
+        int | None, typer.Option(help="Score on at most this many questions of --qa-eval-data.")
+    ] = None,
 ) -> None:
     """Fine-tune, convert, optimize and validate the three models of a recipe into a bundle.
 
@@ -135,8 +139,12 @@ class EvalTask(str, Enum):
 
 @app.command(name="eval")
 def eval_command(
-    task: Annotated[EvalTask, typer.Option(help="classify: held-out IMDB + Rotten Tomatoes; qa: SQuAD EM/F1 on --data.")],
-    data: Annotated[Path | None, typer.Option(help="SQuAD-format JSON to score QA on (required for --task qa).")] = None,
+    task: Annotated[
+        EvalTask, typer.Option(help="classify: held-out IMDB + Rotten Tomatoes; qa: SQuAD EM/F1 on --data.")
+    ],
+    data: Annotated[
+        Path | None, typer.Option(help="SQuAD-format JSON to score QA on (required for --task qa).")
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Score only the first N examples of each data set.")] = None,
     models: ModelsOption = DEFAULT_MODELS,
     json_output: JsonOption = False,
