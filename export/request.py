@@ -21,6 +21,7 @@ from bertrt.export.pipeline import ExportOptions, ExportSummary, Log, export_bun
 from bertrt.export.recipe import load_recipe
 from bertrt.export.squad import check_squad_source
 
+from bertrt.errors import ConfigError
 from bertrt.types import Precision
 
 
@@ -50,9 +51,12 @@ def run_export(request: ExportRequest, log: Log = print) -> ExportSummary:
     recipe = load_recipe(request.recipe).with_overrides(
         classifier=dict(request.classifier_training), qa=dict(request.qa_training)
     )
-    for source in (request.qa_data, request.qa_eval_data):
+    for source, option in ((request.qa_data, "--qa-data"), (request.qa_eval_data, "--qa-eval-data")):
         if source is not None:
-            check_squad_source(source)
+            try:
+                check_squad_source(source)
+            except ConfigError as exc:
+                raise ConfigError(f"{option}: {exc}") from None
     options = ExportOptions(
         out=request.out or Path("models") / recipe.name,
         precisions=tuple(dict.fromkeys(request.precisions)),

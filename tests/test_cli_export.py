@@ -37,7 +37,7 @@ def invoke(*args: str) -> tuple[int, str, str]:
     [
         (["--learning-rate", "2"], "learning_rate must be in (0, 1), got 2.0."),
         (["--qa-epochs", "0"], "epochs must be positive, got 0.0."),
-        (["--qa-data", "no-such.json"], "--qa-data no-such.json does not exist; pass the path of a SQuAD-format"),
+        (["--qa-data", "no-such.json"], "--qa-data: SQuAD data no-such.json does not exist; pass a SQuAD-format"),
     ],
 )
 def test_a_bad_option_stops_the_export_before_any_work(

@@ -286,7 +286,7 @@ def test_export_refuses_a_hub_id_without_a_hub_before_any_work(tmp_path: Path) -
     out = tmp_path / "bundle"
     result = CliRunner().invoke(app, ["export", "--qa-data", "rajpurkar/squad:train", "--out", str(out)])
     assert result.exit_code == 2 and result.stdout == ""
-    assert result.stderr.startswith("error: rajpurkar/squad is no local file or folder")
+    assert result.stderr.startswith("error: --qa-data: rajpurkar/squad is no local file or folder")
     assert result.stderr.count("\n") == 1
     assert not out.exists()
 
