@@ -2,10 +2,10 @@
 
 ONNX Runtime's dynamic quantization (``quantize_dynamic``) picks one activation scale per
 tensor per call, from the whole batch, padding included: the same text gets different
-outputs alone, beside longer texts or padded to 256 tokens. The default scheme here,
-:attr:`Int8Scheme.STATIC`, builds the same fast integer graph (QAttention, MatMulInteger,
-QEmbedLayerNormalization) but fixes every activation scale from calibration texts, so a row
-is computed exactly the same way whatever shares its batch.
+outputs alone, beside longer texts or padded to 256 tokens. The static scheme here builds
+the same fast integer graph (QAttention, MatMulInteger, QEmbedLayerNormalization) but fixes
+every activation scale from calibration texts, so a row is computed exactly the same way
+whatever shares its batch; each file's batch invariance is measured before it is kept.
 
 >>> feeds = calibration_feeds(Path("tokenizer.json"), texts, max_length=256)
 >>> report = quantize_int8(Path("model.onnx"), Path("model.int8.onnx"), feeds)
@@ -22,7 +22,6 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +37,14 @@ from bertrt.feeds import pad_rows, pad_token_id
 # Node groups that can stay fp32, matched on optimum's exported node names and fused op types.
 KEEP_GROUPS = ("head", "attention", "attention-output", "ffn-input", "ffn-output", "embeddings")
 # Operators that hold int8 weights or quantize activations, counted in the report.
-_INTEGER_OPS = (
-    "QAttention", "QEmbedLayerNormalization", "MatMulInteger", "MatMulNBits", "DynamicQuantizeLinear"
-)
+_INTEGER_OPS = ("QAttention", "QEmbedLayerNormalization", "MatMulInteger", "DynamicQuantizeLinear")
+# The scheme every int8 file records: calibrated, fixed activation scales.
+SCHEME = "static"
 # Largest change of an output with batch make-up that still counts as invariant.
 INVARIANCE_TOLERANCE = 1e-5
 # Padding used by the invariance check each int8 file gets before it is reported.
 _CHECK_PAD = 64
 _CPU = ["CPUExecutionProvider"]
-
-
-class Int8Scheme(str, Enum):
-    """How activations are quantized."""
-
-    STATIC = "static"  # calibrated, fixed activation scales: batch-invariant and fast
-    WEIGHT_ONLY = "weight-only"  # int8 weights, per-token activations (MatMulNBits): invariant, slower
-    DYNAMIC = "dynamic"  # per-batch scales (quantize_dynamic): fast, NOT batch-invariant
 
 
 @dataclass(frozen=True)
@@ -63,22 +54,18 @@ class Int8Config:
     ``keep_fp32`` names groups of :data:`KEEP_GROUPS` left in fp32 (the task head by default:
     it is a sliver of the compute and its outputs are the answer). ``per_channel`` gives each
     weight column its own scale. ``reduce_range`` uses 7-bit weights, which avoids overflow
-    on x86 CPUs without VNNI. ``block_size`` is the weight-only scheme's quantization block.
+    on x86 CPUs without VNNI.
     """
 
-    scheme: Int8Scheme = Int8Scheme.STATIC
     keep_fp32: tuple[str, ...] = ("head",)
     nodes_to_exclude: tuple[str, ...] = ()
     per_channel: bool = True
     reduce_range: bool = False
-    block_size: int = 32
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.keep_fp32) - set(KEEP_GROUPS))
         if unknown:
             raise ConfigError(f"Unknown keep_fp32 group(s) {unknown}; choose from {list(KEEP_GROUPS)}.")
-        if self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise ConfigError(f"block_size must be a power of two, 16 or more; got {self.block_size}.")
 
 
 def quantize_int8(
@@ -89,40 +76,37 @@ def quantize_int8(
 ) -> dict[str, Any]:
     """Write an int8 copy of the fp32 graph ``src`` (fused by ``optimize_fp32``, ideally).
 
-    ``calibration_feeds`` are tokenized batches of real texts (:func:`calibration_feeds`);
-    the static scheme needs them, the others ignore them. Returns a JSON-ready report with
-    the nodes kept in fp32, the quantized op counts and the measured batch-invariance gap.
+    ``calibration_feeds`` are tokenized batches of real texts (:func:`calibration_feeds`)
+    that fix the activation scales. Returns a JSON-ready report with the nodes kept in fp32,
+    the quantized op counts and the measured batch-invariance gap; a file whose outputs
+    change with batch make-up is deleted and a ValidationFailed raised.
     """
     if not src.is_file():
         raise ExportError(f"{src} does not exist; export and optimize the fp32 model first.")
     feeds = list(calibration_feeds or [])
-    if config.scheme is Int8Scheme.STATIC and not feeds:
-        raise ConfigError(
-            "The static int8 scheme needs calibration_feeds (tokenized real texts); "
-            "pass some, or choose Int8Scheme.WEIGHT_ONLY."
-        )
+    if not feeds:
+        raise ConfigError("int8 quantization needs calibration_feeds (tokenized real texts); pass some.")
     excluded = sorted(set(select_nodes(src, config.keep_fp32)) | set(config.nodes_to_exclude))
-    report: dict[str, Any] = {"scheme": config.scheme.value, "kept_fp32": excluded}
-    if config.scheme is Int8Scheme.WEIGHT_ONLY:
-        report["block_size"] = config.block_size
-        model = _weight_only(onnx.load(str(src)), excluded, config.block_size)
-    else:
-        report.update(per_channel=config.per_channel, reduce_range=config.reduce_range)
-        model = _integer_graph(src, excluded, config)
-    if config.scheme is Int8Scheme.STATIC:
-        ranges, tokens = _activation_ranges(src, _dynamic_inputs(model), feeds)
-        _fix_scales(model, ranges)
-        report["calibration"] = {"batches": len(feeds), "tokens": tokens, "tensors": len(ranges)}
+    report: dict[str, Any] = {
+        "scheme": SCHEME,
+        "kept_fp32": excluded,
+        "per_channel": config.per_channel,
+        "reduce_range": config.reduce_range,
+    }
+    model = _integer_graph(src, excluded, config)
+    ranges, tokens = _activation_ranges(src, _dynamic_inputs(model), feeds)
+    _fix_scales(model, ranges)
+    report["calibration"] = {"batches": len(feeds), "tokens": tokens, "tensors": len(ranges)}
     dst.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(dst))
     report["quantized_ops"] = _quantized_ops(model)
     report["onnxruntime"] = ort.__version__
     report["batch_invariance_gap"] = gap = _probe_invariance(dst)
-    if config.scheme is not Int8Scheme.DYNAMIC and gap > INVARIANCE_TOLERANCE:
+    if gap > INVARIANCE_TOLERANCE:
         dst.unlink()
         raise ValidationFailed(
-            f"The {config.scheme.value} int8 file's outputs change with batch make-up (by {gap:.3g}); "
-            "use the static scheme, or weight-only with block_size 32."
+            f"The int8 file's outputs change with batch make-up (by {gap:.3g}), so it was not kept; "
+            "export without int8 (--precision fp32 --precision fp16) and report the model."
         )
     return report
 
@@ -274,75 +258,13 @@ def _fix_scales(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]
     model.graph.node.extend(nodes)
 
 
-def _weight_only(model: onnx.ModelProto, excluded: Sequence[str], block_size: int) -> onnx.ModelProto:
-    """Replace MatMuls with constant 2-D weights by 8-bit MatMulNBits (symmetric, blockwise).
-
-    ORT's CPU kernel quantizes each activation row per block by itself, so no row depends
-    on another; blocks of 32 measured batch-invariant where 128 did not (ORT 1.31).
-    """
-    weights = {t.name: t for t in model.graph.initializer if len(t.dims) == 2}
-    skip = set(excluded)
-    packed: set[str] = set()
-    nodes = []
-    for node in model.graph.node:
-        weight = weights.get(node.input[1]) if node.op_type == "MatMul" else None
-        if weight is None or node.name in skip:
-            nodes.append(node)
-            continue
-        if weight.name not in packed:
-            model.graph.initializer.extend(_block_quantize(weight, block_size))
-            packed.add(weight.name)
-        k, n = weight.dims
-        nodes.append(helper.make_node(
-            "MatMulNBits",
-            [node.input[0], f"{weight.name}_q8", f"{weight.name}_q8_scale"],
-            list(node.output),
-            name=f"{node.name}_q8",
-            domain="com.microsoft",
-            K=k, N=n, bits=8, block_size=block_size,
-            accuracy_level=4,  # int8 dot products, activations quantized per row and block
-        ))
-    _replace_nodes(model, nodes)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return model
-
-
-def _replace_nodes(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto]) -> None:
-    """Set the graph's nodes and drop the initializers no node reads any more."""
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    used = {name for node in nodes for name in node.input} | {o.name for o in model.graph.output}
-    kept = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-
-
-def _block_quantize(weight: onnx.TensorProto, block_size: int) -> list[onnx.TensorProto]:
-    """MatMulNBits layout: uint8 [N, blocks, block_size] offset by 128, fp32 scales [N*blocks]."""
-    values = numpy_helper.to_array(weight).astype(np.float32)
-    k, n = values.shape
-    blocks = -(-k // block_size)
-    # Zero rows pad K to whole blocks; they add nothing to the product.
-    padded = np.zeros((blocks * block_size, n), dtype=np.float32)
-    padded[:k] = values
-    columns = padded.T.reshape(n, blocks, block_size)
-    scales = np.abs(columns).max(axis=-1) / 127.0
-    scales[scales == 0] = 1.0
-    quantized = np.clip(np.rint(columns / scales[..., None]), -127, 127) + 128
-    return [
-        numpy_helper.from_array(quantized.astype(np.uint8), f"{weight.name}_q8"),
-        numpy_helper.from_array(scales.reshape(-1).astype(np.float32), f"{weight.name}_q8_scale"),
-    ]
-
-
 def _quantized_ops(model: onnx.ModelProto) -> dict[str, int]:
     ops = Counter(n.op_type for n in model.graph.node)
     return {op: ops[op] for op in _INTEGER_OPS if ops[op]}
 
 
 def _probe_invariance(path: Path) -> float:
-    """Batch-invariance gap on random sequences; 0.0 for the static and weight-only schemes."""
+    """Batch-invariance gap on random sequences; 0.0 for a file with fixed activation scales."""
     feeds = probe_feeds(path)
     pairs = zip(feeds["input_ids"], feeds["attention_mask"])
     rows = [ids[mask.astype(bool)].tolist() for ids, mask in pairs]
@@ -353,7 +275,6 @@ __all__ = [
     "INVARIANCE_TOLERANCE",
     "KEEP_GROUPS",
     "Int8Config",
-    "Int8Scheme",
     "calibration_feeds",
     "quantize_int8",
     "select_nodes",
