@@ -1,4 +1,4 @@
-"""A whole exported bundle: its manifest and its three runners, loaded on first use.
+"""A whole exported bundle: its manifest and one runner per model, loaded on first use.
 
 Runners are created lazily: a service that only classifies never pays for the QA model's
 session, checksum pass or memory. The first access to ``bundle.classifier`` (from any
@@ -26,17 +26,13 @@ from bertrt.manifest import BundleManifest, ModelManifest
 from bertrt.options import RuntimeOptions, coerce_enum
 from bertrt.qa import QuestionAnswerer
 from bertrt.runner import TaskRunner
+from bertrt.tasks import task_names, task_spec
 from bertrt.types import Device, Precision, Task
-
-_RUNNERS: dict[Task, type[TaskRunner]] = {
-    Task.EMBED: Embedder,
-    Task.CLASSIFY: Classifier,
-    Task.QA: QuestionAnswerer,
-}
 
 
 class Bundle:
-    """An exported bundle folder; ``embedder``, ``classifier`` and ``qa`` load on first use."""
+    """An exported bundle folder; each model's runner (``embedder``, ``classifier``, ``qa``, or
+    :meth:`runner` for any task) loads on first use."""
 
     def __init__(
         self,
@@ -54,14 +50,15 @@ class Bundle:
             )
         _refuse_model_folder(self.path)
         self.manifest = BundleManifest.read(self.path)
+        _refuse_unknown_tasks(self.path, self.manifest)
         self.device = coerce_enum(Device, device, "device")
         self.precision = coerce_enum(Precision, precision, "precision")
         self.options = options or RuntimeOptions()
-        self._runners: dict[Task, TaskRunner] = {}
+        self._runners: dict[str, TaskRunner] = {}
         self._lock = threading.Lock()
 
     @property
-    def tasks(self) -> tuple[Task, ...]:
+    def tasks(self) -> tuple[str, ...]:
         """The tasks this bundle serves."""
         return tuple(dict.fromkeys(self.manifest.models.values()))
 
@@ -80,9 +77,9 @@ class Bundle:
         """The bundle's :class:`QuestionAnswerer` (loaded on first access)."""
         return self._runner(Task.QA)  # type: ignore[return-value]
 
-    def runner(self, task: Task | str) -> TaskRunner:
-        """The runner for ``task`` (``embed``, ``classify`` or ``qa``)."""
-        return self._runner(coerce_enum(Task, task, "task"))
+    def runner(self, task: str) -> TaskRunner:
+        """The runner for ``task`` (``embed``, ``classify``, ``qa`` or any task in :data:`bertrt.tasks.TASKS`)."""
+        return self._runner(task_spec(task).task)
 
     def load_all(self) -> Bundle:
         """Load every model of the bundle now; returns the bundle."""
@@ -90,28 +87,28 @@ class Bundle:
             self._runner(task)
         return self
 
-    def model_dir(self, task: Task) -> Path:
+    def model_dir(self, task: str) -> Path:
         """The folder of the bundle's model for ``task``."""
         for folder, folder_task in self.manifest.models.items():
-            if folder_task is task:
+            if folder_task == task:
                 return self.path / folder
-        present = ", ".join(t.value for t in self.tasks) or "none"
+        present = ", ".join(self.tasks) or "none"
         raise BundleError(
-            f"{self.path} has no {task.value} model (it serves: {present}); re-export it with a "
-            f"recipe that includes a {task.value} model."
+            f"{self.path} has no {task} model (it serves: {present}); re-export it with a "
+            f"recipe that includes a {task} model."
         )
 
-    def model_manifest(self, task: Task) -> ModelManifest:
+    def model_manifest(self, task: str) -> ModelManifest:
         """The manifest of the bundle's model for ``task`` (read without loading the model)."""
         return ModelManifest.read(self.model_dir(task))
 
-    def _runner(self, task: Task) -> TaskRunner:
+    def _runner(self, task: str) -> TaskRunner:
         runner = self._runners.get(task)
         if runner is None:
             with self._lock:
                 runner = self._runners.get(task)
                 if runner is None:
-                    runner = _RUNNERS[task](
+                    runner = task_spec(task).runner(
                         self.model_dir(task),
                         device=self.device,
                         precision=self.precision,
@@ -121,8 +118,19 @@ class Bundle:
         return runner
 
     def __repr__(self) -> str:
-        loaded = ", ".join(t.value for t in self._runners) or "none yet"
+        loaded = ", ".join(self._runners) or "none yet"
         return f"Bundle({str(self.path)!r}, device={self.device.value}, loaded: {loaded})"
+
+
+def _refuse_unknown_tasks(path: Path, manifest: BundleManifest) -> None:
+    """A bundle made for a task this version of bertrt cannot serve is refused up front."""
+    known = task_names()
+    unknown = sorted(task for task in manifest.models.values() if task not in known)
+    if unknown:
+        raise BundleError(
+            f"{path} holds a model for the task(s) {', '.join(unknown)}, which this version of bertrt "
+            f"does not know (it serves {', '.join(known)}); upgrade bertrt or re-export the bundle."
+        )
 
 
 def _refuse_model_folder(path: Path) -> None:
@@ -132,7 +140,7 @@ def _refuse_model_folder(path: Path) -> None:
     except BundleError:
         return  # not a model folder either; BundleManifest.read says what is wrong
     raise BundleError(
-        f"{path} holds a single {manifest.task.value} model, not a bundle; pass the bundle "
+        f"{path} holds a single {manifest.task} model, not a bundle; pass the bundle "
         f"folder that contains it ({path.parent}) with --models."
     )
 

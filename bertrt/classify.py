@@ -30,8 +30,6 @@ class Classifier(TaskRunner):
     manifest's ``labels`` (else ``id2label`` in ``config.json``)."""
 
     task = Task.CLASSIFY
-    required_outputs = (LOGITS,)
-    training_hint = "re-export with a recipe that fine-tunes the classifier"
 
     def _after_load(self) -> None:
         self.labels: tuple[str, ...] = self.manifest.labels or _config_labels(self.model.directory)

@@ -30,7 +30,6 @@ class Embedder(TaskRunner):
     """Sentence and token embeddings from an exported encoder folder."""
 
     task = Task.EMBED
-    required_outputs = (HIDDEN,)
 
     def __call__(
         self,

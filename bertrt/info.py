@@ -30,7 +30,7 @@ def describe(path: str | Path, verify: bool = False) -> dict[str, Any]:
         model_dir = bundle.path / folder
         manifest = ModelManifest.read(model_dir)
         entry: dict[str, Any] = {
-            "task": task.value,
+            "task": str(task),
             "source": manifest.source,
             "max_length": manifest.max_length,
             "doc_stride": manifest.doc_stride,

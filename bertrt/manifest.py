@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from bertrt.errors import BundleError
-from bertrt.types import Precision, Task
+from bertrt.types import Precision, task_named
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
+# Folder of a model's PyTorch weights inside its model folder (kept for re-validation).
+TORCH_DIR = "pytorch"
 # File name of each precision variant inside a model folder.
 VARIANT_FILES: dict[Precision, str] = {
     Precision.FP32: "model.onnx",
@@ -82,14 +84,15 @@ class Variant:
 class ModelManifest:
     """Everything the runtime needs to know about one exported model.
 
+    ``task`` is the task's name (a :class:`~bertrt.types.Task` member for a built-in task);
     ``files`` maps every file the runtime uses (but manifest.json) to its sha256, checked
     before a session is created; ``reference_files`` lists the PyTorch weights kept for
     re-validation, which the runtime never reads;
-    ``labels`` is the classifier's id2label in id order; ``max_length`` is the truncation
+    ``labels`` is a label head's id2label in id order; ``max_length`` is the truncation
     length the export validated with, and ``doc_stride`` the QA window overlap.
     """
 
-    task: Task
+    task: str
     source: str
     max_length: int
     inputs: tuple[TensorSpec, ...]
@@ -107,7 +110,7 @@ class ModelManifest:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (enums as their values)."""
         data = asdict(self)
-        data["task"] = self.task.value
+        data["task"] = str(self.task)
         data["variants"] = {
             p.value: {**asdict(v), "precision": p.value} for p, v in self.variants.items()
         }
@@ -117,7 +120,7 @@ class ModelManifest:
     def from_dict(cls, data: dict[str, Any]) -> ModelManifest:
         try:
             return cls(
-                task=Task(data["task"]),
+                task=_task_name(data["task"]),
                 source=data["source"],
                 max_length=int(data["max_length"]),
                 inputs=tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
@@ -151,7 +154,8 @@ class ModelManifest:
 
 @dataclass(frozen=True)
 class BundleManifest:
-    """The top-level manifest: which recipe made the bundle, when, and its models by folder.
+    """The top-level manifest: which recipe made the bundle, when, and its models (folder name
+    to task name).
 
     ``command`` is the command line that ran the export, as the process received it
     (``sys.argv``); empty for bundles written before it was recorded.
@@ -160,14 +164,14 @@ class BundleManifest:
     recipe: str
     created: str
     versions: dict[str, str]
-    models: dict[str, Task]
+    models: dict[str, str]
     format_version: int = FORMAT_VERSION
     command: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (enums as their values)."""
         data = asdict(self)
-        data["models"] = {name: task.value for name, task in self.models.items()}
+        data["models"] = {name: str(task) for name, task in self.models.items()}
         return data
 
     @classmethod
@@ -177,7 +181,7 @@ class BundleManifest:
                 recipe=data["recipe"],
                 created=data["created"],
                 versions=dict(data.get("versions", {})),
-                models={name: Task(task) for name, task in data["models"].items()},
+                models={name: _task_name(task) for name, task in data["models"].items()},
                 format_version=int(data.get("format_version", FORMAT_VERSION)),
                 command=tuple(str(arg) for arg in data.get("command", ())),
             )
@@ -194,6 +198,13 @@ class BundleManifest:
     def write(self, bundle_dir: Path) -> None:
         """Write ``bundle_dir/manifest.json``."""
         _write_json(bundle_dir / MANIFEST_NAME, self.to_dict())
+
+
+def _task_name(value: Any) -> str:
+    """A manifest's task name; which names a runtime serves is the task registry's call."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"a task is a name, not {value!r}")
+    return task_named(value)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

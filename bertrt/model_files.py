@@ -18,7 +18,7 @@ from pathlib import Path
 from bertrt.errors import BundleError
 from bertrt.manifest import MANIFEST_NAME, ModelManifest, sha256_of
 from bertrt.tokenizer import TOKENIZER_FILE
-from bertrt.types import Precision, Task
+from bertrt.types import Precision
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class ModelFiles:
     onnx_path: Path
 
 
-def open_model(model_dir: Path, task: Task, precision: Precision, verify: bool = True) -> ModelFiles:
+def open_model(model_dir: Path, task: str, precision: Precision, verify: bool = True) -> ModelFiles:
     """Read ``model_dir``'s manifest, refuse another task, verify checksums, pick the variant.
 
     With ``verify`` (the default) every file the manifest lists is checked against its
@@ -41,10 +41,10 @@ def open_model(model_dir: Path, task: Task, precision: Precision, verify: bool =
     model_dir = Path(model_dir)
     _refuse_bundle_root(model_dir, task)
     manifest = ModelManifest.read(model_dir)
-    if manifest.task is not task:
+    if manifest.task != task:
         raise BundleError(
-            f"{model_dir} holds a {manifest.task.value} model, not a {task.value} model; "
-            f"pass the bundle's {task.value} folder instead."
+            f"{model_dir} holds a {manifest.task} model, not a {task} model; "
+            f"pass the bundle's {task} folder instead."
         )
     variant = manifest.variants.get(precision)
     if variant is None:
@@ -97,7 +97,7 @@ def _inside(model_dir: Path, name: str) -> Path:
     return path
 
 
-def _refuse_bundle_root(model_dir: Path, task: Task) -> None:
+def _refuse_bundle_root(model_dir: Path, task: str) -> None:
     """A clear error for the common slip of passing the bundle root to a runner."""
     path = model_dir / MANIFEST_NAME
     try:
@@ -107,5 +107,5 @@ def _refuse_bundle_root(model_dir: Path, task: Task) -> None:
     if isinstance(data, dict) and "models" in data and "task" not in data:
         raise BundleError(
             f"{model_dir} is a bundle, not a model folder; use bertrt.load({str(model_dir)!r}) "
-            f"or pass the bundle's {task.value} folder."
+            f"or pass the bundle's {task} folder."
         )

@@ -62,8 +62,6 @@ class QuestionAnswerer(TaskRunner):
     """
 
     task = Task.QA
-    required_outputs = (START, END)
-    training_hint = "re-export with --qa-data SQUAD.json to train it"
 
     def _after_load(self) -> None:
         if self.manifest.doc_stride is None:

@@ -11,23 +11,22 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import numpy as np
 
 from bertrt.batching import run_in_batches
 from bertrt.errors import BundleError
-from bertrt.limits import as_texts, check_positive
 from bertrt.model_files import ModelFiles, open_model
 from bertrt.options import RuntimeOptions, coerce_enum
 from bertrt.session import OrtSession
 from bertrt.tokenizer import Encoding, TextTokenizer
-from bertrt.types import Device, Precision, Task
+from bertrt.types import Device, Precision
+
+if TYPE_CHECKING:
+    from bertrt.tasks import TaskSpec
 
 R = TypeVar("R")
-
-# Input checks live in bertrt.limits; re-exported here, where task modules long found them.
-__all__ = ["TaskRunner", "as_texts", "check_positive"]
 
 
 class TaskRunner:
@@ -35,12 +34,11 @@ class TaskRunner:
 
     ``device`` is ``auto`` (CUDA where it really runs), ``cpu`` or ``cuda``; ``precision``
     picks the ONNX variant (``fp32`` by default). Checksums are verified before the session
-    is created.
+    is created. What the task needs (its graph outputs, the hint for an untrained head) is
+    read from its row in :data:`bertrt.tasks.TASKS`.
     """
 
-    task: ClassVar[Task]
-    required_outputs: ClassVar[tuple[str, ...]] = ()
-    training_hint: ClassVar[str] = "re-export with training enabled"
+    task: ClassVar[str]
 
     def __init__(
         self,
@@ -51,22 +49,23 @@ class TaskRunner:
         options: RuntimeOptions | None = None,
     ) -> None:
         self.options = options or RuntimeOptions()
+        self.spec = _task_spec(self.task)
         self.model: ModelFiles = open_model(
             Path(model_dir), self.task, coerce_enum(Precision, precision, "precision")
         )
         self.manifest = self.model.manifest
         self.session = OrtSession(self.model.onnx_path, coerce_enum(Device, device, "device"), self.options)
-        missing = [name for name in self.required_outputs if name not in self.session.outputs]
+        missing = [name for name in self.spec.outputs if name not in self.session.outputs]
         if missing:
             raise BundleError(
-                f"{self.model.onnx_path} lacks the output(s) {', '.join(missing)} a {self.task.value} "
+                f"{self.model.onnx_path} lacks the output(s) {', '.join(missing)} a {self.task} "
                 f"model needs (it has {', '.join(self.session.outputs)}); re-export the bundle."
             )
         self.tokenizer = TextTokenizer.from_dir(self.model.directory, self.manifest.max_length)
         if not self.manifest.trained:
             warnings.warn(
-                f"The {self.task.value} head in {self.model.directory} was never trained, so "
-                f"its outputs mean nothing; {self.training_hint}.",
+                f"The {self.task} head in {self.model.directory} was never trained, so "
+                f"its outputs mean nothing; {self.spec.training_hint}.",
                 UserWarning,
                 stacklevel=2,
             )
@@ -99,3 +98,10 @@ class TaskRunner:
             run_batch,
             self.options.group_by_length,
         )
+
+
+def _task_spec(task: str) -> TaskSpec:
+    # The registry names the runner classes, so it can only be read once they exist.
+    from bertrt.tasks import task_spec
+
+    return task_spec(task)

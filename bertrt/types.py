@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, StrEnum
 
 
-class Task(str, Enum):
-    """What a model in a bundle does."""
+class Task(StrEnum):
+    """The tasks built into bertrt, by name: ``Task.QA == "qa"``.
+
+    A task is known by its name, and :data:`bertrt.tasks.TASKS` (not this enum) decides which
+    tasks exist: a task added there needs no member here. So code that handles any task
+    takes its name as a ``str``; a member is a ``str`` that compares, hashes and prints as its
+    name (a ``StrEnum``, so ``f"{task}"`` reads ``qa`` for a member and a plain name alike),
+    and manifests read back a built-in task as its member (:func:`task_named`).
+    """
 
     EMBED = "embed"
     CLASSIFY = "classify"
@@ -35,3 +42,16 @@ class Pooling(str, Enum):
     CLS = "cls"
     MEAN = "mean"
     POOLER = "pooler"
+
+
+def task_named(name: str) -> str:
+    """The :class:`Task` member called ``name``, or ``name`` itself for a task that is not
+    built in (one added to :data:`bertrt.tasks.TASKS`).
+
+    >>> task_named("qa") is Task.QA, task_named("tag")
+    (True, 'tag')
+    """
+    try:
+        return Task(name)
+    except ValueError:
+        return name

@@ -57,7 +57,8 @@ class ModelHost:
         self.metrics = metrics
         # Reading the manifest is quick and fails early on a wrong path.
         self.bundle = bundle if bundle is not None else open_bundle(config)
-        self.tasks = config.tasks or self.bundle.tasks
+        # The HTTP routes serve the built-in tasks; a bundle's other models are not exposed.
+        self.tasks = config.tasks or tuple(task for task in self.bundle.tasks if isinstance(task, Task))
         self.model_name = config.model_name or self.bundle.manifest.recipe
         self.error: str | None = None
         self._batchers: dict[Task, DynamicBatcher[Any]] = {}
