@@ -18,10 +18,8 @@ from pathlib import Path
 
 from bertrt.bundle import Bundle
 from bertrt.errors import BundleError
+from bertrt.manifest import TORCH_DIR
 from bertrt.types import Precision, Task
-
-# Folder of a model's PyTorch weights inside its bundle folder (written by the export).
-TORCH_DIR = "pytorch"
 
 
 @dataclass(frozen=True)

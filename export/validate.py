@@ -1,13 +1,16 @@
 """Validation of an exported ONNX file against the PyTorch model it came from.
 
-Both run on the same batch of real texts of mixed lengths, padded to the longest: every output
-is compared on the real (non-padding) tokens, classifier labels must agree, and QA answers are
-decoded from both with the runtime's own span decoder and must agree.
+Both run on the same batch of real texts of mixed lengths (question/context windows for a span
+head), padded to the longest: every output is compared on the real (non-padding) tokens, and the
+task's own check (its row in :data:`bertrt.export.tasks.EXPORTS`) compares what the outputs
+mean: classifier labels must agree, QA answers decoded from both with the runtime's own span
+decoder must agree.
 
 Tolerances (stated in every report):
 - fp32: max abs difference per output <= 1e-4, labels and answer spans identical.
 - fp16 (GPU only): max abs difference on logits/embeddings <= 1e-2, labels identical;
-  where no CUDA provider is present the variant is recorded as not run.
+  where no CUDA provider is present the variant is recorded as not run
+  (:func:`bertrt.export.variants.validation_device` decides where each variant is checked).
 - int8: judged by task agreement, not by elementwise difference (see ``INT8``).
 """
 
@@ -20,12 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 from bertrt.export import samples
-from bertrt.export.squad import f1_score
+from bertrt.export.tasks import export_spec
 
-from bertrt.qa_decode import decode_answers
 from bertrt.qa_windows import encode_qa
 from bertrt.session import OrtSession
-from bertrt.types import Device, Precision, Task
+from bertrt.tasks import Head, task_spec
+from bertrt.types import Device, Precision
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,9 @@ class Reference:
     windows: Any = None
 
 
-def torch_reference(task: Task, model: Any, tokenizer: Any, max_length: int, doc_stride: int | None) -> Reference:
+def torch_reference(task: str, model: Any, tokenizer: Any, max_length: int, doc_stride: int | None) -> Reference:
     """Run the PyTorch model once on the validation batch for ``task``."""
-    if task is Task.QA:
+    if task_spec(task).head is Head.SPAN:
         questions = [q for q, _ in samples.QA_PAIRS]
         contexts = tuple(c for _, c in samples.QA_PAIRS)
         windows = encode_qa(_backend(tokenizer), questions, list(contexts), max_length, doc_stride or 128)
@@ -90,7 +93,7 @@ def torch_reference(task: Task, model: Any, tokenizer: Any, max_length: int, doc
 
 def validate_onnx(
     onnx_path: Path,
-    task: Task,
+    task: str,
     precision: Precision,
     reference: Reference,
     device: Device = Device.CPU,
@@ -120,24 +123,11 @@ def validate_onnx(
             for name, diff in report["max_abs_diff"].items()
             if diff > tolerance.max_abs_diff
         ]
-    if task is Task.CLASSIFY:
-        agreement = float(np.mean(reference.outputs["logits"].argmax(-1) == outputs["logits"].argmax(-1)))
-        report["label_agreement"] = agreement
-        if agreement < tolerance.min_label_agreement:
-            failures.append(f"label agreement {agreement:.3f} < {tolerance.min_label_agreement}")
-    elif task is Task.QA:
-        agreement, overlap = _answer_agreement(reference, outputs)
-        report["answer_agreement"] = agreement
-        report["answer_overlap"] = overlap
-        if agreement < tolerance.min_answer_agreement:
-            failures.append(f"answer agreement {agreement:.3f} < {tolerance.min_answer_agreement}")
-        if tolerance.min_answer_overlap is not None and overlap < tolerance.min_answer_overlap:
-            failures.append(f"answer overlap {overlap:.3f} < {tolerance.min_answer_overlap}")
-    elif tolerance.min_cosine is not None:
-        cosine = _min_cosine(reference.outputs["pooler_output"], outputs["pooler_output"])
-        report["min_cosine_pooler"] = cosine
-        if cosine < tolerance.min_cosine:
-            failures.append(f"pooler cosine {cosine:.4f} < {tolerance.min_cosine}")
+    check = export_spec(task).check
+    if check is not None:
+        measured, task_failures = check(reference, outputs, tolerance)
+        report.update(measured)
+        failures += task_failures
     report["passed"] = not failures
     report["failures"] = failures
     return report
@@ -166,23 +156,6 @@ def _masked_max_abs_diff(expected: np.ndarray, actual: np.ndarray, mask: np.ndar
     if diff.ndim >= 2 and diff.shape[:2] == mask.shape:
         diff = diff[mask]
     return float(diff.max()) if diff.size else 0.0
-
-
-def _answer_agreement(reference: Reference, outputs: dict[str, np.ndarray]) -> tuple[float, float]:
-    """Share of pairs with exactly PyTorch's best span, and the mean token F1 of the two answers."""
-    expected = decode_answers(
-        reference.outputs["start_logits"], reference.outputs["end_logits"], reference.windows, list(reference.contexts)
-    )
-    actual = decode_answers(outputs["start_logits"], outputs["end_logits"], reference.windows, list(reference.contexts))
-    same = [(e[0].start, e[0].end) == (a[0].start, a[0].end) for e, a in zip(expected, actual)]
-    overlap = [1.0 if a[0].text == e[0].text else f1_score(a[0].text, e[0].text) for e, a in zip(expected, actual)]
-    return float(np.mean(same)), float(np.mean(overlap))
-
-
-def _min_cosine(expected: np.ndarray, actual: np.ndarray) -> float:
-    num = (expected * actual).sum(-1)
-    den = np.linalg.norm(expected, axis=-1) * np.linalg.norm(actual, axis=-1) + 1e-12
-    return float((num / den).min())
 
 
 def _backend(tokenizer: Any) -> Any:

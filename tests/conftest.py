@@ -76,9 +76,9 @@ def tiny_torch_models(tiny_recipe: Any, tiny_source: Path) -> dict[str, Any]:
     from bertrt.types import Task
 
     models: dict[str, Any] = {
-        Task.EMBED.value: load_source_model(Task.EMBED, tiny_recipe.embedder),
-        Task.CLASSIFY.value: load_source_model(Task.CLASSIFY, tiny_recipe.classifier),
-        Task.QA.value: load_source_model(Task.QA, tiny_recipe.qa),
+        Task.EMBED.value: load_source_model(Task.EMBED, tiny_recipe.models["embedder"]),
+        Task.CLASSIFY.value: load_source_model(Task.CLASSIFY, tiny_recipe.models["classifier"]),
+        Task.QA.value: load_source_model(Task.QA, tiny_recipe.models["qa"]),
     }
     models["tokenizer"] = AutoTokenizer.from_pretrained(tiny_source)
     return models

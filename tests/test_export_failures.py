@@ -121,7 +121,8 @@ def test_a_failed_export_leaves_the_previous_bundle_untouched(
     recipe = tiny_recipe
     qa_data = None
     if failure == "hub unreachable":
-        recipe = replace(recipe, classifier=replace(recipe.classifier, source="no-such-org/no-such-bert"))
+        hub_classifier = replace(recipe.models["classifier"], source="no-such-org/no-such-bert")
+        recipe = replace(recipe, models={**recipe.models, "classifier": hub_classifier})
     if failure == "interrupted training":
         qa_data = tmp_path / "squad.json"
         qa_data.write_text(json.dumps(SQUAD), encoding="utf-8")
@@ -184,10 +185,10 @@ def test_source_models_load_from_safetensors_without_remote_code(
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(pipeline, "load_pretrained", lambda cls, source, **kwargs: calls.append(kwargs))
     with pytest.raises(AttributeError):  # the stub returns None, which has no .eval()
-        pipeline.load_source_model(Task.EMBED, tiny_recipe.embedder)
+        pipeline.load_source_model(Task.EMBED, tiny_recipe.models["embedder"])
     assert calls == [{"trust_remote_code": False, "use_safetensors": True}]
     with pytest.raises(AttributeError):
-        pipeline.load_source_model(Task.EMBED, replace(tiny_recipe.embedder, trust_remote_code=True))
+        pipeline.load_source_model(Task.EMBED, replace(tiny_recipe.models["embedder"], trust_remote_code=True))
     assert calls[-1]["trust_remote_code"] is True
 
 
@@ -196,7 +197,7 @@ def test_recipes_do_not_trust_remote_code_by_default() -> None:
 
     for name in ("minilm", "bert-base"):
         recipe = load_recipe(name)
-        assert not any(m.trust_remote_code for m in (recipe.embedder, recipe.classifier, recipe.qa))
+        assert recipe.models and not any(m.trust_remote_code for m in recipe.models.values())
 
 
 def test_a_pickled_checkpoint_is_refused(tiny_source: Path, tiny_recipe: Any, tmp_path: Path) -> None:
@@ -209,7 +210,7 @@ def test_a_pickled_checkpoint_is_refused(tiny_source: Path, tiny_recipe: Any, tm
     torch.save(load_file(weights), source / "pytorch_model.bin")
     weights.unlink()
     with pytest.raises(ExportError, match=r"model\.safetensors"):
-        load_source_model(Task.EMBED, replace(tiny_recipe.embedder, source=str(source)))
+        load_source_model(Task.EMBED, replace(tiny_recipe.models["embedder"], source=str(source)))
 
 
 def test_no_code_path_unpickles() -> None:

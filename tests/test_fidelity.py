@@ -143,7 +143,7 @@ def test_eval_qa_without_data_says_what_to_pass(tiny_bundle: Path) -> None:
 
 
 def test_qa_variants_are_judged_by_exact_spans_and_by_overlap(tiny_bundle: Path) -> None:
-    from bertrt.export import validate
+    from bertrt.export import heads, validate
     from tokenizers import Tokenizer
 
     from bertrt.qa_windows import encode_qa
@@ -166,11 +166,11 @@ def test_qa_variants_are_judged_by_exact_spans_and_by_overlap(tiny_bundle: Path)
     expected = ["capital of france", "the seine", "paris", "capital"]
     reference = validate.Reference(feeds={}, outputs=logits(expected), contexts=(context,) * 4, windows=windows)
     # One span gains a word, one loses one: half the spans differ, yet the answers mostly overlap.
-    agreement, overlap = validate._answer_agreement(
+    agreement, overlap = heads.span_agreement(
         reference, logits(["capital of france", "seine", "paris", "capital of"])
     )
     assert agreement == 0.5
     assert overlap == pytest.approx((1 + 1 + 1 + 2 / 3) / 4)  # "seine" vs "the seine": articles are ignored
     assert validate.INT8.min_answer_overlap is not None and overlap >= validate.INT8.min_answer_overlap
-    _, unrelated = validate._answer_agreement(reference, logits(["paris", "paris", "france", "seine"]))
+    _, unrelated = heads.span_agreement(reference, logits(["paris", "paris", "france", "seine"]))
     assert unrelated < validate.INT8.min_answer_overlap

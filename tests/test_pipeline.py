@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bertrt.errors import BundleError, ExportError, ValidationFailed
+from bertrt.errors import BundleError, ConfigError, ExportError, ValidationFailed
 from bertrt.manifest import BundleManifest, ModelManifest, sha256_of
 from bertrt.types import Precision, Task
 
@@ -112,6 +112,36 @@ def test_missing_folder_source_is_treated_as_hub_id_and_fails_clearly() -> None:
 
     with pytest.raises(Exception, match="source"):
         recipe_from_dict({"embedder": {}, "classifier": {"source": "x"}, "qa": {"source": "x"}})
+
+
+def test_a_recipe_builds_the_models_whose_sections_it_has() -> None:
+    from bertrt.export.recipe import ClassifierTraining, QATraining, recipe_from_dict
+
+    recipe = recipe_from_dict({"embedder": {"source": "x"}, "qa": {"source": "y", "training": {"doc_stride": 32}}})
+    assert list(recipe.models) == ["embedder", "qa"]
+    # every trainable task keeps its settings (int8 calibration reads the classifier's split)
+    assert recipe.classifier_training == ClassifierTraining() and recipe.training["qa"] == QATraining(doc_stride=32)
+    assert recipe.with_overrides(qa={"epochs": 2.0, "doc_stride": None}).training["qa"] == QATraining(
+        doc_stride=32, epochs=2.0
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"embedder": {"source": "x"}, "clasifier": {}}, r"Unknown key\(s\) \['clasifier'\] in the recipe"),
+        ({"name": "empty"}, "names no model; add at least one of the sections"),
+        ({"classifier": {"source": "x", "finetune": "maybe"}}, r"\[classifier\] finetune must be true, false"),
+        ({"classifier": "x"}, r"must be a section \(\[classifier\]\)"),
+        ({"qa": {"source": "x", "training": {"stride": 3}}}, r"Unknown key\(s\) \['stride'\] in \[qa.training\]"),
+    ],
+    ids=["misspelt section", "no model", "bad finetune", "not a table", "bad training key"],
+)
+def test_bad_recipes_name_what_to_fix(data: dict[str, Any], message: str) -> None:
+    from bertrt.export.recipe import recipe_from_dict
+
+    with pytest.raises(ConfigError, match=message):
+        recipe_from_dict(data)
 
 
 def test_bundle_manifest_is_json_with_versions(tiny_bundle: Path) -> None:
