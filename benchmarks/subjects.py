@@ -54,7 +54,8 @@ def bundle_models(path: Path) -> dict[Task, ModelInfo]:
     """The bundle's models by task (no session is created, no checksum is computed)."""
     bundle = Bundle(path)
     models = {}
-    for task in bundle.tasks:
+    # The benchmark's workloads are the built-in tasks'; other models of a bundle are not timed.
+    for task in (t for t in bundle.tasks if isinstance(t, Task)):
         manifest = bundle.model_manifest(task)
         directory = bundle.model_dir(task)
         models[task] = ModelInfo(

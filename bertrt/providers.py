@@ -3,10 +3,11 @@
 ``onnxruntime-gpu`` lists ``CUDAExecutionProvider`` as *available* even on a machine
 without a GPU or without the CUDA libraries, so availability proves nothing: the only
 reliable test is to create a session with the CUDA provider and read back
-``session.get_providers()``. That probe is made quietly (ONNX Runtime's error spew and
-``preload_dlls``' prints are suppressed) and its failure is remembered for the process,
-so later sessions neither retry nor repeat the noise. One log line on the ``bertrt``
-logger says which provider runs and why.
+``session.get_providers()``. :func:`cuda_failure` is that probe, the only one in bertrt
+(sessions, and the export stage's choice of where to validate, ask it). It runs once per
+process, quietly (ONNX Runtime's error spew and ``preload_dlls``' prints are suppressed), on
+a one-node graph, and its verdict is remembered, so later sessions neither retry nor repeat
+the noise. One log line on the ``bertrt`` logger says which provider runs and why.
 
 Example::
 
@@ -56,8 +57,16 @@ _LOAD_ERRORS: tuple[type[BaseException], ...] = (
     ort_state.RuntimeException,
 )
 
+# The smallest graph a provider can run: y = Identity(x), x a float[1] (ONNX IR 8, opset 13),
+# as onnx.helper serializes it (tests rebuild it to check). The CUDA probe creates a session on it.
+_PROBE_GRAPH = bytes.fromhex(
+    "08083a3b0a100a017812017922084964656e74697479120570726f62655a0f0a0178120a0a08080112040a020801"
+    "620f0a0179120a0a08080112040a02080142040a00100d"
+)
+
 _probe_lock = threading.Lock()
-_cuda_failure: str | None = None  # why CUDA cannot run in this process, once known
+_cuda_probed = False
+_cuda_failure: str | None = None  # why CUDA cannot run in this process, once probed
 _dlls_preloaded = False
 
 
@@ -99,10 +108,7 @@ def create_session(model_path: Path, device: Device, options: RuntimeOptions) ->
         if failure is None:
             reason = f"the CUDA provider loaded on GPU {options.cuda_device_id}"
         elif device is Device.CUDA:
-            raise DeviceError(
-                f"--device cuda was asked for but {failure}; use --device auto or cpu, "
-                "or install onnxruntime-gpu with CUDA and cuDNN on a GPU machine."
-            )
+            raise cuda_unavailable(failure)
         else:
             session = session or _new_session(model_path, so, [CPU_PROVIDER])
             reason = f"--device auto fell back to the CPU because {failure}"
@@ -110,33 +116,70 @@ def create_session(model_path: Path, device: Device, options: RuntimeOptions) ->
     return session
 
 
+def cuda_failure() -> str | None:
+    """Why the CUDA provider cannot run in this process, or None when it runs.
+
+    Probed once per process, on a one-node graph, and remembered. Example::
+
+        failure = cuda_failure()   # e.g. 'the CUDA provider did not start (no GPU, ...)'
+    """
+    global _cuda_probed, _cuda_failure
+    with _probe_lock:
+        if not _cuda_probed:
+            _cuda_failure = _probe_cuda()
+            _cuda_probed = True
+        return _cuda_failure
+
+
+def cuda_unavailable(failure: str) -> DeviceError:
+    """The error for ``--device cuda`` where CUDA cannot run; ``failure`` says why."""
+    return DeviceError(
+        f"--device cuda was asked for but {failure}; use --device auto or cpu, "
+        "or install onnxruntime-gpu with CUDA and cuDNN on a GPU machine."
+    )
+
+
+def _probe_cuda() -> str | None:
+    if CUDA_PROVIDER not in ort.get_available_providers():
+        return "this onnxruntime build has no CUDA provider (install onnxruntime-gpu)"
+    dll_notes = _preload_cuda_dlls()
+    so = ort.SessionOptions()
+    with _quiet_ort():
+        try:
+            session = ort.InferenceSession(_PROBE_GRAPH, sess_options=so, providers=[CUDA_PROVIDER, CPU_PROVIDER])
+            runs = CUDA_PROVIDER in session.get_providers()
+        except _LOAD_ERRORS:
+            runs = False
+    if runs:
+        return None
+    detail = f" ({dll_notes})" if dll_notes else " (no GPU, or CUDA/cuDNN libraries missing)"
+    return f"the CUDA provider did not start{detail}"
+
+
 def _try_cuda(
     model_path: Path, so: ort.SessionOptions, device_id: int
 ) -> tuple[ort.InferenceSession | None, str | None]:
-    """(session, None) when CUDA runs; (a CPU session or None, the reason) when it does not."""
-    global _cuda_failure
-    with _probe_lock:
-        if _cuda_failure is not None:
-            return None, _cuda_failure
-        if CUDA_PROVIDER not in ort.get_available_providers():
-            _cuda_failure = "this onnxruntime build has no CUDA provider (install onnxruntime-gpu)"
-            return None, _cuda_failure
-        dll_notes = _preload_cuda_dlls()
-        providers: list[str | tuple[str, dict[str, object]]] = [
-            (CUDA_PROVIDER, {"device_id": device_id}),
-            CPU_PROVIDER,
-        ]
-        # The default logger is process-wide; silence it only for this probe.
+    """(session, None) when CUDA runs the model; (a CPU session or None, the reason) when not."""
+    failure = cuda_failure()
+    if failure is not None:
+        return None, failure
+    providers: list[str | tuple[str, dict[str, object]]] = [(CUDA_PROVIDER, {"device_id": device_id}), CPU_PROVIDER]
+    with _quiet_ort():
+        session = _new_session(model_path, so, providers)
+    if CUDA_PROVIDER in session.get_providers():
+        return session, None
+    return session, f"the CUDA provider did not start on GPU {device_id}"
+
+
+class _quiet_ort:
+    """Silence ONNX Runtime's process-wide default logger (all but fatal errors) while a CUDA
+    session is tried: a failed attempt logs pages that say nothing to a bertrt user."""
+
+    def __enter__(self) -> None:
         ort.set_default_logger_severity(_ORT_FATAL_ONLY)
-        try:
-            session = _new_session(model_path, so, providers)
-        finally:
-            ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
-        if CUDA_PROVIDER in session.get_providers():
-            return session, None
-        detail = f" ({dll_notes})" if dll_notes else " (no GPU, or CUDA/cuDNN libraries missing)"
-        _cuda_failure = f"the CUDA provider did not start{detail}"
-        return session, _cuda_failure
+
+    def __exit__(self, *exc: object) -> None:
+        ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
 
 
 def _preload_cuda_dlls() -> str:
@@ -179,11 +222,3 @@ def _label(model_path: Path) -> str:
     """``embedder/model.onnx`` rather than a long absolute path, for the log line."""
     resolved = model_path.resolve()
     return f"{resolved.parent.name}/{resolved.name}"
-
-
-def reset_cuda_probe() -> None:
-    """Forget a remembered CUDA failure (for tests and long-lived processes that install
-    drivers while running)."""
-    global _cuda_failure
-    with _probe_lock:
-        _cuda_failure = None

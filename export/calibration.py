@@ -14,17 +14,17 @@ from bertrt.export import samples
 from bertrt.export.recipe import ClassifierTraining, Recipe
 from bertrt.export.variants import CalibrationText
 
-from bertrt.types import Task
+from bertrt.tasks import Head, task_spec
 
 CALIBRATION_SIZE = 64
 
 
 def calibration_texts(
-    task: Task, recipe: Recipe, qa_data: str | Path | None, sentiment_csv: Path | None
+    task: str, recipe: Recipe, qa_data: str | Path | None, sentiment_csv: Path | None
 ) -> list[CalibrationText]:
     """Up to :data:`CALIBRATION_SIZE` texts (question/context pairs for QA) for ``task``;
     ``qa_data`` is any SQuAD source :func:`~bertrt.export.squad.load_squad` reads."""
-    if task is Task.QA:
+    if task_spec(task).head is Head.SPAN:
         if qa_data is None:
             return list(samples.QA_PAIRS)
         from bertrt.export.squad import load_squad

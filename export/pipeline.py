@@ -31,7 +31,7 @@ from bertrt.export.heads import TrainingJob
 from bertrt.export.recipe import ModelRecipe, Recipe
 from bertrt.export.sources import load_pretrained
 from bertrt.export.tasks import ExportSpec, export_spec, export_specs
-from bertrt.export.variants import build_order, build_variant, variant_runs_here
+from bertrt.export.variants import build_order, build_variant, validation_device
 from transformers import AutoTokenizer
 
 from bertrt.errors import ConfigError, ExportError, ValidationFailed
@@ -44,7 +44,7 @@ from bertrt.manifest import (
     sha256_of,
 )
 from bertrt.tasks import Head, task_spec
-from bertrt.types import Device, Precision, Task
+from bertrt.types import Precision, Task
 
 Log = Callable[[str], None]
 
@@ -194,12 +194,11 @@ def _validated(
     model_dir: Path, file: str, task: str, precision: Precision, reference: validate.Reference, log: Log
 ) -> dict[str, Any]:
     """Validate one variant file; raise ValidationFailed (nothing is published) when it fails."""
-    runs_here, why_not = variant_runs_here(precision)
-    if not runs_here:
-        report = validate.not_run_report(precision, why_not)
+    placement = validation_device(precision)
+    if placement.device is None:
+        report = validate.not_run_report(precision, placement.reason)
     else:
-        device = Device.CUDA if precision is Precision.FP16 else Device.CPU
-        report = validate.validate_onnx(model_dir / file, task, precision, reference, device)
+        report = validate.validate_onnx(model_dir / file, task, precision, reference, placement.device)
     log(f"      {precision.value}: {_describe(report)}")
     if report["passed"] is False:
         raise ValidationFailed(

@@ -215,7 +215,7 @@ def _model_section(value: Any, key: str) -> ModelRecipe:
     section.pop("training", None)
     if "source" not in section:
         raise ConfigError(f"Recipe section [{key}] needs a `source` (a package:, folder or hub id).")
-    model = _build(ModelRecipe, section, key)
+    model: ModelRecipe = _build(ModelRecipe, section, key)
     if model.finetune not in (True, False, "with-data"):
         raise ConfigError(f"[{key}] finetune must be true, false or \"with-data\".")
     return model

@@ -8,11 +8,11 @@ from typing import Any
 
 from bertrt.export import validate
 from bertrt.export.tasks import export_spec
-from bertrt.export.variants import variant_runs_here
+from bertrt.export.variants import validation_device
 from transformers import AutoTokenizer
 
 from bertrt.manifest import TORCH_DIR, BundleManifest, ModelManifest
-from bertrt.types import Precision
+from bertrt.types import Device, Precision
 
 
 @dataclass(frozen=True)
@@ -49,32 +49,35 @@ def load_torch_model(model_dir: Path, task: str) -> tuple[Any, Any]:
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    """What `bertrt validate` re-checks: the bundle at ``bundle``, and only the variants in
-    ``precisions`` (every variant when empty)."""
+    """What `bertrt validate` re-checks: the bundle at ``bundle``, only the variants in
+    ``precisions`` (every variant when empty), each placed by the validation-device rule
+    for ``device``."""
 
     bundle: Path
     precisions: tuple[Precision, ...] = ()
+    device: Device = Device.AUTO
 
 
 def validate_bundle(config: ValidateConfig) -> list[VariantCheck]:
     """Validate every variant (of ``config.precisions``) of every model in the bundle against
-    its PyTorch model."""
-    bundle_dir, precisions = config.bundle, config.precisions
+    its PyTorch model, each where :func:`~bertrt.export.variants.validation_device` places it."""
+    bundle_dir, precisions, device = config.bundle, config.precisions, config.device
     checks = []
     for name, task in BundleManifest.read(bundle_dir).models.items():
         model_dir = bundle_dir / name
         manifest = ModelManifest.read(model_dir)
+        wanted = [p for p in manifest.variants if not precisions or p in precisions]
+        placements = {precision: validation_device(precision, device) for precision in wanted}
+        if not wanted:
+            continue
         model, tokenizer = load_torch_model(model_dir, task)
         reference = validate.torch_reference(task, model, tokenizer, manifest.max_length, manifest.doc_stride)
-        for precision, variant in manifest.variants.items():
-            if precisions and precision not in precisions:
-                continue
-            runs_here, why_not = variant_runs_here(precision)
+        for precision in wanted:
+            file, placement = manifest.variants[precision].file, placements[precision]
             report = (
-                validate.validate_onnx(model_dir / variant.file, task, precision, reference)
-                if runs_here
-                else validate.not_run_report(precision, why_not)
+                validate.validate_onnx(model_dir / file, task, precision, reference, placement.device)
+                if placement.device is not None
+                else validate.not_run_report(precision, placement.reason)
             )
-            size = (model_dir / variant.file).stat().st_size
-            checks.append(VariantCheck(name, task, precision, variant.file, size, report))
+            checks.append(VariantCheck(name, task, precision, file, (model_dir / file).stat().st_size, report))
     return checks

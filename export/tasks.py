@@ -61,7 +61,8 @@ class ExportSpec:
         """The suffix of a checkpoint architecture that already carries this head
         (``ForSequenceClassification`` for ``AutoModelForSequenceClassification``); empty for
         a bare encoder."""
-        return self.model_class.__name__.removeprefix("AutoModel")
+        name: str = self.model_class.__name__.removeprefix("AutoModel")
+        return name
 
 
 EXPORTS: Mapping[str, ExportSpec] = MappingProxyType({

@@ -1,24 +1,27 @@
-"""Building the precision variants of an exported model, and whether they can be checked here.
+"""Building the precision variants of an exported model, and where each is validated.
 
 fp32 is the exporter's graph fused by ONNX Runtime's transformer optimizer; fp16 (GPUs) and
 int8 (CPUs, calibrated fixed activation scales) are derived from that fused file, so fp32 is
 always built first.
+
+:func:`validation_device` is the one rule for where a variant is checked against PyTorch, at
+export (``bertrt export``), on re-validation (``bertrt validate``) and when scoring
+(``bertrt eval``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import onnxruntime as ort
 from bertrt.export.optimize import convert_fp16, optimize_fp32
 from bertrt.export.quantize import calibration_feeds, quantize_int8
-from onnx import TensorProto, helper
 
 from bertrt.manifest import VARIANT_FILES
-from bertrt.types import Precision
+from bertrt.providers import cuda_failure, cuda_unavailable
+from bertrt.types import Device, Precision
 
 CalibrationText = str | tuple[str, str]
 
@@ -62,32 +65,43 @@ def build_order(precisions: Sequence[Precision]) -> tuple[Precision, ...]:
     return tuple(dict.fromkeys((Precision.FP32, *precisions)))
 
 
-def variant_runs_here(precision: Precision) -> tuple[bool, str]:
-    """Whether this machine can validate ``precision``; if not, the reason, for the manifest.
+@dataclass(frozen=True)
+class Placement:
+    """Where one variant is validated: on ``device``, or, with ``device`` None, not here, for
+    ``reason`` (which the variant's report records)."""
 
-    fp16 files do load on the CPU provider, but it computes them in fp32, which says nothing
-    about fp16 arithmetic: their tolerance is checked only where CUDA runs them.
+    device: Device | None
+    reason: str = ""
+
+
+def validation_device(
+    precision: Precision,
+    requested: Device = Device.AUTO,
+    probe: Callable[[], str | None] = cuda_failure,
+) -> Placement:
+    """Where a ``precision`` variant is validated when ``requested`` (``--device``) is asked for.
+
+    fp32 and fp16 files are served on GPUs, so they are validated on CUDA where a GPU runs
+    (``auto`` or ``cuda``); without one, fp32 is validated on the CPU and fp16 is not run: the
+    CPU provider computes fp16 files in fp32, which says nothing about fp16 arithmetic. int8
+    files are built for the CPU provider and are validated there. ``cpu`` validates fp32 and
+    int8 on the CPU and runs no fp16 check; ``cuda`` without a GPU is a DeviceError.
+    ``probe`` says why CUDA cannot run, or None when it runs (:func:`bertrt.providers.cuda_failure`).
+
+    >>> validation_device(Precision.FP16, probe=lambda: "no GPU")
+    Placement(device=None, reason='fp16 is validated on a CUDA GPU and no GPU')
     """
-    if precision is Precision.FP16 and not cuda_available():
-        return False, "fp16 is validated on a CUDA GPU and this machine has none"
-    return True, ""
-
-
-def cuda_available() -> bool:
-    """True when the CUDA execution provider really creates sessions on this machine."""
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CUDAExecutionProvider"])
-    except Exception:  # ORT's pybind errors share no base class: any failure means "not here"
-        return False
-    return "CUDAExecutionProvider" in session.get_providers()
+    if requested is Device.CPU:
+        if precision is Precision.FP16:
+            return Placement(None, "fp16 is validated on a CUDA GPU and --device cpu was asked for")
+        return Placement(Device.CPU, "--device cpu was asked for")
+    failure = probe()
+    if failure is not None and requested is Device.CUDA:
+        raise cuda_unavailable(failure)
+    if precision is Precision.INT8:
+        return Placement(Device.CPU, "int8 files are built for the CPU provider")
+    if failure is None:
+        return Placement(Device.CUDA, "a CUDA GPU runs here")
+    if precision is Precision.FP16:
+        return Placement(None, f"fp16 is validated on a CUDA GPU and {failure}")
+    return Placement(Device.CPU, f"no CUDA GPU runs here: {failure}")

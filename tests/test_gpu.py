@@ -19,9 +19,9 @@ TEXTS = ["i love paris", "the film was bad", "what a great story about the city 
 
 
 def _cuda_runs() -> bool:
-    from bertrt.export.variants import cuda_available
+    from bertrt.providers import cuda_failure
 
-    return cuda_available()
+    return cuda_failure() is None
 
 
 gpu = pytest.mark.skipif(not _cuda_runs(), reason="needs a CUDA GPU with onnxruntime-gpu (run with -m gpu there)")
@@ -42,6 +42,18 @@ def test_cuda_matches_cpu(tiny_bundle: Path, precision: Precision) -> None:
     qa = QuestionAnswerer(tiny_bundle / "qa", device="cuda", precision=precision)
     answer = qa.answer("what is the capital?", "paris is the capital of france.").best
     assert answer is not None and "paris is the capital of france."[answer.start : answer.end] == answer.text
+
+
+@pytest.mark.gpu
+@gpu
+def test_export_validates_fp32_and_fp16_on_the_gpu_and_int8_on_the_cpu(tiny_bundle: Path) -> None:
+    from bertrt.manifest import ModelManifest
+
+    for folder in ("embedder", "classifier", "qa"):
+        variants = ModelManifest.read(tiny_bundle / folder).variants
+        for precision, device in ((Precision.FP32, "cuda"), (Precision.FP16, "cuda"), (Precision.INT8, "cpu")):
+            report = variants[precision].validation
+            assert report["ran"] is True and report["device"] == device and report["passed"] is True, (folder, report)
 
 
 def test_gpu_check_rehearses_on_cpu(tmp_path: Path) -> None:

@@ -79,7 +79,7 @@ def test_a_new_task_needs_only_its_rows_a_runner_and_head_code(
 ) -> None:
     from bertrt.export.pipeline import ExportOptions, export_bundle
     from bertrt.export.recipe import recipe_from_dict
-    from bertrt.export.revalidate import load_torch_model, validate_bundle
+    from bertrt.export.revalidate import ValidateConfig, load_torch_model, validate_bundle
 
     source = str(tiny_source)
     recipe = recipe_from_dict({
@@ -114,7 +114,7 @@ def test_a_new_task_needs_only_its_rows_a_runner_and_head_code(
     assert [token for token, _ in tags] == ["[CLS]", "i", "love", "paris", "[SEP]"]
     assert [label for _, label in tags] == [manifest.labels[i] for i in logits.argmax(-1).tolist()]
 
-    checks = validate_bundle(out)
+    checks = validate_bundle(ValidateConfig(out))
     tagged = {(c.model, c.precision) for c in checks if c.task == TAG}
     assert tagged == {("tagger", Precision.FP32), ("tagger", Precision.INT8)}
     assert all(c.report["passed"] for c in checks)

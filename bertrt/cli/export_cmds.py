@@ -17,9 +17,17 @@ from bertrt.cli import app
 from bertrt.cli.common import DEFAULT_MODELS, JsonOption, ModelsOption, command_errors
 from bertrt.cli.render import eval_text, export_summary_text, validation_table
 from bertrt.errors import ConfigError
-from bertrt.types import Precision, Task
+from bertrt.types import Device, Precision, Task
 
 EXPORT_EXTRA_HINT = "install the export stage with: pip install 'bertrt[export]'"
+ValidationDeviceOption = Annotated[
+    Device,
+    typer.Option(
+        "--device",
+        help="Where each variant is run: auto runs fp32 and fp16 on CUDA when a GPU is present, else fp32 on the "
+        "CPU and fp16 not at all; int8 always on the CPU; cpu skips fp16; cuda fails without a GPU.",
+    ),
+]
 
 
 def require_export_stage() -> None:
@@ -108,6 +116,7 @@ def validate(
     precision: Annotated[
         list[Precision] | None, typer.Option(help="Only check this variant; repeat for several. Default: all.")
     ] = None,
+    device: ValidationDeviceOption = Device.AUTO,
     json_output: JsonOption = False,
 ) -> None:
     """Re-check every file of a bundle against the PyTorch model it came from.
@@ -119,7 +128,7 @@ def validate(
         require_export_stage()
         from bertrt.export.revalidate import ValidateConfig, validate_bundle
 
-        checks = validate_bundle(ValidateConfig(models, tuple(precision or ())))
+        checks = validate_bundle(ValidateConfig(models, tuple(precision or ()), device))
     passed = all(check.report.get("passed") is not False for check in checks)
     if json_output:
         report = {"bundle": str(models), "passed": passed, "checks": [check.to_dict() for check in checks]}
@@ -143,10 +152,16 @@ def eval_command(
         EvalTask, typer.Option(help="classify: held-out IMDB + Rotten Tomatoes; qa: SQuAD EM/F1 on --data.")
     ],
     data: Annotated[
-        Path | None, typer.Option(help="SQuAD-format JSON to score QA on (required for --task qa).")
+        str | None,
+        typer.Option(
+            metavar="SQUAD",
+            help="SQuAD data to score QA on (required for --task qa), in any --qa-data form of `bertrt export`: "
+            "a JSON file, a save_to_disk folder or a hub id, with :SPLIT where it holds several.",
+        ),
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Score only the first N examples of each data set.")] = None,
     models: ModelsOption = DEFAULT_MODELS,
+    device: ValidationDeviceOption = Device.AUTO,
     json_output: JsonOption = False,
 ) -> None:
     """Task accuracy of PyTorch and every bertrt variant, side by side on the same examples.
@@ -157,5 +172,5 @@ def eval_command(
         require_export_stage()
         from bertrt.export.evaluate import EvalConfig, evaluate
 
-        report = evaluate(EvalConfig(Task(task.value), models, data, limit, progress=not json_output))
+        report = evaluate(EvalConfig(Task(task.value), models, data, limit, progress=not json_output, device=device))
     typer.echo(json.dumps(report, indent=2) if json_output else eval_text(report))
