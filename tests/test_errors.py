@@ -94,7 +94,8 @@ def test_a_recipe_that_must_train_qa_without_data_is_a_config_error_before_any_w
 
     monkeypatch.setattr(pipeline, "load_source_model", no_work)
     monkeypatch.setattr(pipeline, "remove_stale_partials", no_work)
-    recipe = replace(tiny_recipe, qa=replace(tiny_recipe.qa, finetune=True))
+    models = {**tiny_recipe.models, "qa": replace(tiny_recipe.models["qa"], finetune=True)}
+    recipe = replace(tiny_recipe, models=models)
     options = pipeline.ExportOptions(out=tmp_path / "out", precisions=(Precision.FP32,))
     with pytest.raises(ConfigError, match="fine-tunes the QA model; pass SQuAD-format training data with --qa-data"):
         pipeline.export_bundle(recipe, options, log=lambda _: None)
