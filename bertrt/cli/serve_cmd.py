@@ -1,6 +1,7 @@
 """`bertrt serve`: an HTTP server over a bundle, batching concurrent requests.
 
-The command builds one :class:`~bertrt.serve.ServeConfig` and calls
+The command builds one :class:`~bertrt.serve.ServeConfig` (API keys from ``--api-key`` and
+``$BERTRT_API_KEYS`` together) and calls
 :func:`bertrt.serve.server.run`, which checks the bundle and serves it. The server stack
 (FastAPI, uvicorn, prometheus_client: the ``serve`` extra) is imported only when the
 command runs, so the rest of the CLI works without it.
@@ -8,6 +9,8 @@ command runs, so the rest of the CLI works without it.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,11 +19,13 @@ from bertrt.batcher import BatcherOptions
 from bertrt.cli import app
 from bertrt.cli.common import DEFAULT_MODELS, DeviceOption, ModelsOption, PrecisionOption, command_errors
 from bertrt.serve.config import DEFAULT_HOST, DEFAULT_PORT, SERVE_FORWARD_BATCH, ServeConfig, serving_runtime
+from bertrt.serve.keys import API_KEYS_ENV, check_key, keys_from_text
 from bertrt.serve.server import run
 from bertrt.types import Device, Precision, Task
 
 _defaults = BatcherOptions()
 SERVER = "Server"
+SECURITY = "API keys and TLS"
 BATCHING = "Batching and threads"
 
 TaskOption = Annotated[
@@ -59,6 +64,40 @@ ModelNameOption = Annotated[
 LogLevelOption = Annotated[str, typer.Option("--log-level", help="uvicorn log level.", rich_help_panel=SERVER)]
 AccessLogOption = Annotated[
     bool, typer.Option("--access-log", help="Log every request (off: use /metrics).", rich_help_panel=SERVER)
+]
+
+# Who may call the server, and HTTPS.
+ApiKeyOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--api-key",
+        metavar="KEY",
+        help="A key callers must send as `Authorization: Bearer KEY` (every endpoint but /health); repeat for "
+        f"several. ${API_KEYS_ENV} adds a comma-separated list. Other users of this machine can read command "
+        "lines: prefer --api-key-file or the variable.",
+        show_default=False,
+        rich_help_panel=SECURITY,
+    ),
+]
+ApiKeyFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--api-key-file",
+        help="A file of keys, one per line (# starts a comment); reread on SIGHUP and whenever it changes.",
+        rich_help_panel=SECURITY,
+    ),
+]
+MetricsPublicOption = Annotated[
+    bool,
+    typer.Option("--metrics-public", help="Serve /metrics without an API key.", rich_help_panel=SECURITY),
+]
+SslCertOption = Annotated[
+    Path | None,
+    typer.Option("--ssl-certfile", help="PEM certificate (chain): serve HTTPS.", rich_help_panel=SECURITY),
+]
+SslKeyOption = Annotated[
+    Path | None,
+    typer.Option("--ssl-keyfile", help="The certificate's PEM private key (unencrypted).", rich_help_panel=SECURITY),
 ]
 
 # How requests are merged into model runs, and the threads that run them.
@@ -139,12 +178,19 @@ def serve(
     forward_batch_size: ForwardBatchOption = SERVE_FORWARD_BATCH,
     batch_threads: BatchThreadsOption = _defaults.workers,
     intra_op_threads: IntraOpThreadsOption = None,
+    api_key: ApiKeyOption = None,
+    api_key_file: ApiKeyFileOption = None,
+    metrics_public: MetricsPublicOption = False,
+    ssl_certfile: SslCertOption = None,
+    ssl_keyfile: SslKeyOption = None,
 ) -> None:
     """Serve the bundle over HTTP: POST /embed, /classify, /qa, /v1/embeddings; GET /health, /metrics, /docs.
 
     Example: bertrt serve --models models/minilm --port 8000 --max-wait-ms 2
     """
     with command_errors(capture_warnings=False):
+        api_keys = tuple(check_key(key, f"--api-key #{n}") for n, key in enumerate(api_key or (), 1))
+        api_keys += keys_from_text(os.environ.get(API_KEYS_ENV, ""), f"${API_KEYS_ENV}")
         config = ServeConfig(
             models=models,
             device=device,
@@ -165,5 +211,13 @@ def serve(
             log_level=log_level,
             access_log=access_log,
             max_body_bytes=int(max_body_mb * 1024 * 1024),
+            api_keys=api_keys,
+            api_key_file=api_key_file,
+            metrics_public=metrics_public,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
         )
+        warning = config.exposure_warning()
+        if warning is not None:
+            typer.echo(f"warning: {warning}", err=True)
         run(config)

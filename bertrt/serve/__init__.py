@@ -12,7 +12,8 @@ Example::
 
 Endpoints: ``POST /embed``, ``/classify``, ``/qa``, ``/v1/embeddings`` (OpenAI-compatible),
 ``GET /health`` (200 once the models are loaded, 503 before), ``GET /metrics``
-(Prometheus text), ``GET /openapi.json`` and ``/docs``.
+(Prometheus text), ``GET /openapi.json`` and ``/docs``. With API keys in the config, every
+endpoint but ``/health`` wants ``Authorization: Bearer KEY`` (:mod:`bertrt.serve.auth`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The ASGI application: routes, error mapping, request metrics and the model lifecycle.
 
-Errors always come back as ``{"error": {"type": ..., "message": ...}}``: 400 for a body
+Errors always come back as ``{"error": {"type": ..., "message": ...}}``: 401 without a
+valid API key when the config has keys (see :mod:`bertrt.serve.auth`), 400 for a body
 that is not JSON, 422 for a missing or invalid field or an input the runtime refuses
 (:class:`~bertrt.errors.InputError`), 404 for a task the server does not serve, 413 for a
 body over ``max_body_bytes``, 503 while
@@ -38,17 +39,15 @@ from bertrt.errors import (
     OverloadedError,
     TaskNotServedError,
 )
+from bertrt.serve.auth import protect
 from bertrt.serve.config import ServeConfig
 from bertrt.serve.host import ModelHost
-from bertrt.serve.metrics import ServeMetrics, drop_created_series
+from bertrt.serve.keys import ApiKeys
+from bertrt.serve.metrics import ENDPOINT_TASKS, ServeMetrics, drop_created_series, endpoint_label
 from bertrt.serve.routes import build_router
 
 # uvicorn's worker processes rebuild the app from this variable (see bertrt.serve.server).
 CONFIG_ENV = "BERTRT_SERVE_CONFIG"
-
-# Which task each endpoint runs, for the per-task latency histograms.
-ENDPOINT_TASKS = {"/embed": "embed", "/v1/embeddings": "embed", "/classify": "classify", "/qa": "qa"}
-KNOWN_PATHS = {*ENDPOINT_TASKS, "/health", "/metrics", "/openapi.json", "/docs"}
 
 # bertrt errors by HTTP status and machine-readable type; the first match wins.
 ERROR_STATUS: tuple[tuple[type[BertrtError], int, str], ...] = (
@@ -73,9 +72,13 @@ def create_app(config: ServeConfig, *, bundle: Bundle | None = None, metrics: Se
     host = ModelHost(config, metrics, bundle)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         host.start()
+        keys: ApiKeys | None = app.state.api_keys
+        stop_reloading = keys.reload_on_sighup() if keys is not None else None
         yield
+        if stop_reloading is not None:
+            stop_reloading()
         # uvicorn has let requests in flight finish; stop the batchers off the event loop.
         await asyncio.to_thread(host.close, config.shutdown_timeout_s)
         metrics.close()
@@ -90,8 +93,10 @@ def create_app(config: ServeConfig, *, bundle: Bundle | None = None, metrics: Se
     app.state.metrics = metrics
     app.include_router(build_router(host, metrics))
     _add_error_handlers(app, metrics)
-    # The last middleware added runs first: metrics see every response, 413s included.
+    # The last middleware added runs first: metrics see every response, 401s and 413s
+    # included, and a caller without a key is refused before any of its body is read.
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, metrics=metrics)
+    app.state.api_keys = protect(app, config, metrics)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 
@@ -177,11 +182,6 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
-
-
-def endpoint_label(path: str) -> str:
-    """``path`` when it is one of the server's routes, else ``other`` (bounded label values)."""
-    return path if path in KNOWN_PATHS else "other"
 
 
 def _add_error_handlers(app: FastAPI, metrics: ServeMetrics) -> None:

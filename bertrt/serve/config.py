@@ -1,7 +1,9 @@
 """The settings of one server: which bundle, which tasks, how to batch, where to listen.
 
 A :class:`ServeConfig` round-trips through JSON so that ``--workers N`` can hand it to
-uvicorn's worker processes (they rebuild the app from an environment variable).
+uvicorn's worker processes (they rebuild the app from an environment variable). It also
+holds who may call the server (API keys) and its TLS files, so that every engine serving
+the app (uvicorn here, Ray Serve) honours the same options.
 
 Example::
 
@@ -11,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -20,10 +23,12 @@ from typing import Any
 from bertrt.batcher import BatcherOptions
 from bertrt.errors import ConfigError
 from bertrt.options import RuntimeOptions, coerce_enum
+from bertrt.serve.keys import check_key
 from bertrt.types import Device, Precision, Task
 
 # Loopback by default: exposing a model server to the network is a deliberate choice.
 DEFAULT_HOST = "127.0.0.1"
+LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
 DEFAULT_PORT = 8000
 # A merged run of 32 single-text requests holds texts of every length; cut into passes of
 # 8 (longest first), short texts are padded far less than in one pass of 32. Measured on
@@ -66,6 +71,11 @@ class ServeConfig:
     recipe). ``shutdown_timeout_s`` bounds how long a stopping server waits for requests
     in flight; ``max_body_bytes`` bounds a request body (larger ones get 413 before they
     are read whole).
+
+    ``api_keys`` and ``api_key_file`` (one key per line, reread while serving): when either
+    is given, every endpoint but ``/health`` wants ``Authorization: Bearer KEY``, and
+    ``/metrics`` too unless ``metrics_public``. ``ssl_certfile`` and ``ssl_keyfile`` (PEM,
+    both or neither) serve HTTPS. The keys are left out of ``repr()``.
     """
 
     models: Path = Path("models/minilm")
@@ -82,6 +92,11 @@ class ServeConfig:
     access_log: bool = False
     shutdown_timeout_s: float = 30.0
     max_body_bytes: int = 8 * 1024 * 1024
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_key_file: Path | None = None
+    metrics_public: bool = False
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -97,6 +112,36 @@ class ServeConfig:
             raise ConfigError(f"max_body_bytes must be 1 or more, got {self.max_body_bytes}.")
         if self.shutdown_timeout_s <= 0:
             raise ConfigError(f"shutdown_timeout_s must be positive, got {self.shutdown_timeout_s}.")
+        for number, key in enumerate(self.api_keys, 1):
+            check_key(key, f"API key #{number}")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ConfigError(
+                "HTTPS needs both a certificate and its private key; pass --ssl-certfile and --ssl-keyfile together."
+            )
+
+    @property
+    def requires_api_key(self) -> bool:
+        """Whether callers must present an API key."""
+        return bool(self.api_keys) or self.api_key_file is not None
+
+    def ssl_options(self) -> dict[str, str]:
+        """The TLS files by the keyword names uvicorn and Ray Serve's ``HTTPOptions`` share
+        (``ssl_certfile``, ``ssl_keyfile``); empty for plain HTTP."""
+        if self.ssl_certfile is None or self.ssl_keyfile is None:
+            return {}
+        return {"ssl_certfile": str(self.ssl_certfile), "ssl_keyfile": str(self.ssl_keyfile)}
+
+    def exposure_warning(self) -> str | None:
+        """One sentence when the server listens beyond this machine without API keys, else None.
+
+        Not an error: some deployments authenticate at a proxy in front of the server.
+        """
+        if self.requires_api_key or is_loopback(self.host):
+            return None
+        return (
+            f"Serving on {self.host} without an API key: anyone who can reach port {self.port} can use the "
+            "models; pass --api-key or --api-key-file, unless a proxy in front authenticates callers."
+        )
 
     def to_json(self) -> str:
         """The config as one JSON document (enums as values, paths as str)."""
@@ -105,6 +150,8 @@ class ServeConfig:
         data["device"] = self.device.value
         data["precision"] = self.precision.value
         data["tasks"] = [task.value for task in self.tasks]
+        for name in PATH_FIELDS:
+            data[name] = None if data[name] is None else str(data[name])
         return json.dumps(data)
 
     @classmethod
@@ -123,4 +170,26 @@ class ServeConfig:
         data["tasks"] = tuple(coerce_enum(Task, t, "task") for t in data.get("tasks", ()))
         data["runtime"] = RuntimeOptions(**data.get("runtime", {}))
         data["batching"] = BatcherOptions(**data.get("batching", {}))
+        data["api_keys"] = tuple(data.get("api_keys", ()))
+        for name in PATH_FIELDS:
+            data[name] = None if data.get(name) is None else Path(data[name])
         return cls(**data)
+
+
+# Optional file paths of a ServeConfig (JSON has no Path).
+PATH_FIELDS = ("api_key_file", "ssl_certfile", "ssl_keyfile")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) reaches only this machine; names other than
+    ``localhost`` are not resolved, so they count as reaching further.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("::1"), is_loopback("0.0.0.0")
+    (True, True, False)
+    """
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

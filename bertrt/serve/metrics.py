@@ -53,6 +53,14 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 # Request latency buckets, in seconds: 1 ms to 10 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Which task each endpoint runs, for the per-task latency histograms.
+ENDPOINT_TASKS = {"/embed": "embed", "/v1/embeddings": "embed", "/classify": "classify", "/qa": "qa"}
+KNOWN_PATHS = {*ENDPOINT_TASKS, "/health", "/metrics", "/openapi.json", "/docs"}
+
+
+def endpoint_label(path: str) -> str:
+    """``path`` when it is one of the server's routes, else ``other`` (bounded label values)."""
+    return path if path in KNOWN_PATHS else "other"
 
 
 class ServeMetrics:

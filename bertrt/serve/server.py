@@ -1,9 +1,9 @@
 """Running the app with uvicorn: one process, or ``workers`` processes sharing the port.
 
 The bundle is opened and checked once, here, before the port is bound, so a wrong folder
-or task fails at once. One process serves that very bundle; worker processes each open
-their own (each loads its own models), and their metrics meet in a folder this process
-makes for them (see :mod:`bertrt.serve.metrics`).
+or task fails at once; so are the API key file and the TLS certificate. One process serves
+that very bundle; worker processes each open their own (each loads its own models), and
+their metrics meet in a folder this process makes for them (see :mod:`bertrt.serve.metrics`).
 
 uvicorn handles SIGINT and SIGTERM: it stops accepting connections, lets requests in
 flight finish (at most ``shutdown_timeout_s``), then the app's lifespan closes its
@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import copy
 import os
+import ssl
 from typing import Any
 
 from bertrt.errors import ConfigError
 from bertrt.serve.config import ServeConfig
+from bertrt.serve.keys import ApiKeys
 
 
 def run(config: ServeConfig) -> None:
@@ -38,6 +40,7 @@ def run(config: ServeConfig) -> None:
             "with pip install 'bertrt[serve]'."
         ) from None
     bundle = open_bundle(config)
+    check_security(config)
     drop_created_series()  # this process belongs to `bertrt serve`
     common = {
         "log_config": log_config(),
@@ -46,6 +49,7 @@ def run(config: ServeConfig) -> None:
         "log_level": config.log_level,
         "access_log": config.access_log,
         "timeout_graceful_shutdown": int(config.shutdown_timeout_s),
+        **config.ssl_options(),
     }
     if config.workers == 1:
         uvicorn.run(create_app(config, bundle=bundle, metrics=ServeMetrics()), **common)  # type: ignore[arg-type]
@@ -54,6 +58,24 @@ def run(config: ServeConfig) -> None:
     os.environ[CONFIG_ENV] = config.to_json()
     with worker_metrics_dir():
         uvicorn.run("bertrt.serve.app:app_from_environment", factory=True, workers=config.workers, **common)  # type: ignore[arg-type]
+
+
+def check_security(config: ServeConfig) -> None:
+    """Read the API key file and load the TLS certificate and key of ``config`` once, before
+    any port is bound, so that a wrong path or file fails with one clear ConfigError."""
+    ApiKeys.from_config(config)
+    if config.ssl_certfile is None or config.ssl_keyfile is None:
+        return
+    try:
+        # The password callback keeps OpenSSL from prompting on the terminal for an encrypted key.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(config.ssl_certfile, config.ssl_keyfile, password=lambda: b"")
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"The TLS certificate {config.ssl_certfile} or its key {config.ssl_keyfile} cannot be loaded ({reason}); "
+            "pass a PEM certificate with --ssl-certfile and its unencrypted private key with --ssl-keyfile."
+        ) from None
 
 
 def log_config() -> dict[str, Any]:
