@@ -14,14 +14,20 @@ Defined results:
   head of it; a QA context is read whole, window after window, up to ``max_context_chars``;
 * a QA context without a readable token has no answers, or the no-answer result when a
   null threshold is set.
+
+The HTTP server answers every hostile request below 500 and keeps serving the same results,
+without API keys and with them (where a request without a valid key is a 401 whatever else
+is wrong with it).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -405,3 +411,171 @@ def test_cli_serves_odd_texts(fp32_only_bundle: Path) -> None:
 def test_an_answer_is_a_plain_value() -> None:
     # QA results compare by value: the chunked-call test above relies on it.
     assert Answer("a", 0, 1, 0.5) == Answer("a", 0, 1, 0.5)
+
+
+# --- the HTTP server ----------------------------------------------------------------------
+# Whatever a client sends, the server answers below 500 (a JSON error for every 4xx it
+# makes) and keeps serving the same results; with API keys on, callers without a valid
+# key get 401 whatever else is wrong with their request.
+
+SERVER_KEY = "hardening-key_1"
+JSON = {"Content-Type": "application/json"}
+
+
+def body(data: Any) -> bytes:
+    return json.dumps(data).encode()
+
+
+# name: (method, path, body, extra headers)
+HOSTILE_REQUESTS: dict[str, tuple[str, str, bytes, dict[str, str]]] = {
+    **{f"blank {i}": ("POST", "/classify", body({"texts": [t, t]}), JSON) for i, t in enumerate(BLANK)},
+    "scripts embed": ("POST", "/embed", body({"texts": list(SCRIPTS.values()), "token_embeddings": True}), JSON),
+    "scripts openai": ("POST", "/v1/embeddings", body({"input": list(SCRIPTS.values())}), JSON),
+    "scripts qa": ("POST", "/qa", body({"question": list(SCRIPTS.values()), "context": list(SCRIPTS.values())}), JSON),
+    "megabyte text": ("POST", "/classify", body({"texts": MEGABYTE}), JSON),
+    "megabyte context": ("POST", "/qa", body({"question": "where?", "context": MEGABYTE}), JSON),
+    "over 2M characters": ("POST", "/embed", body({"texts": "ab" * 1_000_001}), JSON),
+    "too many texts": ("POST", "/classify", body({"texts": [""] * 10_001}), JSON),
+    "body over the limit": ("POST", "/embed", b'{"texts": "' + b"a" * 9_000_000 + b'"}', JSON),
+    "lone surrogate": ("POST", "/classify", b'{"texts": "\\ud800"}', JSON),
+    "lone surrogate in a list": ("POST", "/embed", b'{"texts": ["ok", "a\\udfffb"]}', JSON),
+    "lone surrogate question": ("POST", "/qa", b'{"question": "\\ud800?", "context": "paris"}', JSON),
+    "lone surrogate openai": ("POST", "/v1/embeddings", b'{"input": ["\\udbff"]}', JSON),
+    "not UTF-8": ("POST", "/classify", b'{"texts": "\xff\xfe"}', JSON),
+    "truncated JSON": ("POST", "/classify", b'{"texts": ', JSON),
+    "empty body": ("POST", "/classify", b"", JSON),
+    "null body": ("POST", "/embed", b"null", JSON),
+    "a list body": ("POST", "/qa", b"[1, 2]", JSON),
+    "deep nesting": ("POST", "/classify", b'{"texts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", JSON),
+    "a 5,000-digit top_k": ("POST", "/classify", b'{"texts": "x", "top_k": 1' + b"0" * 5_000 + b"}", JSON),
+    "NaN threshold": ("POST", "/qa", b'{"question": "q", "context": "c", "null_threshold": NaN}', JSON),
+    "infinite threshold": ("POST", "/qa", b'{"question": "q", "context": "c", "null_threshold": 1e400}', JSON),
+    "None in a list": ("POST", "/classify", body({"texts": ["ok", None]}), JSON),
+    "int in a list": ("POST", "/embed", body({"texts": ["ok", 3]}), JSON),
+    "texts an object": ("POST", "/classify", body({"texts": {"a": 1}}), JSON),
+    "top_k 0": ("POST", "/qa", body({"question": "q", "context": CONTEXT, "top_k": 0}), JSON),
+    "top_k absurd": ("POST", "/classify", body({"texts": "x", "top_k": 10**30}), JSON),
+    "top_k a float": ("POST", "/classify", body({"texts": "x", "top_k": 1.5}), JSON),
+    "huge answer length": ("POST", "/qa", body({"question": "q", "context": "c", "max_answer_length": 10**12}), JSON),
+    "empty question": ("POST", "/qa", body({"question": "", "context": CONTEXT}), JSON),
+    "question over the window": ("POST", "/qa", body({"question": "what is it " * 30, "context": CONTEXT}), JSON),
+    "unequal QA lists": ("POST", "/qa", body({"question": ["a", "b"], "context": ["c"]}), JSON),
+    "empty lists": ("POST", "/qa", body({"question": [], "context": []}), JSON),
+    "unknown field": ("POST", "/embed", body({"texts": "x", "pool": "max"}), JSON),
+    "token ids": ("POST", "/v1/embeddings", body({"input": [[1, 2], [3]]}), JSON),
+    "mixed input": ("POST", "/v1/embeddings", body({"input": ["a", 1]}), JSON),
+    "wrong dimensions": ("POST", "/v1/embeddings", body({"input": "x", "dimensions": -1}), JSON),
+    "text/plain": ("POST", "/classify", b"i love paris", {"Content-Type": "text/plain"}),
+    "a form": ("POST", "/classify", b"texts=a", {"Content-Type": "application/x-www-form-urlencoded"}),
+    "GET on a task": ("GET", "/classify", b"", {}),
+    "DELETE": ("DELETE", "/qa", b"", {}),
+    "OPTIONS": ("OPTIONS", "/embed", b"", {}),
+    "unknown path": ("POST", "/v2/embeddings", body({"input": "x"}), JSON),
+    "odd path": ("GET", "/%00/..%2f..%2fetc/passwd", b"", {}),
+    "long path": ("GET", "/" + "a" * 8_000, b"", {}),
+    "a query string": ("POST", "/classify?texts=%ff&top_k=-1", body({"texts": "x"}), JSON),
+}
+# Authorization headers that carry no valid key: each is a 401.
+HOSTILE_AUTHORIZATION: dict[str, list[tuple[bytes, bytes]]] = {
+    "none": [],
+    "no token": [(b"authorization", b"Bearer")],
+    "a space for a token": [(b"authorization", b"Bearer  \tx")],
+    "another scheme": [(b"authorization", b"Basic " + base64.b64encode(SERVER_KEY.encode()))],
+    "a prefix of the key": [(b"authorization", b"Bearer " + SERVER_KEY[:-1].encode())],
+    "the key and more": [(b"authorization", b"Bearer " + SERVER_KEY.encode() + b"x")],
+    "not ASCII": [(b"authorization", b"Bearer " + SERVER_KEY.encode() + b"\xff\xfe")],
+    "8 kB": [(b"authorization", b"Bearer " + b"a" * 8_000)],
+    "twice": [(b"authorization", f"Bearer {SERVER_KEY}".encode())] * 2,
+    "the key without a scheme": [(b"authorization", SERVER_KEY.encode())],
+    "as another header": [(b"x-api-key", SERVER_KEY.encode())],
+}
+
+
+@pytest.fixture(scope="module", params=["without keys", "with keys"])
+def http_server(request: pytest.FixtureRequest, tiny_bundle: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A server on the tiny bundle, without or with an API key; its URL and the headers that
+    authorize a request."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    from serving import ServerThread
+
+    from bertrt.serve import ServeConfig
+
+    keys = (SERVER_KEY,) if request.param == "with keys" else ()
+    config = ServeConfig(models=tiny_bundle, device=bertrt.Device.CPU, api_keys=keys)
+    with ServerThread(config) as server:
+        yield server.url, {"Authorization": f"Bearer {SERVER_KEY}"} if keys else {}
+
+
+REFERENCE_REQUESTS = {
+    "/embed": {"texts": ["i love paris", ""], "normalize": True},
+    "/classify": {"texts": ["i love paris", "a"], "top_k": 2},
+    "/qa": {"question": "what is paris?", "context": CONTEXT, "top_k": 2},
+    "/v1/embeddings": {"input": ["i love paris"]},
+}
+
+
+def test_the_server_answers_hostile_requests_below_500_and_keeps_serving(
+    http_server: tuple[str, dict[str, str]],
+) -> None:
+    import httpx
+
+    url, authorized = http_server
+
+    def reference(http: httpx.Client) -> dict[str, Any]:
+        responses = {path: http.post(path, json=data, headers=authorized) for path, data in REFERENCE_REQUESTS.items()}
+        assert {path: r.status_code for path, r in responses.items()} == dict.fromkeys(REFERENCE_REQUESTS, 200)
+        return {path: r.json() for path, r in responses.items()}
+
+    def send(name: str) -> tuple[str, int, Any]:
+        method, path, content, headers = HOSTILE_REQUESTS[name]
+        try:
+            response = http.request(method, path, content=content, headers={**headers, **authorized})
+        except httpx.TransportError as exc:  # a dropped connection is a failure too
+            return name, 599, repr(exc)
+        return name, response.status_code, _json_or_text(response)
+
+    with httpx.Client(base_url=url, timeout=120) as http:
+        before = reference(http)
+        # Concurrently, so that bad requests share batches with each other and with good ones.
+        with ThreadPoolExecutor(8) as pool:
+            pending = [pool.submit(send, name) for name in HOSTILE_REQUESTS]
+            during = [pool.submit(reference, http) for _ in range(4)]
+            answers = [future.result() for future in pending]
+            assert all(future.result() == before for future in during)
+        failures = [(name, status, data) for name, status, data in answers if status >= 500]
+        assert failures == []
+        unshaped = [(name, data) for name, status, data in answers if status >= 400 and not _is_error_body(data)]
+        assert unshaped == []
+        assert http.get("/health").json()["status"] == "ready"
+        assert reference(http) == before
+
+
+@pytest.mark.parametrize("http_server", ["with keys"], indirect=True)
+def test_with_keys_every_request_without_a_valid_key_is_401(http_server: tuple[str, dict[str, str]]) -> None:
+    import httpx
+
+    url, authorized = http_server
+    with httpx.Client(base_url=url, timeout=120) as http:
+        statuses = {}
+        for name, headers in HOSTILE_AUTHORIZATION.items():
+            for request in ("GET on a task", "scripts qa", "body over the limit", "unknown path", "not UTF-8"):
+                method, path, content, extra = HOSTILE_REQUESTS[request]
+                response = http.request(method, path, content=content, headers=[*extra.items(), *headers])
+                statuses[name, request] = response.status_code
+                assert response.headers["www-authenticate"].startswith("Bearer")
+                assert response.json()["error"]["type"] == "unauthorized"
+        assert set(statuses.values()) == {401}, statuses
+        assert http.get("/health").json()["status"] == "ready"
+        assert http.post("/classify", json={"texts": "x"}, headers=authorized).status_code == 200
+
+
+def _json_or_text(response: Any) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+def _is_error_body(data: Any) -> bool:
+    return isinstance(data, dict) and set(data) == {"error"} and {"type", "message"} <= set(data["error"])

@@ -7,13 +7,37 @@ send fields this server has no use for.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from bertrt.types import Pooling
 
-Texts = str | list[str]
+T = TypeVar("T")
+
+
+def unicode_texts(value: T) -> T:
+    """``value`` when every text in it is valid Unicode. JSON's ``\\ud800`` escapes can
+    carry lone surrogates, which no tokenizer can encode: they are refused here (422)."""
+    texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            where = "The text" if isinstance(value, str) else f"Text #{index}"
+            raise PydanticCustomError(
+                "invalid_unicode",
+                "{where} holds a lone surrogate ({code}) at character {at}, which is not valid Unicode; "
+                "send UTF-8 text",
+                {"where": where, "code": f"U+{ord(text[exc.start]):04X}", "at": exc.start},
+            ) from None
+    return value
+
+
+Texts = Annotated[str | list[str], AfterValidator(unicode_texts)]
 
 
 class _Strict(BaseModel):
@@ -53,7 +77,7 @@ class OpenAIEmbeddingRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    input: str | list[str] | list[int] | list[list[int]] = Field(
+    input: Annotated[str | list[str] | list[int] | list[list[int]], AfterValidator(unicode_texts)] = Field(
         description="A text or a list of texts (token-id input is not supported).", examples=["I love Paris"]
     )
     model: str | None = Field(None, description="Accepted and ignored: the server has one embedding model.")
