@@ -160,7 +160,10 @@ class ApiKeys:
         if threading.current_thread() is not threading.main_thread():
             return _nothing
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+        except (NotImplementedError, RuntimeError, ValueError):  # a loop or an engine that owns signals
+            return _nothing
 
         def stop() -> None:
             with contextlib.suppress(RuntimeError, ValueError):  # the loop may be closing
