@@ -1,7 +1,8 @@
 """Many threads on one loaded bundle, and the soak script in its smoke mode.
 
 16 client threads send mixed embed, classify and QA requests (malformed ones included) to
-one bundle; every result must equal the sequential run's exactly. The count per thread is
+one bundle, with IO binding and with plain runs; every result must equal the sequential
+run's exactly, and a runner first used from many threads at once is loaded once. The count per thread is
 small in CI; ``BERTRT_CONCURRENCY_REQUESTS=500`` runs the full check (8,000 requests), and
 ``BERTRT_CONCURRENCY_BUNDLE=models/minilm`` runs it on a real bundle instead of the tiny one.
 """
@@ -26,11 +27,13 @@ BUNDLE = os.environ.get("BERTRT_CONCURRENCY_BUNDLE")
 pytestmark = pytest.mark.filterwarnings("ignore:The (qa|classify) head")
 
 
-@pytest.fixture(scope="module")
-def bundle(tiny_bundle: Path) -> bertrt.Bundle:
+@pytest.fixture(scope="module", params=[True, False], ids=["io-binding", "plain-run"])
+def bundle(tiny_bundle: Path, request: pytest.FixtureRequest) -> bertrt.Bundle:
+    """The bundle, with IO binding (per-thread bindings and buffers) and with plain runs."""
     # Batches of 4: most requests run several batches of different widths, so per-thread
     # buffers grow and are reused while other threads run.
-    return bertrt.load(BUNDLE or tiny_bundle, device="cpu", options=RuntimeOptions(batch_size=4)).load_all()
+    options = RuntimeOptions(batch_size=4, io_binding=request.param)
+    return bertrt.load(BUNDLE or tiny_bundle, device="cpu", options=options).load_all()
 
 
 @pytest.mark.usefixtures("frequent_switches")
@@ -52,6 +55,13 @@ def test_sixteen_threads_get_exactly_the_sequential_results(bundle: bertrt.Bundl
     concurrently(client, THREADS)
     assert mismatches == []
     assert served == [REQUESTS_PER_THREAD] * THREADS
+
+
+def test_first_use_from_many_threads_loads_each_runner_once(tiny_bundle: Path, concurrently: Any) -> None:
+    bundle = bertrt.load(tiny_bundle, device="cpu")
+    seen: list[int] = []
+    concurrently(lambda _: seen.append(id(bundle.classifier)), THREADS)
+    assert len(seen) == THREADS and len(set(seen)) == 1
 
 
 def test_the_request_mix_covers_every_task_and_refusals() -> None:

@@ -1,7 +1,7 @@
 """A failed export never leaves a broken model behind, and never runs code from weights.
 
-Each failure (a full disk, interrupted training, an unreachable model hub, validation over
-tolerance) is raised inside a real export of the tiny recipe over a previous bundle, which
+Each failure (a full disk, an interrupted conversion or training, an unreachable model hub,
+validation over tolerance) is raised inside a real export of the tiny recipe over a previous bundle, which
 must come out byte for byte untouched, with no partial bundle and no training scratch left.
 """
 
@@ -96,10 +96,21 @@ def unreachable_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+def interrupted_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the first model converts to ONNX, before anything is staged."""
+    from bertrt.export import pipeline
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "export_onnx", interrupted)
+
+
 Injection = Callable[[pytest.MonkeyPatch], None]
 FAILURES: dict[str, tuple[Injection, type[BaseException], str | None]] = {
     "disk full": (disk_full, ExportError, r"No space left on device \(.*manifest.json\); free disk space"),
     "interrupted training": (interrupted_training, KeyboardInterrupt, None),
+    "interrupted conversion": (interrupted_conversion, KeyboardInterrupt, None),
     "hub unreachable": (unreachable_hub, ExportError, r"Could not load 'no-such-org/no-such-bert' from the model hub"),
     "validation over tolerance": (failed_validation, ValidationFailed, "classifier fp32 failed validation"),
 }
@@ -137,13 +148,15 @@ def test_a_failed_export_leaves_the_previous_bundle_untouched(
     assert list(scratch.iterdir()) == []
 
 
+@pytest.mark.parametrize("failure", ["disk full", "validation over tolerance", "interrupted conversion"])
 def test_a_failed_first_export_writes_nothing(
-    tiny_recipe: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    failure: str, tiny_recipe: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from bertrt.export.pipeline import ExportOptions, export_bundle
 
-    disk_full(monkeypatch)
-    with pytest.raises(ExportError, match="nothing was published"):
+    inject, error, message = FAILURES[failure]
+    inject(monkeypatch)
+    with pytest.raises(error, match=message):
         options = ExportOptions(out=tmp_path / "tiny", precisions=(Precision.FP32,))
         export_bundle(tiny_recipe, options, log=lambda _: None)
     assert list(tmp_path.iterdir()) == []

@@ -71,6 +71,9 @@ def test_int8_variant_is_smaller_and_validated(tiny_bundle: Path) -> None:
     assert int8["optimization"]["scheme"] == "static" and int8["optimization"]["batch_invariance_gap"] <= 1e-5
     fp32 = manifest["variants"]["fp32"]
     assert fp32["optimization"]["fused_operators"]["Attention"] > 0
+    sizes = {p: (tiny_bundle / "classifier" / v["file"]).stat().st_size for p, v in manifest["variants"].items()}
+    # Weights stored in 8 bits instead of 32 (even a tiny model's embeddings and head stay fp32).
+    assert sizes["int8"] < 0.6 * sizes["fp32"], sizes
     assert manifest["variants"]["fp16"]["validation"]["ran"] is False  # no GPU here: recorded, not faked
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bertrt.errors import BundleError, ConfigError, ExportError, ValidationFailed
+from bertrt.errors import BundleError, ConfigError, ExportError
 from bertrt.manifest import BundleManifest, ModelManifest, sha256_of
 from bertrt.types import Precision, Task
 
@@ -56,46 +56,6 @@ def test_onnx_matches_torch_on_unseen_batch(tiny_bundle: Path, tiny_torch_models
         expected = tiny_torch_models["classify"](**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
     actual = run_onnx(tiny_bundle / "classifier" / "model.onnx", feeds)["logits"]
     np.testing.assert_allclose(actual, expected, atol=1e-4)
-
-
-def test_validation_failure_stops_export_and_writes_nothing(
-    tiny_recipe: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from bertrt.export import pipeline, validate
-
-    def broken(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        failures = ["logits differ by 1 > 0.0001"]
-        return {"ran": True, "passed": False, "failures": failures, "max_abs_diff": {"logits": 1.0}}
-
-    monkeypatch.setattr(validate, "validate_onnx", broken)
-    out = tmp_path / "bundle"
-    options = pipeline.ExportOptions(out=out, precisions=(Precision.FP32,))
-    with pytest.raises(ValidationFailed, match="failed validation"):
-        pipeline.export_bundle(tiny_recipe, options, log=lambda _: None)
-    assert not out.exists()
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_failed_export_keeps_previous_bundle(
-    tiny_recipe: Any, tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import shutil
-
-    from bertrt.export import pipeline
-
-    out = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, out)
-    before = (out / "manifest.json").read_text()
-
-    def interrupted(*args: Any, **kwargs: Any) -> Any:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(pipeline, "export_onnx", interrupted)
-    options = pipeline.ExportOptions(out=out, precisions=(Precision.FP32,))
-    with pytest.raises(KeyboardInterrupt):
-        pipeline.export_bundle(tiny_recipe, options, log=lambda _: None)
-    assert (out / "manifest.json").read_text() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
 
 def test_unreachable_hub_id_fails_with_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:

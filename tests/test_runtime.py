@@ -446,26 +446,37 @@ def test_real_embeddings_match_pytorch_and_mean_similarity(real_bundle: Bundle) 
 
 @pytest.mark.slow
 def test_real_classifier_and_qa(real_bundle: Bundle) -> None:
+    """Labels and answers are the PyTorch model's own, on any bundle however briefly trained:
+    a runtime that reads labels out of order or decodes spans wrongly fails here."""
+    from bertrt.export.finetune import predict_answers
+    from bertrt.export.revalidate import load_torch_model
+    from bertrt.export.squad import SquadExample
+
     classifier = real_bundle.classifier
-    results = classifier(
-        ["I loved this wonderful film, a true delight.", "A dull, boring and awful movie."], top_k=2
-    )
-    assert all(sum(r.probabilities.values()) == pytest.approx(1.0) for r in results)
-    # Label checks only for a classifier that scored well at export (the small CI export
-    # trains for 13 steps); the same for the QA head's factoids below.
-    if (classifier.manifest.training or {}).get("imdb_heldout_accuracy", 0.0) >= 0.8:
-        assert [r.label for r in results] == [classifier.labels[1], classifier.labels[0]]
+    texts = ["I loved this wonderful film, a true delight.", "A dull, boring and awful movie.", IMMUNE_CONTEXT]
+    results = classifier(texts, top_k=2)
+    model, tokenizer = load_torch_model(real_bundle.model_dir(Task.CLASSIFY), Task.CLASSIFY)
+    logits = torch_outputs(model, tokenizer, texts, classifier.manifest.max_length)["logits"]
+    # The labels PyTorch's own config gives its argmax: the export's id2label, not bertrt's reading of it.
+    assert [r.label for r in results] == [model.config.id2label[int(i)] for i in logits.argmax(-1)]
+    for result, row in zip(results, logits, strict=True):
+        expected = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
+        names = [model.config.id2label[i] for i in range(len(row))]
+        assert [result.probabilities[name] for name in names] == pytest.approx(expected.tolist(), abs=1e-5)
+        assert [t.score for t in result.top] == pytest.approx(sorted(expected.tolist(), reverse=True)[:2], abs=1e-5)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qa = real_bundle.qa
-    result = qa.answer("What does the immune system protect from?", IMMUNE_CONTEXT * 3, top_k=3)
-    assert result.windows >= 1 and len(result.answers) == 3
-    for answer in result.answers:
-        assert (IMMUNE_CONTEXT * 3)[answer.start : answer.end] == answer.text
-    if qa.manifest.trained and (qa.manifest.training or {}).get("eval", {}).get("f1", 0.0) >= 40:
-        # Plain factoid questions a SQuAD-trained head must mostly get (one miss allowed).
-        right = [truth in qa.answer(question, context).best.text for question, context, truth in FACTOIDS]
-        assert sum(right) >= len(FACTOIDS) - 1, right
+    pairs = [(q, c) for q, c, _ in FACTOIDS] + [("What does the immune system protect from?", IMMUNE_CONTEXT * 3)]
+    answers = qa([q for q, _ in pairs], [c for _, c in pairs], top_k=3)
+    for (_, context), result in zip(pairs, answers, strict=True):
+        assert result.windows >= 1 and result.answers
+        assert all(context[a.start : a.end] == a.text for a in result.answers)
+    model, tokenizer = load_torch_model(real_bundle.model_dir(Task.QA), Task.QA)
+    examples = [SquadExample(str(i), q, c, [], []) for i, (q, c) in enumerate(pairs)]
+    expected_texts = predict_answers(model, tokenizer, examples, qa.manifest.max_length, qa.doc_stride)
+    assert [r.best.text for r in answers] == [expected_texts[str(i)] for i in range(len(pairs))]
 
 
 @pytest.mark.slow
