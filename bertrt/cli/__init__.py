@@ -30,6 +30,7 @@ def _root() -> None:
 
 
 # Command modules register themselves on `app` when imported.
+from bertrt.cli import batch_cmd as _batch_cmd  # noqa: F401
 from bertrt.cli import bench_cmd as _bench_cmd  # noqa: F401
 from bertrt.cli import export_cmds as _export_cmds  # noqa: F401
 from bertrt.cli import run_cmds as _run_cmds  # noqa: F401
