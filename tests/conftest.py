@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Ray's single-machine mode: every Ray server listens on loopback only (by default they
+# listen on every interface). Read when ray is first imported.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 REPO = Path(__file__).resolve().parent.parent
 SQUAD_DIR = REPO.parent / "shared" / "data" / "squad"
@@ -174,3 +178,31 @@ def concurrently() -> Callable[[Callable[[int], None], int], None]:
         assert errors == []
 
     return run
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[Any]:
+    """One Ray instance for the session's `ray` tests: 2 CPUs on loopback, no dashboard.
+    At the end it is shut down, and every process it started must be gone."""
+    import psutil
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:"), "Ray is not on loopback"
+    yield ray
+    ray.shutdown()
+    deadline = time.monotonic() + 30
+    while (left := [p for p in psutil.Process().children(recursive=True) if _is_ray_process(p)]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.5)
+    assert not left, f"Ray processes outlived ray.shutdown(): {[p.pid for p in left]}"
+
+
+def _is_ray_process(process: Any) -> bool:
+    import psutil
+
+    try:
+        return "ray" in " ".join(process.cmdline()).lower() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -327,3 +327,49 @@ def test_progress_bar_shows_rows_per_second() -> None:
     bar(1000, 1000)
     bar.close()
     assert terminal.text.count("\r") == 2 and terminal.text.endswith("\n") and "1,000/1,000 rows 100%" in terminal.text
+
+
+def test_actor_pools_are_planned_to_fit_the_cluster() -> None:
+    from bertrt.batch.ray_engine import READ_CPUS, ActorPlan, plan_actors
+
+    assert plan_actors([2.0], None, 1).actors == 2
+    assert plan_actors([16.0, 16.0], None, 4).actors == 8
+    assert plan_actors([2.0, 3.0], None, 2).actors == 2  # node by node: 1 + 1
+    # Every node full of actors keeps a read task's share free.
+    plan = plan_actors([2.0], None, 1)
+    assert plan.actors * plan.actor_num_cpus + READ_CPUS <= 2.0
+    with pytest.raises(
+        ConfigError, match=r"--actors 5 of 1 CPU\(s\) each do not fit the cluster's 4 CPUs; pass --actors 4"
+    ):
+        plan_actors([2.0, 2.0], 5, 1)
+    with pytest.raises(ConfigError, match="--cpus-per-actor 3 is more than any node of the cluster has"):
+        plan_actors([2.0, 2.0], None, 3)
+    # --device cuda: an actor per GPU at most, each given one by Ray.
+    assert plan_actors([8.0, 8.0], None, 2, node_gpus=[1.0, 2.0]) == ActorPlan(3, 2, 1)
+    with pytest.raises(ConfigError, match="--device cuda needs a GPU on a node of the Ray cluster"):
+        plan_actors([8.0], None, 1, node_gpus=[0.0])
+
+
+def test_the_ray_engine_says_what_to_install_without_ray(tiny_bundle: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    source = write_input(tmp_path / "in.txt", records(3))
+    probe = (
+        "import sys; sys.modules['ray'] = None\n"  # as if ray were not installed
+        "from bertrt.cli import main\n"
+        f"sys.argv = ['bertrt', 'batch', 'classify', {str(source)!r}, '--out', {str(tmp_path / 'o.jsonl')!r},"
+        f" '--models', {str(tiny_bundle)!r}, '--engine', 'ray']\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == "error: --engine ray needs Ray Data; pip install 'bertrt[ray]'.\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+def test_resume_is_for_the_local_engine(tiny_bundle: Path, tmp_path: Path) -> None:
+    source = write_input(tmp_path / "in.txt", records(3))
+    code, _, stderr = invoke("batch", "classify", str(source), "--out", str(tmp_path / "o.jsonl"),
+                             "--engine", "ray", "--resume")  # fmt: skip
+    assert code == 2 and "--resume works with the local engine only" in stderr
