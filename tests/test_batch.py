@@ -373,3 +373,30 @@ def test_resume_is_for_the_local_engine(tiny_bundle: Path, tmp_path: Path) -> No
     code, _, stderr = invoke("batch", "classify", str(source), "--out", str(tmp_path / "o.jsonl"),
                              "--engine", "ray", "--resume")  # fmt: skip
     assert code == 2 and "--resume works with the local engine only" in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--address", "127.0.0.1:9"], "No Ray cluster answers at 127.0.0.1:9 (Connection refused); check --address"),
+        (["--precision", "int8"], "has no int8 variant (it has: fp32); choose one of those with --precision"),
+    ],
+)
+def test_the_ray_engine_fails_fast_before_starting_ray(
+    fp32_only_bundle: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    source = write_input(tmp_path / "in.txt", records(3))
+    code, _, stderr = invoke("batch", "classify", str(source), "--out", str(tmp_path / "o.jsonl"),
+                             "--models", str(fp32_only_bundle), "--engine", "ray", *args)  # fmt: skip
+    assert code == 2 and stderr.startswith("error: ") and message in stderr and stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+def test_an_actors_error_reaches_the_driver_as_one_sentence() -> None:
+    """Ray keeps only the text of an error raised in an actor's constructor."""
+    from bertrt.batch.ray_engine import _bertrt_cause
+
+    text = "The actor died because of an error raised in its creation task\n  File ...\n"
+    error = _bertrt_cause(RuntimeError(text + "bertrt.errors.BundleError: /m is not a folder; run `bertrt export`.\n"))
+    assert isinstance(error, bertrt.BundleError) and str(error) == "/m is not a folder; run `bertrt export`."
+    assert _bertrt_cause(RuntimeError("a Ray failure of its own")) is None

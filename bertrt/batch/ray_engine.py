@@ -37,11 +37,15 @@ import json
 import logging
 import math
 import os
+import re
+import socket
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from bertrt import errors
 from bertrt.batch.arrow import arrow_table, require_pyarrow
 from bertrt.batch.job import BatchJob, InputFormat
 from bertrt.batch.outputs import ID, Columns
@@ -51,11 +55,16 @@ from bertrt.batch.sink import BatchReport, Progress, ResultSink
 from bertrt.batch.state import JobFolder
 from bertrt.bundle import Bundle
 from bertrt.errors import BertrtError, ConfigError, InputError
+from bertrt.model_files import open_model
 from bertrt.options import RuntimeOptions
 from bertrt.types import Device
 
 # What a read task asks for; an actor asks for its CPUs less this (see the module docstring).
 READ_CPUS = 0.125
+# How long --address HOST:PORT may take to accept a connection.
+CONNECT_TIMEOUT_S = 5.0
+# How a bertrt error raised in an actor ends its traceback in the text Ray hands back.
+_BERTRT_ERROR_LINE = re.compile(r"^bertrt\.errors\.(\w+): (.+)$", re.MULTILINE)
 # Arrow's CSV reader reads in blocks and fails on a record longer than one.
 CSV_BLOCK_BYTES = 16 << 20
 
@@ -154,11 +163,12 @@ def run_ray(
     """
     ray = import_ray()
     check_input(job)
-    Bundle(job.models).model_dir(job.task)  # a wrong folder or task fails here, before Ray starts
+    # A wrong folder, task or precision fails here, before Ray starts (checksums are the actors' job).
+    open_model(Bundle(job.models).model_dir(job.task), job.task, job.precision, verify=False)
     total = count_rows(job)
     folder = JobFolder.open(job, overwrite=overwrite)
     try:
-        with _connected(ray, ray_options.address), _data_context(ray):
+        with _quiet_ray(), _connected(ray, ray_options.address), _data_context(ray):
             cpus, gpus = _node_resources(ray)
             plan = plan_actors(
                 cpus, ray_options.actors, ray_options.cpus_per_actor, gpus if job.device is Device.CUDA else None
@@ -238,6 +248,7 @@ def _connected(ray: Any, address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    _check_reachable(address)
     # A Ray instance of our own (no address, no RAY_ADDRESS) needs no dashboard.
     own = address is None and not os.environ.get("RAY_ADDRESS")
     try:
@@ -254,10 +265,27 @@ def _connected(ray: Any, address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
+def _check_reachable(address: str | None) -> None:
+    """A ConfigError at once when ``address`` names a HOST:PORT that takes no connection
+    (``ray.init`` would retry it for minutes)."""
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise ConfigError(
+            f"No Ray cluster answers at {address} ({reason}); check --address, or start one with `ray start --head`."
+        ) from None
+
+
 @contextmanager
 def _data_context(ray: Any) -> Iterator[None]:
-    """Ray Data settings for this job only: keep block order, draw no progress bars, and
-    read Parquet through the reader whose tasks all take :data:`READ_CPUS`.
+    """Ray Data settings for this job only: keep block order, draw no progress bars (the
+    job has its own), and read Parquet through the reader whose tasks all take
+    :data:`READ_CPUS`.
 
     Ray 2.60's DataSourceV2 Parquet reader first lists the files in a task that asks for a
     whole CPU, which an actor pool on every CPU never leaves free: the job would hang.
@@ -277,6 +305,24 @@ def _data_context(ray: Any) -> Iterator[None]:
             setattr(context.execution_options if name == "preserve_order" else context, name, value)
 
 
+@contextmanager
+def _quiet_ray() -> Iterator[None]:
+    """Ray Data says only what goes wrong while the job runs: no line per dataset execution,
+    no note that its progress bars are off, none of the deprecation warnings it raises about
+    its own settings."""
+    levels = {"ray.data": logging.WARNING, "ray.data._internal.progress": logging.ERROR}
+    before = {name: logging.getLogger(name).level for name in levels}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            yield
+    finally:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def _node_resources(ray: Any) -> tuple[list[float], list[float]]:
     """The CPUs and the GPUs of every live node of the cluster."""
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
@@ -284,8 +330,9 @@ def _node_resources(ray: Any) -> tuple[list[float], list[float]]:
 
 
 def _bertrt_cause(exc: BaseException) -> BertrtError | None:
-    """The BertrtError behind ``exc``, which Ray wraps when an actor raises it (a bundle that
-    cannot load, a bad row under strict)."""
+    """The BertrtError behind ``exc``: an actor's error reaches the driver wrapped by Ray
+    (a bundle that is not on a worker node, a device the actor cannot use), as an exception
+    chain or, when the actor died in its constructor, only as the text of its traceback."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -293,7 +340,11 @@ def _bertrt_cause(exc: BaseException) -> BertrtError | None:
             return current
         seen.add(id(current))
         current = getattr(current, "cause", None) or current.__cause__
-    return None
+    match = _BERTRT_ERROR_LINE.search(str(exc))
+    if match is None:
+        return None
+    kind = getattr(errors, match.group(1), BertrtError)
+    return kind(match.group(2).strip()) if isinstance(kind, type) and issubclass(kind, BertrtError) else None
 
 
 def _read_error(job: BatchJob, exc: Exception) -> InputError | None:
