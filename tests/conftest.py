@@ -187,7 +187,7 @@ def ray_session() -> Iterator[Any]:
     import psutil
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:"), "Ray is not on loopback"
     yield ray
     ray.shutdown()

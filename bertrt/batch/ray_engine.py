@@ -248,15 +248,17 @@ def _connected(ray: Any, address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    _check_reachable(address)
-    # A Ray instance of our own (no address, no RAY_ADDRESS) needs no dashboard.
-    own = address is None and not os.environ.get("RAY_ADDRESS")
+    # No address and no RAY_ADDRESS: a Ray instance of the job's own ("local"; plain
+    # ray.init() would join any cluster `ray start` left on this machine), with no dashboard.
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    _check_reachable(target)
+    own = {"include_dashboard": False} if target == "local" else {}
     try:
-        ray.init(address=address, logging_level=logging.WARNING, **({"include_dashboard": False} if own else {}))
+        ray.init(address=target, logging_level=logging.WARNING, **own)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
-            f"Cannot join the Ray cluster at {address or 'RAY_ADDRESS'} ({message}); "
+            f"Cannot join the Ray cluster at {target} ({message}); "
             "check --address, or start one with `ray start --head`."
         ) from None
     try:
@@ -265,10 +267,10 @@ def _connected(ray: Any, address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
-def _check_reachable(address: str | None) -> None:
+def _check_reachable(address: str) -> None:
     """A ConfigError at once when ``address`` names a HOST:PORT that takes no connection
     (``ray.init`` would retry it for minutes)."""
-    if not address or address == "auto" or "://" in address or ":" not in address:
+    if address in ("auto", "local") or "://" in address or ":" not in address:
         return
     host, _, port = address.rpartition(":")
     try:
