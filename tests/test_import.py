@@ -1,4 +1,4 @@
-"""The runtime stays light: importing it never pulls in torch, transformers or optimum."""
+"""The runtime stays light: importing it never pulls in torch, transformers, optimum, Ray or pyarrow."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "transformers", "optimum")
+HEAVY = ("torch", "transformers", "optimum", "ray", "pyarrow")
 
 
 def imported_after(statement: str) -> list[str]:
@@ -28,6 +28,7 @@ def imported_after(statement: str) -> list[str]:
         "import bertrt",
         "import bertrt.cli",
         "import bertrt, bertrt.session, bertrt.qa_windows, bertrt.qa_decode, bertrt.feeds, bertrt.bundle, bertrt.info",
+        "import bertrt.batch, bertrt.batch.ray_engine, bertrt.cli.batch_cmd",
     ],
 )
 def test_runtime_imports_no_heavy_library(statement: str) -> None:
