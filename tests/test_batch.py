@@ -400,3 +400,14 @@ def test_an_actors_error_reaches_the_driver_as_one_sentence() -> None:
     error = _bertrt_cause(RuntimeError(text + "bertrt.errors.BundleError: /m is not a folder; run `bertrt export`.\n"))
     assert isinstance(error, bertrt.BundleError) and str(error) == "/m is not a folder; run `bertrt export`."
     assert _bertrt_cause(RuntimeError("a Ray failure of its own")) is None
+
+
+def test_a_job_whose_rows_do_not_match_its_input_writes_nothing(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last guard of one row per input row: the rows run must be the rows counted."""
+    source = write_input(tmp_path / "in.txt", records(30))
+    monkeypatch.setattr("bertrt.batch.local.count_rows", lambda job: 31)  # as if a row were added mid-job
+    with pytest.raises(InputError, match=r"produced 30 rows for the 31 rows of in.txt .*; nothing was written"):
+        run_local(job(tiny_bundle, Task.CLASSIFY, source, tmp_path / "o.jsonl", chunk_rows=10))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]

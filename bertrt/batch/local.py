@@ -12,8 +12,9 @@ from __future__ import annotations
 from bertrt.batch.job import BatchJob
 from bertrt.batch.predict import Predictor
 from bertrt.batch.readers import check_input, count_rows, read_chunks
-from bertrt.batch.sink import BadRowError, BatchReport, Progress, ResultSink
+from bertrt.batch.sink import BatchReport, Progress, ResultSink
 from bertrt.batch.state import JobFolder
+from bertrt.errors import InputError
 from bertrt.options import RuntimeOptions
 
 
@@ -48,8 +49,8 @@ def run_local(
                 sink.add(predictor(rows))
         return sink.close()
     except BaseException as exc:
-        # Nothing worth resuming (no part yet), or an input that must change before a
-        # rerun (a bad row under strict): leave nothing behind.
-        if not folder.parts or isinstance(exc, BadRowError):
+        # Nothing worth resuming (no part yet), or an input that must change before a rerun
+        # (a bad row under strict, a file unreadable or changed mid-job): leave nothing.
+        if not folder.parts or isinstance(exc, InputError):
             folder.discard()
         raise

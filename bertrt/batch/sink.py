@@ -91,7 +91,13 @@ class ResultSink:
             self.progress(self.report.rows, self.total_rows)
 
     def close(self) -> BatchReport:
-        """Commit the last rows, write the output, and report."""
+        """Commit the last rows, write the output, and report; an InputError instead when the
+        rows that arrived are not one per input row (then the output cannot match the input)."""
+        if self.report.rows != self.total_rows:
+            raise InputError(
+                f"The job produced {self.report.rows:,} rows for the {self.total_rows:,} rows of "
+                f"{self.job.input.name} (did the file change while the job ran?); nothing was written."
+            )
         self._commit(len(self._pending.get(ROW, ())))
         self.folder.finish()
         self.report.seconds = time.perf_counter() - self._started
