@@ -42,6 +42,10 @@ class InputError(BertrtError):
     """A request's input (text, question, context, limits) cannot be served."""
 
 
+class BadRowError(InputError):
+    """A row of a ``bertrt batch`` input cannot be run and the job is ``strict``."""
+
+
 class LimitExceeded(InputError):
     """A request goes past one of the :class:`~bertrt.options.RuntimeOptions` limits.
 

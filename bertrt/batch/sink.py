@@ -22,15 +22,11 @@ from pathlib import Path
 
 from bertrt.batch.outputs import ERROR, ID, ROW, Columns
 from bertrt.batch.state import JobFolder
-from bertrt.errors import InputError
+from bertrt.errors import BadRowError, InputError
 
 # Bad rows a report keeps by number (every one is in the output's error column).
 KEPT_BAD_ROWS = 20
 Progress = Callable[[int, int], None]  # (rows done, rows in the input)
-
-
-class BadRowError(InputError):
-    """A row cannot be run and the job is ``strict``."""
 
 
 @dataclass
