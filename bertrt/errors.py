@@ -84,6 +84,25 @@ class RunnerError(BertrtError):
     """A model runner broke its contract: it did not return one result per input."""
 
 
+class NonFiniteOutput(RunnerError):
+    """A model file gave NaN or infinite values for an input: its results cannot be served.
+
+    ``model_file`` is the ONNX file and ``index`` the input's position in the call.
+    """
+
+    def __init__(self, model_file: str, output: str, index: int) -> None:
+        self.model_file = model_file
+        self.output = output
+        self.index = index
+        super().__init__(
+            f"{model_file} gave NaN or infinite values in its {output} output for input #{index}; "
+            "this file is broken for that input: load another --precision or re-export the bundle with `bertrt export`."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.model_file, self.output, self.index))
+
+
 # --- serving -------------------------------------------------------------------------------
 
 

@@ -143,7 +143,7 @@ class QuestionAnswerer(TaskRunner):
                 first_index=chunk.start,
                 pad_id=self.tokenizer.pad_id,
             )
-        start, end = self._logits(windows)
+        start, end = self._logits(windows, chunk.start)
         answers = decode_answers(start, end, windows, contexts, decoding)
         counts = np.bincount(windows.example_index, minlength=len(contexts))
         return [QAResult(tuple(a), int(n)) for a, n in zip(answers, counts, strict=True)]
@@ -158,8 +158,9 @@ class QuestionAnswerer(TaskRunner):
                     "tokens), leaving no room for the context; shorten the question."
                 )
 
-    def _logits(self, windows: QAWindows) -> tuple[np.ndarray, np.ndarray]:
-        """Start and end logits ``(windows, seq)`` for every window, run in length groups.
+    def _logits(self, windows: QAWindows, first_pair: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Start and end logits ``(windows, seq)`` for every window, run in length groups;
+        ``first_pair`` is the call's index of the windows' first pair (errors name the pair).
 
         Each batch is cut to its longest window; logits past a window's length stay 0,
         which decoding ignores (it only reads context tokens and [CLS]).
@@ -172,7 +173,8 @@ class QuestionAnswerer(TaskRunner):
         batches = plan_batches(lengths.tolist(), self.options.batch_size, self.options.group_by_length)
         for rows in batches:
             width = int(lengths[rows].max())
-            outputs = self.session.run({k: v[rows, :width] for k, v in inputs.items()})
+            pairs = (first_pair + windows.example_index[rows]).tolist()
+            outputs = self._run_session({k: v[rows, :width] for k, v in inputs.items()}, pairs)
             start[rows, :width] = outputs[START]
             end[rows, :width] = outputs[END]
         return start, end

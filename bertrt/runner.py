@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 import numpy as np
 
 from bertrt.batching import run_in_batches
-from bertrt.errors import BundleError
+from bertrt.errors import BundleError, NonFiniteOutput
 from bertrt.model_files import ModelFiles, open_model
 from bertrt.options import RuntimeOptions, coerce_enum
 from bertrt.session import OrtSession
@@ -87,17 +87,51 @@ class TaskRunner:
         """Tokenize, batch by length, run, and post-process each batch; caller's order."""
         encodings = self.tokenizer.encode(texts)
 
-        def run_batch(batch: list[Encoding]) -> list[R]:
-            outputs = self.session.run(self.tokenizer.pad(batch).feeds())
-            return postprocess(outputs, batch)
+        def run_batch(batch: list[tuple[int, Encoding]]) -> list[R]:
+            rows = [encoding for _, encoding in batch]
+            outputs = self._run_session(self.tokenizer.pad(rows).feeds(), [index for index, _ in batch])
+            return postprocess(outputs, rows)
 
         return run_in_batches(
-            encodings,
+            list(enumerate(encodings)),
             [len(e) for e in encodings],
             self.options.batch_size,
             run_batch,
             self.options.group_by_length,
         )
+
+    def _run_session(self, feeds: Mapping[str, np.ndarray], inputs: Sequence[int]) -> dict[str, np.ndarray]:
+        """Run one batch; ``inputs[row]`` is the call's input that batch row ``row`` belongs to.
+
+        Raises :class:`~bertrt.errors.NonFiniteOutput` naming the model file and the input when
+        an output holds NaN or inf (an fp16 overflow, a broken file): such values would reach
+        the caller as scores, and NaN is not even valid JSON.
+        """
+        outputs = self.session.run(feeds)
+        check_finite(outputs, inputs, self.model.onnx_path)
+        return outputs
+
+
+def check_finite(outputs: Mapping[str, np.ndarray], inputs: Sequence[int], model_file: Path) -> None:
+    """Raise NonFiniteOutput for the first batch row (``inputs[row]`` names its input) whose
+    outputs hold NaN or inf.
+
+    One sum per output decides, without a temporary array: NaN and inf survive a sum, so a
+    finite sum clears the whole output; only a non-finite one (or a sum that overflowed) is
+    looked at row by row.
+
+    >>> logits = np.array([[0.5, 1.0], [np.nan, 0.0]])
+    >>> check_finite({"logits": logits}, [7, 3], Path("model.onnx"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    bertrt.errors.NonFiniteOutput: model.onnx gave NaN or infinite values in its logits output for input #3; ...
+    """
+    for name, values in outputs.items():
+        if np.isfinite(values.sum()):
+            continue
+        bad_rows = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if bad_rows.any():
+            raise NonFiniteOutput(str(model_file), name, inputs[int(np.argmax(bad_rows))])
 
 
 def _task_spec(task: str) -> TaskSpec:
