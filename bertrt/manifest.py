@@ -90,6 +90,9 @@ class ModelManifest:
     re-validation, which the runtime never reads;
     ``labels`` is a label head's id2label in id order; ``max_length`` is the truncation
     length the export validated with, and ``doc_stride`` the QA window overlap.
+    ``failed`` holds the optional variants (fp16, int8) that failed their check at export
+    and were left out of the folder, with their reports, so a reader learns why one is
+    missing; ``peak_rss_mib`` the export's peak resident memory per stage, in MiB.
     """
 
     task: str
@@ -105,15 +108,16 @@ class ModelManifest:
     labels: tuple[str, ...] | None = None
     doc_stride: int | None = None
     reference_files: dict[str, str] = field(default_factory=dict)
+    failed: dict[Precision, Variant] = field(default_factory=dict)
+    peak_rss_mib: dict[str, int] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (enums as their values)."""
         data = asdict(self)
         data["task"] = str(self.task)
-        data["variants"] = {
-            p.value: {**asdict(v), "precision": p.value} for p, v in self.variants.items()
-        }
+        for key in ("variants", "failed"):
+            data[key] = {p.value: {**asdict(v), "precision": p.value} for p, v in getattr(self, key).items()}
         return data
 
     @classmethod
@@ -135,6 +139,8 @@ class ModelManifest:
                 labels=tuple(data["labels"]) if data.get("labels") is not None else None,
                 doc_stride=data.get("doc_stride"),
                 reference_files=dict(data.get("reference_files", {})),
+                failed={Precision(k): Variant.from_dict(v) for k, v in data.get("failed", {}).items()},
+                peak_rss_mib={str(k): int(v) for k, v in data.get("peak_rss_mib", {}).items()},
                 format_version=int(data.get("format_version", FORMAT_VERSION)),
             )
         except (KeyError, ValueError, TypeError) as exc:

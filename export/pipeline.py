@@ -6,11 +6,23 @@ to ONNX, build the precision variants, validate every file against the PyTorch m
 the model folder (the task's folder in :data:`bertrt.tasks.TASKS`) with its manifest. The
 bundle is built in a staging folder and swapped in only when every model passed (see
 :mod:`bertrt.export.atomic`).
+
+Which variants a bundle keeps: fp32 failing its check aborts the export (the bundle's core
+would be wrong); an optional variant (fp16, int8) that fails is left out of its model folder
+and recorded in the manifest's ``failed`` with its report, a warning names it, and the bundle
+is written with the variants that passed. ``ExportOptions(strict=True)`` (``--strict``) makes
+any failure abort.
+
+Memory is bounded stage by stage: PyTorch is released once the ONNX file, the reference
+outputs and the saved weights exist, so no ONNX Runtime session shares the process with it,
+and every stage's peak resident memory is logged and kept in the manifest
+(:class:`~bertrt.export.rss.StagePeaks`).
 """
 
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import sys
 import tempfile
@@ -29,6 +41,7 @@ from bertrt.export.calibration import calibration_texts
 from bertrt.export.convert import export_onnx, graph_signature
 from bertrt.export.heads import TrainingJob
 from bertrt.export.recipe import ModelRecipe, Recipe
+from bertrt.export.rss import StagePeaks, process_peak_bytes
 from bertrt.export.sources import load_pretrained
 from bertrt.export.tasks import ExportSpec, export_spec, export_specs
 from bertrt.export.variants import build_order, build_variant, validation_device
@@ -38,11 +51,13 @@ from bertrt.errors import ConfigError, ExportError, ValidationFailed
 from bertrt.manifest import (
     MANIFEST_NAME,
     TORCH_DIR,
+    VARIANT_FILES,
     BundleManifest,
     ModelManifest,
     Variant,
     sha256_of,
 )
+from bertrt.memory import pin_mmap_threshold
 from bertrt.tasks import Head, task_spec
 from bertrt.types import Precision, Task
 
@@ -59,6 +74,8 @@ class ExportOptions:
     qa_data: str | Path | None = None
     qa_eval_data: str | Path | None = None
     sentiment_csv: Path | None = None
+    # Any variant failing its check aborts the export (else only fp32 does).
+    strict: bool = False
 
 
 @dataclass
@@ -77,14 +94,16 @@ class ExportSummary:
     out: Path
     models: list[ModelResult] = field(default_factory=list)
     seconds: float = 0.0
+    peak_rss_mib: int = 0
 
 
 def export_bundle(recipe: Recipe, options: ExportOptions, log: Log = print) -> ExportSummary:
     """Build the bundle described by ``recipe`` at ``options.out``; raise on any failure.
 
-    Nothing is written at ``options.out`` unless every model exports and validates; a
-    failure of any kind (a file-system error such as a full disk becomes an ExportError)
-    leaves whatever was there before untouched.
+    Nothing is written at ``options.out`` unless every model exports and its fp32 file (with
+    ``options.strict``, every file) validates; a failure of any kind (a file-system error such
+    as a full disk becomes an ExportError) leaves whatever was there before untouched. An
+    optional variant that fails its check is left out and recorded (see the module notes).
     """
     try:
         return _export_bundle(recipe, options, log)
@@ -96,6 +115,8 @@ def _export_bundle(recipe: Recipe, options: ExportOptions, log: Log) -> ExportSu
     _check_training_data(recipe, options)
     started = time.perf_counter()
     summary = ExportSummary(out=options.out)
+    # Freed blocks of the big stages go back to the system instead of lingering in the heap.
+    pin_mmap_threshold()
     remove_stale_partials(options.out)
     specs = [spec for spec in export_specs() if spec.section in recipe.models]
     folders = {spec.task: task_spec(spec.task).folder for spec in specs}
@@ -118,6 +139,7 @@ def _export_bundle(recipe: Recipe, options: ExportOptions, log: Log) -> ExportSu
             command=tuple(sys.argv),
         ).write(staging)
     summary.seconds = time.perf_counter() - started
+    summary.peak_rss_mib = round(process_peak_bytes() / (1 << 20))
     return summary
 
 
@@ -143,34 +165,54 @@ def _export_model(
 ) -> ModelManifest:
     task, model_recipe = spec.task, recipe.models[spec.section]
     head = task_spec(task).head
-    tokenizer = load_pretrained(AutoTokenizer, model_recipe.source, trust_remote_code=model_recipe.trust_remote_code)
-    model = load_source_model(task, model_recipe)
+    peaks = StagePeaks()
+    with peaks.stage("load"):
+        tokenizer = load_pretrained(
+            AutoTokenizer, model_recipe.source, trust_remote_code=model_recipe.trust_remote_code
+        )
+        model = load_source_model(task, model_recipe)
     max_length = serving_length(recipe, task)
     settings = recipe.training.get(spec.section)
     job = TrainingJob(model, tokenizer, model_recipe, settings, options, max_length, work / model_dir.name, log)
-    training, trained = _train(spec, job)
+    with peaks.stage("train"):
+        training, trained = _train(spec, job)
     doc_stride = recipe.training[spec.section].doc_stride if head is Head.SPAN else None
 
-    raw = export_onnx(model, task, work / f"{model_dir.name}-raw", recipe.opset)
+    with peaks.stage("torch to onnx"):
+        raw = export_onnx(model, task, work / f"{model_dir.name}-raw", recipe.opset)
     inputs, outputs = graph_signature(raw)
-    reference = validate.torch_reference(task, model, tokenizer, max_length, doc_stride)
+    with peaks.stage("pytorch reference"):
+        reference = validate.torch_reference(task, model, tokenizer, max_length, doc_stride)
     model_dir.mkdir(parents=True)
     # Tokenizer first: int8 calibration tokenizes with the bundle's own tokenizer.json.
     tokenizer.save_pretrained(model_dir)
-    model.config.save_pretrained(model_dir)
+    config = model.config
+    config.save_pretrained(model_dir)
+    # The PyTorch weights travel with the bundle so `bertrt validate` and `bertrt eval` can
+    # re-check the ONNX files against the exact model they came from (fine-tuned heads included).
+    with peaks.stage("save pytorch"):
+        model.save_pretrained(model_dir / TORCH_DIR, safe_serialization=True)
+    # Every later stage needs only the files and the reference outputs: PyTorch leaves before
+    # any ONNX Runtime session or graph rewrite takes its share of memory.
+    del model, job
+    gc.collect()
     calibration = (
         calibration_texts(task, recipe, options.qa_data, options.sentiment_csv)
         if Precision.INT8 in options.precisions
         else []
     )
     variants: dict[Precision, Variant] = {}
+    failed: dict[Precision, Variant] = {}
     for precision in build_order(options.precisions):
-        built = build_variant(raw, model_dir, precision, model.config, calibration, max_length)
-        report = _validated(model_dir, built.file, task, precision, reference, log)
-        variants[precision] = Variant(precision, built.file, report, built.optimization)
-    # The PyTorch weights travel with the bundle so `bertrt validate` and `bertrt eval` can
-    # re-check the ONNX files against the exact model they came from (fine-tuned heads included).
-    model.save_pretrained(model_dir / TORCH_DIR, safe_serialization=True)
+        variant = _build_and_check(
+            raw, model_dir, task, precision, config, calibration, max_length, reference, trained, peaks, log
+        )
+        if variant.validation.get("passed") is False:
+            _refuse_or_leave_out(model_dir, variant, options.strict, log)
+            failed[precision] = variant
+        else:
+            variants[precision] = variant
+    log(f"      peak memory: {peaks.summary()}")
     manifest = ModelManifest(
         task=task,
         source=model_recipe.source,
@@ -183,29 +225,84 @@ def _export_model(
         variants=variants,
         trained=trained,
         training=training,
-        labels=tuple(model.config.id2label[i] for i in range(model.config.num_labels)) if head is Head.LABELS else None,
+        labels=tuple(config.id2label[i] for i in range(config.num_labels)) if head is Head.LABELS else None,
         doc_stride=doc_stride,
+        failed=failed,
+        peak_rss_mib=dict(peaks.mib),
     )
     manifest.write(model_dir)
     return manifest
 
 
+def _build_and_check(
+    raw: Path,
+    model_dir: Path,
+    task: str,
+    precision: Precision,
+    config: Any,
+    calibration: list[Any],
+    max_length: int,
+    reference: validate.Reference,
+    trained: bool,
+    peaks: StagePeaks,
+    log: Log,
+) -> Variant:
+    """Build one variant file and validate it; a build step that refuses its own result (an
+    int8 file whose outputs change with the batch) comes back as a failed report."""
+    file = VARIANT_FILES[precision]
+    try:
+        with peaks.stage(f"{precision.value} build"):
+            built = build_variant(raw, model_dir, precision, config, calibration, max_length)
+    except ValidationFailed as exc:
+        if precision is Precision.FP32:
+            raise
+        report = {"ran": True, "passed": False, "failures": [str(exc)], "stage": "build"}
+        log(f"      {precision.value}: FAILED while building: {exc}")
+        return Variant(precision, file, report)
+    with peaks.stage(f"{precision.value} validate"):
+        report = _validated(model_dir, built.file, task, precision, reference, trained, log)
+    return Variant(precision, built.file, report, built.optimization)
+
+
 def _validated(
-    model_dir: Path, file: str, task: str, precision: Precision, reference: validate.Reference, log: Log
+    model_dir: Path,
+    file: str,
+    task: str,
+    precision: Precision,
+    reference: validate.Reference,
+    trained: bool,
+    log: Log,
 ) -> dict[str, Any]:
-    """Validate one variant file; raise ValidationFailed (nothing is published) when it fails."""
+    """Validate one variant file where the validation-device rule places it; raise
+    ValidationFailed (nothing is published) when fp32 fails."""
     placement = validation_device(precision)
     if placement.device is None:
-        report = validate.not_run_report(precision, placement.reason)
+        report = validate.not_run_report(precision, placement.reason, trained)
     else:
-        report = validate.validate_onnx(model_dir / file, task, precision, reference, placement.device)
+        report = validate.validate_onnx(model_dir / file, task, precision, reference, placement.device, trained)
     log(f"      {precision.value}: {_describe(report)}")
-    if report["passed"] is False:
+    if report["passed"] is False and precision is Precision.FP32:
         raise ValidationFailed(
             f"{model_dir.name} {precision.value} failed validation against PyTorch: "
             f"{'; '.join(report['failures'])}; no bundle was written."
         )
     return report
+
+
+def _refuse_or_leave_out(model_dir: Path, variant: Variant, strict: bool, log: Log) -> None:
+    """An optional variant failed: abort under ``strict``, else delete its file and warn."""
+    name, precision = model_dir.name, variant.precision.value
+    reasons = "; ".join(variant.validation.get("failures", ()))
+    if strict:
+        raise ValidationFailed(
+            f"{name} {precision} failed validation against PyTorch: {reasons}; no bundle was written "
+            f"(without --strict the bundle is written without {name} {precision})."
+        )
+    (model_dir / variant.file).unlink(missing_ok=True)
+    log(
+        f"      warning: {name} {precision} failed its check ({reasons}) and is left out of the bundle; "
+        f"its report is kept in {name}/manifest.json (--strict makes this an error)."
+    )
 
 
 def load_source_model(task: str, spec: ModelRecipe, seed: int = 0) -> Any:
@@ -269,10 +366,14 @@ def _describe(report: dict[str, Any]) -> str:
     if not report["ran"]:
         return f"not validated here ({report['reason']})"
     parts = [f"{name} max|diff| {diff:.2e}" for name, diff in report["max_abs_diff"].items()]
+    if "min_cosine_hidden" in report:
+        parts.append(f"hidden-state cosine {report['min_cosine_hidden']:.4f}")
     for key in ("label_agreement", "answer_agreement"):
         if key in report:
             parts.append(f"{key.replace('_', ' ')} {report[key]:.0%}")
-    return ("ok: " if report["passed"] else "FAILED: ") + ", ".join(parts)
+    if not report["passed"]:
+        return "FAILED: " + "; ".join(report["failures"])
+    return "ok: " + ", ".join(parts) + (" (agreement not judged: untrained head)" if "judged_on" in report else "")
 
 
 def _library_versions() -> dict[str, str]:

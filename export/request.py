@@ -32,7 +32,8 @@ class ExportRequest:
     ``recipe`` is a recipe name (``minilm``, ``bert-base``) or a ``.toml`` path. ``out``
     defaults to ``models/<recipe name>``. ``classifier_training`` and ``qa_training``
     override fields of the recipe's ``[classifier.training]`` and ``[qa.training]``
-    tables; None values keep the recipe's.
+    tables; None values keep the recipe's. ``strict`` writes no bundle unless every variant
+    passes its check.
     """
 
     recipe: str = "minilm"
@@ -42,6 +43,7 @@ class ExportRequest:
     qa_eval_data: str | Path | None = None
     classifier_training: Mapping[str, object] = field(default_factory=dict)
     qa_training: Mapping[str, object] = field(default_factory=dict)
+    strict: bool = False
 
 
 def run_export(request: ExportRequest, log: Log = print) -> ExportSummary:
@@ -62,5 +64,6 @@ def run_export(request: ExportRequest, log: Log = print) -> ExportSummary:
         precisions=tuple(dict.fromkeys(request.precisions)),
         qa_data=request.qa_data,
         qa_eval_data=request.qa_eval_data,
+        strict=request.strict,
     )
     return export_bundle(recipe, options, log)

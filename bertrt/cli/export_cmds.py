@@ -81,11 +81,20 @@ def export(
     qa_eval_size: Annotated[
         int | None, typer.Option(help="Score on at most this many questions of --qa-eval-data.")
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Write no bundle unless every variant passes. Default: an fp16 or int8 file that fails its check "
+            "is left out (with a warning; its report stays in the manifest) and the rest is written.",
+        ),
+    ] = False,
 ) -> None:
     """Fine-tune, convert, optimize and validate the three models of a recipe into a bundle.
 
-    The bundle appears at --out only when every file passed validation against PyTorch;
-    a failed or interrupted export leaves the previous bundle untouched.
+    The bundle appears at --out only when every fp32 file passed validation against PyTorch;
+    an fp16 or int8 file that fails is left out and named (--strict: nothing is written). A
+    failed or interrupted export leaves the previous bundle untouched.
     """
     with command_errors(capture_warnings=False):
         require_export_stage()
@@ -105,6 +114,7 @@ def export(
                 "max_length": max_length,
             },
             qa_training={"epochs": qa_epochs, "max_examples": qa_max_examples, "eval_size": qa_eval_size},
+            strict=strict,
         )
         summary = run_export(request, log=lambda line: typer.echo(line, err=True))
     typer.echo(export_summary_text(summary))
@@ -122,14 +132,15 @@ def validate(
     """Re-check every file of a bundle against the PyTorch model it came from.
 
     Prints, per model and variant, the max abs difference per output and the label or answer
-    agreement. Exits with 1 when any file is over its tolerance.
+    agreement, then the variants the export left out after they failed. Exits with 1 when any
+    file of the bundle is over its tolerance.
     """
     with command_errors(capture_warnings=False):
         require_export_stage()
         from bertrt.export.revalidate import ValidateConfig, validate_bundle
 
         checks = validate_bundle(ValidateConfig(models, tuple(precision or ()), device))
-    passed = all(check.report.get("passed") is not False for check in checks)
+    passed = all(check.report.get("passed") is not False for check in checks if not check.left_out)
     if json_output:
         report = {"bundle": str(models), "passed": passed, "checks": [check.to_dict() for check in checks]}
         typer.echo(json.dumps(report, indent=2))
