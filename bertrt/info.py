@@ -21,8 +21,9 @@ def describe(path: str | Path, verify: bool = False) -> dict[str, Any]:
     """A JSON-ready description of the bundle at ``path`` without creating any session.
 
     Recipe, creation time, the export's command line, library versions and, per model: task, source, max length,
-    trained flag, training metrics, labels, and per variant its file, size in bytes and
-    validation report. With ``verify``, each model also gets ``checksums_ok``.
+    trained flag, training metrics, labels, per variant its file, size in bytes and
+    validation report, and under ``failed`` the variants left out at export with their reports.
+    With ``verify``, each model also gets ``checksums_ok``.
     """
     bundle = Bundle(path)
     models: dict[str, Any] = {}
@@ -44,6 +45,11 @@ def describe(path: str | Path, verify: bool = False) -> dict[str, Any]:
                     "validation": variant.validation,
                 }
                 for precision, variant in manifest.variants.items()
+            },
+            # Variants that failed their check at export and were left out of the folder.
+            "failed": {
+                precision.value: {"file": variant.file, "validation": variant.validation}
+                for precision, variant in manifest.failed.items()
             },
         }
         if verify:

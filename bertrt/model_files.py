@@ -47,6 +47,13 @@ def open_model(model_dir: Path, task: str, precision: Precision, verify: bool = 
             f"pass the bundle's {task} folder instead."
         )
     variant = manifest.variants.get(precision)
+    if variant is None and precision in manifest.failed:
+        reasons = "; ".join(manifest.failed[precision].validation.get("failures", ())) or "see its manifest"
+        present = ", ".join(sorted(p.value for p in manifest.variants)) or "none"
+        raise BundleError(
+            f"{model_dir} has no {precision.value} variant because it failed validation against PyTorch "
+            f"at export ({reasons}) and was left out; choose one of {present} with --precision."
+        )
     if variant is None:
         present = ", ".join(sorted(p.value for p in manifest.variants)) or "none"
         raise BundleError(

@@ -17,7 +17,11 @@ from bertrt.types import Device, Precision
 
 @dataclass(frozen=True)
 class VariantCheck:
-    """One row of the validation table: a model's variant and its fresh report."""
+    """One row of the validation table: a model's variant and its fresh report.
+
+    A ``left_out`` row is a variant that failed its check at export and is not in the bundle
+    (``size_bytes`` 0); its report is the export's, read from the manifest.
+    """
 
     model: str
     task: str
@@ -25,6 +29,7 @@ class VariantCheck:
     file: str
     size_bytes: int
     report: dict[str, Any]
+    left_out: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -33,6 +38,7 @@ class VariantCheck:
             "precision": self.precision.value,
             "file": self.file,
             "size_bytes": self.size_bytes,
+            "left_out": self.left_out,
             **self.report,
         }
 
@@ -60,7 +66,11 @@ class ValidateConfig:
 
 def validate_bundle(config: ValidateConfig) -> list[VariantCheck]:
     """Validate every variant (of ``config.precisions``) of every model in the bundle against
-    its PyTorch model, each where :func:`~bertrt.export.variants.validation_device` places it."""
+    its PyTorch model, each where :func:`~bertrt.export.variants.validation_device` places it.
+
+    Variants the export left out after failing their check come last, as ``left_out`` rows
+    carrying the export's report: they are not files of the bundle, so they do not fail it.
+    """
     bundle_dir, precisions, device = config.bundle, config.precisions, config.device
     checks = []
     for name, task in BundleManifest.read(bundle_dir).models.items():
@@ -72,12 +82,24 @@ def validate_bundle(config: ValidateConfig) -> list[VariantCheck]:
             continue
         model, tokenizer = load_torch_model(model_dir, task)
         reference = validate.torch_reference(task, model, tokenizer, manifest.max_length, manifest.doc_stride)
+        # The reference outputs are all the checks need: PyTorch's memory goes before ONNX Runtime's comes.
+        del model
         for precision in wanted:
             file, placement = manifest.variants[precision].file, placements[precision]
             report = (
-                validate.validate_onnx(model_dir / file, task, precision, reference, placement.device)
+                validate.validate_onnx(model_dir / file, task, precision, reference, placement.device, manifest.trained)
                 if placement.device is not None
-                else validate.not_run_report(precision, placement.reason)
+                else validate.not_run_report(precision, placement.reason, manifest.trained)
             )
             checks.append(VariantCheck(name, task, precision, file, (model_dir / file).stat().st_size, report))
-    return checks
+    return checks + _left_out(bundle_dir, precisions)
+
+
+def _left_out(bundle_dir: Path, precisions: tuple[Precision, ...]) -> list[VariantCheck]:
+    """The variants each model's manifest records as failed at export and left out."""
+    rows = []
+    for name, task in BundleManifest.read(bundle_dir).models.items():
+        for precision, variant in ModelManifest.read(bundle_dir / name).failed.items():
+            if not precisions or precision in precisions:
+                rows.append(VariantCheck(name, task, precision, variant.file, 0, variant.validation, left_out=True))
+    return rows

@@ -116,18 +116,22 @@ def info_text(description: Mapping[str, Any]) -> str:
     ]
     rows = []
     for folder, model in description["models"].items():
+        trained = "yes" if model["trained"] else "NO"
         for precision, variant in model["variants"].items():
             rows.append(
                 [
                     folder,
                     model["task"],
-                    "yes" if model["trained"] else "NO",
+                    trained,
                     precision,
                     _megabytes(variant["bytes"]),
                     _validation(variant["validation"]),
                     _checksums(model),
                 ]
             )
+        for precision, variant in model.get("failed", {}).items():
+            reasons = "; ".join(variant["validation"].get("failures", ()))
+            rows.append([folder, model["task"], trained, precision, "-", f"FAILED, left out: {reasons}", ""])
     header = ["model", "task", "trained", "variant", "size", "validation", "checksums"]
     if not any("checksums_ok" in m for m in description["models"].values()):
         header, rows = header[:-1], [row[:-1] for row in rows]
@@ -147,12 +151,18 @@ def info_text(description: Mapping[str, Any]) -> str:
 def export_summary_text(summary: ExportSummary) -> str:
     """Where the bundle went and, per model and variant, its file and validation result;
     then the training scores, and a note on an untrained QA head."""
-    lines = [f"Bundle written to {summary.out} in {summary.seconds / 60:.1f} min."]
+    lines = [
+        f"Bundle written to {summary.out} in {summary.seconds / 60:.1f} min "
+        f"(peak memory {summary.peak_rss_mib / 1024:.1f} GB)."
+    ]
     for result in summary.models:
         manifest = result.manifest
         for precision, variant in manifest.variants.items():
             status = _export_validation(variant.validation)
             lines.append(f"  {result.name:<10} {precision.value:<5} {variant.file:<16} {status}")
+        for precision, variant in manifest.failed.items():
+            reasons = "; ".join(variant.validation.get("failures", ()))
+            lines.append(f"  {result.name:<10} {precision.value:<5} {'(left out)':<16} FAILED: {reasons}")
         training = manifest.training or {}
         if "imdb_heldout_accuracy" in training:
             lines.append(
@@ -204,6 +214,9 @@ def _export_validation(report: Mapping[str, Any]) -> str:
 def _check_row(check: VariantCheck) -> str:
     report = check.report
     size = f"{check.size_bytes / 1e6:.1f} MB"
+    if check.left_out:
+        reasons = "; ".join(report.get("failures", ()))
+        return f"{check.model:<11}{check.precision.value:<8}{'-':>9}  {'-':<14}{'-':<11}left out at export: {reasons}"
     if not report.get("ran"):
         return f"{check.model:<11}{check.precision.value:<8}{size:>9}  {'-':<14}{'-':<11}not run: {report['reason']}"
     worst = max(report["max_abs_diff"].values())
