@@ -38,7 +38,7 @@ import transformers
 from bertrt.export import validate
 from bertrt.export.atomic import remove_stale_partials, staged_directory
 from bertrt.export.calibration import calibration_texts
-from bertrt.export.convert import export_onnx, graph_signature
+from bertrt.export.convert import export_onnx, graph_signature, store_weights_externally
 from bertrt.export.heads import TrainingJob
 from bertrt.export.recipe import ModelRecipe, Recipe
 from bertrt.export.rss import StagePeaks, process_peak_bytes
@@ -165,7 +165,7 @@ def _export_model(
 ) -> ModelManifest:
     task, model_recipe = spec.task, recipe.models[spec.section]
     head = task_spec(task).head
-    peaks = StagePeaks()
+    peaks = StagePeaks(log)
     with peaks.stage("load"):
         tokenizer = load_pretrained(
             AutoTokenizer, model_recipe.source, trust_remote_code=model_recipe.trust_remote_code
@@ -196,6 +196,8 @@ def _export_model(
     # any ONNX Runtime session or graph rewrite takes its share of memory.
     del model, job
     gc.collect()
+    with peaks.stage("weights to external data"):
+        store_weights_externally(raw)
     calibration = (
         calibration_texts(task, recipe, options.qa_data, options.sentiment_csv)
         if Precision.INT8 in options.precisions
@@ -212,7 +214,6 @@ def _export_model(
             failed[precision] = variant
         else:
             variants[precision] = variant
-    log(f"      peak memory: {peaks.summary()}")
     manifest = ModelManifest(
         task=task,
         source=model_recipe.source,
@@ -259,8 +260,10 @@ def _build_and_check(
         report = {"ran": True, "passed": False, "failures": [str(exc)], "stage": "build"}
         log(f"      {precision.value}: FAILED while building: {exc}")
         return Variant(precision, file, report)
+    gc.collect()  # graph rewriters leave reference cycles holding weights
     with peaks.stage(f"{precision.value} validate"):
         report = _validated(model_dir, built.file, task, precision, reference, trained, log)
+    gc.collect()
     return Variant(precision, built.file, report, built.optimization)
 
 

@@ -215,7 +215,12 @@ def _activation_ranges(
     model.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in missing)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=_CPU)
+    with tempfile.TemporaryDirectory() as tmp:
+        # Through a file, not bytes: the graph, its serialized copy and the session's weights
+        # would otherwise all be held at once (4x the model at the peak).
+        onnx.save(model, str(Path(tmp) / "calibration.onnx"))
+        del model
+        session = ort.InferenceSession(str(Path(tmp) / "calibration.onnx"), options, providers=_CPU)
     wanted = {i.name for i in session.get_inputs()}
     # Start at 0 so 0.0 is exactly representable, as DynamicQuantizeLinear guarantees.
     ranges = {t: (0.0, 0.0) for t in tensors}

@@ -21,18 +21,21 @@ import os
 import resource
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 SAMPLE_SECONDS = 0.005
 _MIB = 1 << 20
+_GIB = 1 << 30
 
 
 class StagePeaks:
-    """Peak resident memory per named stage, in MiB (a repeated name keeps its largest)."""
+    """Peak resident memory per named stage, in MiB (a repeated name keeps its largest);
+    ``log`` is told each stage's peak as it ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: Callable[[str], None] | None = None) -> None:
         self.mib: dict[str, int] = {}
+        self._log = log
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -47,10 +50,8 @@ class StagePeaks:
             after = process_peak_bytes()
             peak = after if after > before else max(sampler.peak, current_bytes())
             self.mib[name] = max(self.mib.get(name, 0), round(peak / _MIB))
-
-    def summary(self) -> str:
-        """``stage 1.2 GB, stage 0.8 GB`` in the order the stages ran."""
-        return ", ".join(f"{name} {mib / 1024:.1f} GB" for name, mib in self.mib.items())
+            if self._log is not None:
+                self._log(f"      {name}: peak memory {peak / _GIB:.1f} GB")
 
 
 def process_peak_bytes() -> int:

@@ -24,6 +24,10 @@ from bertrt.providers import cuda_failure, cuda_unavailable
 from bertrt.types import Device, Precision
 
 CalibrationText = str | tuple[str, str]
+# Texts per calibration batch. The calibration run returns every quantized activation of a
+# batch at once (a bert-large window: ~260 MB per text), so memory grows with the batch while
+# the ranges, taken over real tokens only, do not depend on it; one text also pads nothing.
+CALIBRATION_BATCH_SIZE = 1
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ def build_variant(
     elif precision is Precision.FP16:
         report = convert_fp16(fused, target)
     else:
-        feeds = calibration_feeds(model_dir / "tokenizer.json", list(calibration), max_length)
+        feeds = calibration_feeds(model_dir / "tokenizer.json", list(calibration), max_length, CALIBRATION_BATCH_SIZE)
         report = quantize_int8(fused, target, feeds)
     return BuiltVariant(target.name, report)
 
