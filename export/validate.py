@@ -67,9 +67,11 @@ INT8 = Tolerance(
     max_abs_diff=None, min_label_agreement=0.9, min_answer_agreement=0.5, min_answer_overlap=0.8, min_cosine=0.98
 )
 TOLERANCES: dict[Precision, Tolerance] = {Precision.FP32: FP32, Precision.FP16: FP16, Precision.INT8: INT8}
-# Measured on untrained heads (see the README's validation section): bounds for int8.
-UNTRAINED_INT8_LOGITS = 1.0
-UNTRAINED_INT8_HIDDEN = 0.9
+# int8 bounds for untrained heads, with margin over what good int8 files measure (MiniLM's
+# random span head: logits within 0.12, hidden-state cosine >= 0.974; its random classifier
+# head: 0.005 and 0.992; a bert-base-shaped random classifier: 0.016 and 0.9994).
+UNTRAINED_INT8_LOGITS = 0.5
+UNTRAINED_INT8_HIDDEN = 0.95
 # Untrained heads: the logits within an elementwise bound, the head's input (hidden states)
 # within a cosine floor per real token; agreement is not judged (0.0 floors).
 UNTRAINED: dict[Precision, Tolerance] = {
