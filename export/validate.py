@@ -224,7 +224,8 @@ def _hidden_state_check(
 
 def _row_cosines(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
     a, b = expected.astype(np.float64), actual.astype(np.float64)
-    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
+    cosines: np.ndarray = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
+    return cosines
 
 
 def _stated(tolerance: Tolerance) -> dict[str, float]:
