@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         shape = "bert-large" if "qa" in models else "bert-base"
         outcome["target_gb"] = TARGETS_GB[shape]
         outcome["within_target"] = outcome["peak_rss_gb"] is not None and outcome["peak_rss_gb"] <= TARGETS_GB[shape]
+        outcome["invocation"] = list(sys.argv)
         results["runs"][run] = outcome
         print(f"[{run}] {json.dumps({k: outcome[k] for k in ('exit_code', 'wall_s', 'peak_rss_gb')})}", file=sys.stderr)
         _write(args.results, results)
@@ -205,8 +206,13 @@ def _size(folder: Path, file: str) -> int | None:
 
 
 def _write(path: Path, results: dict[str, Any]) -> None:
+    """Write ``results``, keeping the runs of an earlier invocation that this one did not redo
+    (runs can be measured in separate invocations; each run records its own command)."""
+    merged = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    runs = {**merged.get("runs", {}), **results["runs"]}
+    merged.update(results, runs=runs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
