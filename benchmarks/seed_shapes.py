@@ -83,7 +83,7 @@ def seed_recipe(sources: dict[str, Path], models: tuple[str, ...]) -> str:
     for section, model in recipe.models.items():
         if section not in models:
             continue
-        source = replace(model, source=str(sources[MODEL_SHAPES[section]]), finetune=False)
+        source = replace(model, source=str(sources[MODEL_SHAPES[section]].resolve()), finetune=False)
         lines += [f"[{section}]", f'source = "{source.source}"', "finetune = false"]
         if section == "qa":
             lines += ["", "[qa.training]", f"max_length = {qa.max_length}", f"doc_stride = {qa.doc_stride}"]

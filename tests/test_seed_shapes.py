@@ -20,9 +20,9 @@ def test_the_seed_recipe_is_the_bert_base_recipe_on_local_folders(tmp_path: Path
     recipe_file.write_text(seed_recipe(sources, ("embedder", "classifier", "qa")))
     recipe, shipped = load_recipe(str(recipe_file)), load_recipe("bert-base")
     assert {name: model.source for name, model in recipe.models.items()} == {
-        "embedder": str(sources["bert-base"]),
-        "classifier": str(sources["bert-base"]),
-        "qa": str(sources["bert-large"]),
+        "embedder": str(sources["bert-base"].resolve()),
+        "classifier": str(sources["bert-base"].resolve()),
+        "qa": str(sources["bert-large"].resolve()),
     }
     assert all(model.finetune is False for model in recipe.models.values())
     assert recipe.max_length == shipped.max_length and recipe.training["qa"] == shipped.training["qa"]
