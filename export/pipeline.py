@@ -203,12 +203,11 @@ def _export_model(
         if Precision.INT8 in options.precisions
         else []
     )
+    building = _VariantJob(raw, model_dir, task, config, calibration, max_length, reference, trained)
     variants: dict[Precision, Variant] = {}
     failed: dict[Precision, Variant] = {}
     for precision in build_order(options.precisions):
-        variant = _build_and_check(
-            raw, model_dir, task, precision, config, calibration, max_length, reference, trained, peaks, log
-        )
+        variant = _build_and_check(building, precision, peaks, log)
         if variant.validation.get("passed") is False:
             _refuse_or_leave_out(model_dir, variant, options.strict, log)
             failed[precision] = variant
@@ -235,34 +234,37 @@ def _export_model(
     return manifest
 
 
-def _build_and_check(
-    raw: Path,
-    model_dir: Path,
-    task: str,
-    precision: Precision,
-    config: Any,
-    calibration: list[Any],
-    max_length: int,
-    reference: validate.Reference,
-    trained: bool,
-    peaks: StagePeaks,
-    log: Log,
-) -> Variant:
+@dataclass(frozen=True)
+class _VariantJob:
+    """What building and checking any variant of one model needs: the exported graph (``raw``),
+    the model folder, the transformers config, the int8 calibration texts, the serving length,
+    the PyTorch reference and whether the head is trained."""
+
+    raw: Path
+    model_dir: Path
+    task: str
+    config: Any
+    calibration: list[Any]
+    max_length: int
+    reference: validate.Reference
+    trained: bool
+
+
+def _build_and_check(job: _VariantJob, precision: Precision, peaks: StagePeaks, log: Log) -> Variant:
     """Build one variant file and validate it; a build step that refuses its own result (an
     int8 file whose outputs change with the batch) comes back as a failed report."""
-    file = VARIANT_FILES[precision]
     try:
         with peaks.stage(f"{precision.value} build"):
-            built = build_variant(raw, model_dir, precision, config, calibration, max_length)
+            built = build_variant(job.raw, job.model_dir, precision, job.config, job.calibration, job.max_length)
     except ValidationFailed as exc:
         if precision is Precision.FP32:
             raise
         report = {"ran": True, "passed": False, "failures": [str(exc)], "stage": "build"}
         log(f"      {precision.value}: FAILED while building: {exc}")
-        return Variant(precision, file, report)
+        return Variant(precision, VARIANT_FILES[precision], report)
     gc.collect()  # graph rewriters leave reference cycles holding weights
     with peaks.stage(f"{precision.value} validate"):
-        report = _validated(model_dir, built.file, task, precision, reference, trained, log)
+        report = _validated(job.model_dir, built.file, job.task, precision, job.reference, job.trained, log)
     gc.collect()
     return Variant(precision, built.file, report, built.optimization)
 
