@@ -50,12 +50,14 @@ def broken_int8(monkeypatch: pytest.MonkeyPatch) -> None:
 def bundle_without_int8(tiny_source: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     from bertrt.export.pipeline import ExportOptions, export_bundle
 
+    from bertrt.cli.render import export_summary_text
+
     out, lines = tmp_path_factory.mktemp("policy") / "bundle", []
     with pytest.MonkeyPatch.context() as monkeypatch:
         broken_int8(monkeypatch)
         options = ExportOptions(out=out, precisions=(Precision.FP32, Precision.INT8))
-        export_bundle(classifier_recipe(tiny_source), options, log=lines.append)
-    return out, lines
+        summary = export_bundle(classifier_recipe(tiny_source), options, log=lines.append)
+    return out, [*lines, *export_summary_text(summary).splitlines()]
 
 
 def test_a_failing_int8_is_left_out_and_recorded(bundle_without_int8: tuple[Path, list[str]]) -> None:
@@ -69,6 +71,9 @@ def test_a_failing_int8_is_left_out_and_recorded(bundle_without_int8: tuple[Path
     assert failed.optimization["scheme"] == "static"  # the numbers of the build are kept too
     [warning] = [line for line in lines if "warning:" in line]
     assert "classifier int8 failed its check" in warning and "left out of the bundle" in warning
+    # The summary printed on stdout names it too, beside the files that were written.
+    assert any("int8" in line and "(left out)" in line and "FAILED: logits holds 1" in line for line in lines)
+    assert any(line.startswith("Bundle written to") and "peak memory" in line for line in lines)
     assert set(manifest.peak_rss_mib) >= {"torch to onnx", "fp32 build", "fp32 validate", "int8 build"}
     assert all(mib > 0 for mib in manifest.peak_rss_mib.values())
 
