@@ -4,6 +4,7 @@ any work, and a tiny export prints its summary."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,7 @@ def test_export_writes_the_bundle_and_prints_its_summary(recipe_file: Path, tmp_
     code, stdout, err = invoke("export", "--recipe", str(recipe_file), "--out", str(out), "--precision", "fp32")
     assert code == 0, err
     lines = stdout.splitlines()
-    assert lines[0].startswith(f"Bundle written to {out} in ") and lines[0].endswith(" min.")
+    assert re.fullmatch(rf"Bundle written to {re.escape(str(out))} in [\d.]+ min \(peak memory [\d.]+ GB\)\.", lines[0])
     for name in ("embedder", "classifier", "qa"):
         [row] = [line.split() for line in lines if line.split()[:2] == [name, "fp32"]]
         assert row[2] == "model.onnx" and row[3:7] == ["validated,", "max", "abs", "diff"]
