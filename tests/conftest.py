@@ -16,6 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
+
+# Property tests check correctness, not speed: no per-example deadline, which a loaded
+# machine would turn into failures that say nothing about the code.
+settings.register_profile("bertrt", deadline=None)
+settings.load_profile("bertrt")
 
 # No model hub in tests: everything loads from local folders.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
