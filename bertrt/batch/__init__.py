@@ -12,6 +12,7 @@ Example::
 
 from bertrt.batch.job import BatchJob, InputFormat, OutputFormat
 from bertrt.batch.local import run_local
-from bertrt.batch.sink import BadRowError, BatchReport
+from bertrt.batch.sink import BatchReport
+from bertrt.errors import BadRowError
 
 __all__ = ["BadRowError", "BatchJob", "BatchReport", "InputFormat", "OutputFormat", "run_local"]
