@@ -21,7 +21,7 @@ E = TypeVar("E", bound=Enum)
 # ONNX Runtime's own names for its graph optimization levels, keyed by ours.
 GRAPH_OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 # What happens to ONNX Runtime's CPU memory arena (see bertrt.memory).
-CPU_ARENA_MODES = ("shrink", "keep", "off")
+CPU_ARENA_MODES = ("adaptive", "shrink", "keep", "off")
 # The request limits, by field name (all positive integers).
 LIMITS = ("max_texts_per_call", "max_chars_per_text", "max_context_chars", "max_top_k")
 
@@ -31,18 +31,22 @@ class RuntimeOptions:
     """How sessions are built and how requests are batched.
 
     ``graph_optimization`` is one of ``disabled|basic|extended|all``; thread counts of 0
-    let ONNX Runtime pick (one intra-op thread per physical core). ``io_binding=False``
-    runs plain ``session.run`` instead of bound buffers, for comparison. ``batch_size``
+    let ONNX Runtime pick (one intra-op thread per physical core). ``io_binding`` None (the
+    default) binds device buffers on CUDA and runs plain ``session.run`` on the CPU, where
+    binding saves nothing (see :mod:`bertrt.session`); True or False forces either path, for
+    comparison. ``batch_size``
     caps the texts (or QA windows) per forward pass; ``group_by_length`` sorts a request
     by token length before cutting it into batches so short texts are not padded to
     long ones (results still come back in the caller's order).
 
     ``cpu_arena`` says what becomes of ONNX Runtime's CPU memory arena (see
-    :mod:`bertrt.memory`): ``shrink`` (the default) lets a run reuse memory through the
-    arena and hands the arena's free blocks back to the operating system when the run
-    ends, so resident memory stays flat in a long-running service; ``keep`` holds every
-    peak for reuse (a little faster on steady large batches, but the process keeps its
-    largest request's memory); ``off`` allocates every tensor afresh (slowest).
+    :mod:`bertrt.memory`): ``adaptive`` (the default) keeps it across small runs and
+    streams of large ones, and hands it back to the operating system after an isolated
+    large run, when traffic turns small after large runs, and after a second without runs,
+    so resident memory stays flat in a long-running service at no cost to steady work;
+    ``shrink`` hands it back after every run (every run maps its working set afresh);
+    ``keep`` holds every peak for reuse (the process keeps its largest request's memory);
+    ``off`` allocates every tensor afresh (slowest).
 
     Request limits make an oversized call fail fast with an InputError instead of eating
     memory (see :mod:`bertrt.limits`): ``max_texts_per_call`` (texts, or QA pairs, per
@@ -55,11 +59,11 @@ class RuntimeOptions:
     graph_optimization: str = "all"
     intra_op_threads: int = 0
     inter_op_threads: int = 0
-    io_binding: bool = True
+    io_binding: bool | None = None
     batch_size: int = 32
     group_by_length: bool = True
     cuda_device_id: int = 0
-    cpu_arena: str = "shrink"
+    cpu_arena: str = "adaptive"
     max_texts_per_call: int = 10_000
     max_chars_per_text: int = 2_000_000
     max_context_chars: int = 100_000
@@ -83,7 +87,8 @@ class RuntimeOptions:
     @classmethod
     def preset(cls, name: str) -> RuntimeOptions:
         """A named preset: ``default``, ``single-thread`` (one intra-op thread, for
-        services that run many requests in parallel) or ``compare`` (IO binding off)."""
+        services that run many requests in parallel) or ``compare`` (IO binding off on
+        every provider)."""
         presets = {
             "default": cls(),
             "single-thread": cls(intra_op_threads=1, inter_op_threads=1),

@@ -28,11 +28,13 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from bertrt.errors import BundleError, DeviceError
 from bertrt.memory import pin_mmap_threshold
 from bertrt.options import RuntimeOptions
-from bertrt.types import Device
+from bertrt.types import Device, Precision
 
 logger = logging.getLogger("bertrt")
 
 CPU_PROVIDER = "CPUExecutionProvider"
+# The run option that hands the named arenas' free regions back when a run ends.
+ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 
 _GRAPH_LEVELS = {
@@ -84,27 +86,31 @@ def session_options(options: RuntimeOptions) -> ort.SessionOptions:
     return so
 
 
-def run_options(options: RuntimeOptions) -> ort.RunOptions:
-    """ONNX Runtime RunOptions for every run of a session: with ``cpu_arena="shrink"``
-    the CPU arena's free blocks are handed back at the end of each run."""
+def run_options(shrink: bool) -> ort.RunOptions:
+    """ONNX Runtime RunOptions for a run; with ``shrink`` the CPU arena's free regions are
+    handed back to the system when the run ends (which runs do: :mod:`bertrt.memory`)."""
     ro = ort.RunOptions()
-    if options.cpu_arena == "shrink":
-        ro.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    if shrink:
+        ro.add_run_config_entry(ARENA_SHRINKAGE, "cpu:0")
     return ro
 
 
-def create_session(model_path: Path, device: Device, options: RuntimeOptions) -> ort.InferenceSession:
+def create_session(
+    model_path: Path, device: Device, options: RuntimeOptions, precision: Precision = Precision.FP32
+) -> ort.InferenceSession:
     """An InferenceSession for ``model_path`` on ``device``; logs the provider and the reason.
 
     ``cpu`` always uses the CPU provider; ``cuda`` raises DeviceError unless the CUDA
     provider really runs; ``auto`` takes CUDA where it runs and the CPU otherwise.
+    ``precision`` is the file's variant; it sets the CUDA provider's options
+    (:func:`cuda_provider_options`).
     """
     so = session_options(options)
     if device is Device.CPU:
         session = _new_session(model_path, so, [CPU_PROVIDER])
         reason = "--device cpu was asked for"
     else:
-        session, failure = _try_cuda(model_path, so, options.cuda_device_id)
+        session, failure = _try_cuda(model_path, so, cuda_provider_options(options.cuda_device_id, precision))
         if failure is None:
             reason = f"the CUDA provider loaded on GPU {options.cuda_device_id}"
         elif device is Device.CUDA:
@@ -114,6 +120,26 @@ def create_session(model_path: Path, device: Device, options: RuntimeOptions) ->
             reason = f"--device auto fell back to the CPU because {failure}"
     logger.info("%s runs on %s: %s.", _label(model_path), session.get_providers()[0], reason)
     return session
+
+
+def cuda_provider_options(device_id: int, precision: Precision) -> dict[str, str]:
+    """The CUDA provider's options for a session of a ``precision`` file on GPU ``device_id``.
+
+    ONNX Runtime lets cuBLAS round fp32 matrix products to TF32 (10-bit mantissas) on Ampere
+    and newer GPUs unless ``use_tf32`` is 0, which puts fp32 outputs about 1e-3 from
+    PyTorch's (whose own default is full fp32), ten times the fp32 tolerance. So every file
+    but fp16 runs with TF32 off; fp16 files keep ONNX Runtime's default, since their
+    products are fp16 anyway.
+
+    >>> cuda_provider_options(0, Precision.FP32)
+    {'device_id': '0', 'use_tf32': '0'}
+    >>> cuda_provider_options(1, Precision.FP16)
+    {'device_id': '1'}
+    """
+    options = {"device_id": str(device_id)}
+    if precision is not Precision.FP16:
+        options["use_tf32"] = "0"
+    return options
 
 
 def cuda_failure() -> str | None:
@@ -157,18 +183,18 @@ def _probe_cuda() -> str | None:
 
 
 def _try_cuda(
-    model_path: Path, so: ort.SessionOptions, device_id: int
+    model_path: Path, so: ort.SessionOptions, cuda_options: dict[str, str]
 ) -> tuple[ort.InferenceSession | None, str | None]:
     """(session, None) when CUDA runs the model; (a CPU session or None, the reason) when not."""
     failure = cuda_failure()
     if failure is not None:
         return None, failure
-    providers: list[str | tuple[str, dict[str, object]]] = [(CUDA_PROVIDER, {"device_id": device_id}), CPU_PROVIDER]
+    providers: list[str | tuple[str, dict[str, str]]] = [(CUDA_PROVIDER, cuda_options), CPU_PROVIDER]
     with _quiet_ort():
         session = _new_session(model_path, so, providers)
     if CUDA_PROVIDER in session.get_providers():
         return session, None
-    return session, f"the CUDA provider did not start on GPU {device_id}"
+    return session, f"the CUDA provider did not start on GPU {cuda_options['device_id']}"
 
 
 class _quiet_ort:
@@ -202,7 +228,7 @@ def _preload_cuda_dlls() -> str:
 
 
 def _new_session(
-    model_path: Path, so: ort.SessionOptions, providers: list[str | tuple[str, dict[str, object]]]
+    model_path: Path, so: ort.SessionOptions, providers: list[str | tuple[str, dict[str, str]]]
 ) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(model_path), sess_options=so, providers=providers)

@@ -1,4 +1,4 @@
-"""Memory handed back after requests: ONNX Runtime's CPU arena shrunk after each run, glibc's
+"""Memory handed back after requests: ONNX Runtime's CPU arena shrunk by policy, glibc's
 threshold pinned."""
 
 from __future__ import annotations
@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,30 +16,121 @@ import pytest
 import bertrt
 from bertrt import RuntimeOptions, memory
 from bertrt.errors import ConfigError
-from bertrt.providers import run_options, session_options
+from bertrt.memory import ArenaPolicy
+from bertrt.providers import ARENA_SHRINKAGE, run_options, session_options
+from bertrt.session import OrtSession
+from bertrt.types import Device
 
 
-def test_the_cpu_arena_is_shrunk_after_each_run_unless_kept_or_off() -> None:
-    shrink = "memory.enable_memory_arena_shrinkage"
-    assert session_options(RuntimeOptions()).enable_cpu_mem_arena is True
-    assert run_options(RuntimeOptions()).get_run_config_entry(shrink) == "cpu:0"
-    assert session_options(RuntimeOptions(cpu_arena="keep")).enable_cpu_mem_arena is True
+def test_run_options_shrink_the_cpu_arena_only_when_asked() -> None:
+    assert run_options(shrink=True).get_run_config_entry(ARENA_SHRINKAGE) == "cpu:0"
+    with pytest.raises(RuntimeError):  # ONNX Runtime's way of saying the entry is not set
+        run_options(shrink=False).get_run_config_entry(ARENA_SHRINKAGE)
+    assert RuntimeOptions().cpu_arena == "adaptive"
+    for mode in ("adaptive", "shrink", "keep"):
+        assert session_options(RuntimeOptions(cpu_arena=mode)).enable_cpu_mem_arena is True
     assert session_options(RuntimeOptions(cpu_arena="off")).enable_cpu_mem_arena is False
-    for mode in ("keep", "off"):
-        with pytest.raises(RuntimeError):  # ONNX Runtime's way of saying the entry is not set
-            run_options(RuntimeOptions(cpu_arena=mode)).get_run_config_entry(shrink)
-    with pytest.raises(ConfigError, match="cpu_arena must be one of shrink, keep, off"):
+    with pytest.raises(ConfigError, match="cpu_arena must be one of adaptive, shrink, keep, off"):
         RuntimeOptions(cpu_arena="sometimes")
+
+
+def policy(idle_s: float = 60.0, shrunk: list[float] | None = None) -> ArenaPolicy:
+    return ArenaPolicy(lambda: (shrunk if shrunk is not None else []).append(time.monotonic()), 100, idle_s)
+
+
+def runs(arena: ArenaPolicy, sizes: list[int]) -> list[bool]:
+    """Which of consecutive runs of these token counts shrink the arena when they end."""
+    decisions = []
+    for tokens in sizes:
+        decisions.append(arena.before_run(tokens))
+        arena.after_run()
+    return decisions
+
+
+def test_small_runs_keep_the_arena() -> None:
+    arena = policy()
+    assert runs(arena, [1, 50, 100, 7]) == [False] * 4
+    assert not arena.holds_large_run
+
+
+def test_an_isolated_large_run_hands_its_memory_back() -> None:
+    arena = policy()
+    assert runs(arena, [10, 5000, 10, 101, 10]) == [False, True, False, True, False]
+    assert not arena.holds_large_run
+
+
+def test_a_stream_of_large_runs_keeps_the_arena_until_traffic_turns_small() -> None:
+    arena = policy()
+    # The first large run after small ones cannot know a stream follows; the rest keep.
+    assert runs(arena, [10, 8192, 8192, 4096, 8192]) == [False, True, False, False, False]
+    assert arena.holds_large_run
+    assert runs(arena, [10, 10]) == [True, False]
+    assert not arena.holds_large_run
+
+
+def test_kept_memory_is_handed_back_after_an_idle_period() -> None:
+    shrunk: list[float] = []
+    arena = policy(idle_s=0.2, shrunk=shrunk)
+    started = time.monotonic()
+    runs(arena, [5000, 5000])
+    deadline = started + 5
+    while not shrunk and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(shrunk) == 1 and shrunk[0] - started >= 0.2
+    assert not arena.holds_large_run
+    # Once handed back, the next large run is an isolated one again.
+    assert runs(arena, [5000]) == [True]
+
+
+def test_no_idle_shrink_while_runs_keep_coming_or_one_is_in_flight() -> None:
+    shrunk: list[float] = []
+    arena = policy(idle_s=0.3, shrunk=shrunk)
+    runs(arena, [5000])
+    for _ in range(8):  # a steady stream of large runs, 0.1 s apart: never idle for 0.3 s
+        runs(arena, [5000])
+        time.sleep(0.1)
+    assert shrunk == []
+    arena.before_run(5000)  # a long run in flight is not idleness
+    time.sleep(0.6)
+    assert shrunk == []
+    arena.after_run()
+    time.sleep(0.6)
+    assert len(shrunk) == 1
+
+
+def test_concurrent_runs_keep_the_policy_consistent() -> None:
+    arena = policy(idle_s=0.05)
+
+    def work(offset: int) -> None:
+        for i in range(300):
+            arena.before_run(5000 if (i + offset) % 3 else 10)
+            arena.after_run()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert arena._in_flight == 0
+    time.sleep(0.3)
+    assert not arena.holds_large_run  # the idle check handed back whatever the last runs kept
+
+
+def test_the_idle_shrink_is_a_real_run_of_the_session(tiny_bundle: Path) -> None:
+    session = OrtSession(tiny_bundle / "embedder" / "model.onnx", Device.CPU)
+    assert session.arena_policy is not None
+    session._shrink_arena()  # a 1-token run with the shrink option; it must not raise
+    assert OrtSession(tiny_bundle / "embedder" / "model.onnx", Device.CPU, RuntimeOptions(cpu_arena="keep")).arena_policy is None
 
 
 def test_every_arena_mode_gives_the_same_outputs(tiny_bundle: Path) -> None:
     texts = ["a short one", "a much longer text " * 20]
     results = {}
-    for mode in ("shrink", "keep", "off"):
+    for mode in ("adaptive", "shrink", "keep", "off"):
         bundle = bertrt.load(tiny_bundle, device="cpu", options=RuntimeOptions(cpu_arena=mode))
         results[mode] = [r.vector for r in bundle.embedder(texts, pooling="mean")]
-    for mode in ("keep", "off"):
-        np.testing.assert_array_equal(np.stack(results[mode]), np.stack(results["shrink"]))
+    for mode in ("shrink", "keep", "off"):
+        np.testing.assert_array_equal(np.stack(results[mode]), np.stack(results["adaptive"]))
 
 
 def test_an_explicit_glibc_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:

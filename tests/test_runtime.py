@@ -138,6 +138,7 @@ def test_qa_matches_pytorch(qa: QuestionAnswerer, tiny_torch_models: dict[str, A
 def variants(tiny_bundle: Path) -> dict[str, Bundle]:
     """The same bundle under options that must not change any result."""
     options = {
+        "io-binding": RuntimeOptions(io_binding=True),
         "plain-run": RuntimeOptions(io_binding=False),
         "one-by-one": RuntimeOptions(batch_size=1),
         "ungrouped": RuntimeOptions(batch_size=2, group_by_length=False),
@@ -147,7 +148,7 @@ def variants(tiny_bundle: Path) -> dict[str, Bundle]:
 
 
 @pytest.mark.filterwarnings("ignore:The qa head")
-@pytest.mark.parametrize("name", ["plain-run", "one-by-one", "ungrouped", "grouped"])
+@pytest.mark.parametrize("name", ["io-binding", "plain-run", "one-by-one", "ungrouped", "grouped"])
 def test_options_do_not_change_results_or_order(
     name: str, variants: dict[str, Bundle], embedder: Embedder, classifier: Classifier, qa: QuestionAnswerer
 ) -> None:
@@ -170,12 +171,21 @@ def test_options_do_not_change_results_or_order(
         assert [(a.start, a.end) for a in got_q.answers] == [(a.start, a.end) for a in want_q.answers]
 
 
-def test_io_binding_on_and_off_are_identical(variants: dict[str, Bundle], tiny_bundle: Path) -> None:
-    bound = Classifier(tiny_bundle / "classifier", device="cpu")
-    plain = variants["plain-run"].classifier
-    assert bound.session.io_binding and not plain.session.io_binding
-    for a, b in zip(bound(TEXTS), plain(TEXTS), strict=True):
+@pytest.mark.filterwarnings("ignore:The qa head")
+def test_io_binding_on_and_off_are_identical_for_every_task(variants: dict[str, Bundle], tiny_bundle: Path) -> None:
+    bound, plain = variants["io-binding"], variants["plain-run"]
+    default = bertrt.load(tiny_bundle, device="cpu")
+    for task in bound.tasks:
+        assert bound.runner(task).session.io_binding and not plain.runner(task).session.io_binding
+        assert not default.runner(task).session.io_binding  # the CPU's default is plain run
+    for a, b in zip(bound.classifier(TEXTS), plain.classifier(TEXTS), strict=True):
         assert a.probabilities == b.probabilities
+    for e, f in zip(bound.embedder(TEXTS), plain.embedder(TEXTS), strict=True):
+        np.testing.assert_array_equal(e.vector, f.vector)
+        np.testing.assert_array_equal(e.token_embeddings, f.token_embeddings)  # type: ignore[arg-type]
+    questions, contexts = [QUESTIONS[0], QUESTIONS[1]], [CONTEXT * 4, CONTEXT]
+    for q, r in zip(bound.qa(questions, contexts, top_k=3), plain.qa(questions, contexts, top_k=3), strict=True):
+        assert q.answers == r.answers and q.windows == r.windows
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -481,11 +491,11 @@ def test_real_classifier_and_qa(real_bundle: Bundle) -> None:
 
 @pytest.mark.slow
 def test_real_io_binding_on_and_off_agree(real_bundle: Bundle) -> None:
-    plain = Classifier(
-        real_bundle.model_dir(Task.CLASSIFY), device="cpu", options=RuntimeOptions(io_binding=False)
+    bound = Classifier(
+        real_bundle.model_dir(Task.CLASSIFY), device="cpu", options=RuntimeOptions(io_binding=True)
     )
     texts = ["I love Paris", IMMUNE_CONTEXT, "meh"]
-    for a, b in zip(real_bundle.classifier(texts), plain(texts), strict=True):
+    for a, b in zip(real_bundle.classifier(texts), bound(texts), strict=True):
         assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
 
 

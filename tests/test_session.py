@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bertrt import providers
 from bertrt.errors import BundleError, ConfigError, DeviceError
 from bertrt.options import RuntimeOptions, coerce_enum
-from bertrt.providers import CPU_PROVIDER
+from bertrt.providers import CPU_PROVIDER, CUDA_PROVIDER, cuda_provider_options
 from bertrt.session import OrtSession
-from bertrt.types import Device
+from bertrt.types import Device, Precision
 
 WEIGHTS = np.array([[1.0, -2.0, 0.5, 3.0]], dtype=np.float32)
 
@@ -77,9 +78,12 @@ def expected(f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
+BOUND = RuntimeOptions(io_binding=True)
+
+
 @pytest.fixture(scope="module")
 def bound(graph: Path) -> OrtSession:
-    return OrtSession(graph, Device.CPU)
+    return OrtSession(graph, Device.CPU, BOUND)
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +110,17 @@ def test_io_binding_equals_plain_run_and_the_math(
         np.testing.assert_array_equal(without[name], value)
 
 
+def test_the_cpu_runs_plain_session_run_unless_binding_is_forced(graph: Path) -> None:
+    default = OrtSession(graph, Device.CPU)
+    assert not default.io_binding
+    f = feeds(2, 3)
+    np.testing.assert_array_equal(default.run(f)["hidden"], expected(f)["hidden"])
+    assert default.buffer_capacity() == {}  # no binding, no buffers
+    assert OrtSession(graph, Device.CPU, RuntimeOptions(io_binding=False)).io_binding is False
+
+
 def test_buffers_grow_only_for_larger_requests_and_results_are_not_aliased(graph: Path) -> None:
-    session = OrtSession(graph, Device.CPU)
+    session = OrtSession(graph, Device.CPU, BOUND)
     assert session.buffer_capacity() == {}
     big, small, bigger = feeds(3, 4, 1), feeds(1, 2, 2), feeds(4, 6, 3)
     first = session.run(big)
@@ -135,7 +148,7 @@ def test_a_missing_declared_input_names_it(bound: OrtSession) -> None:
 
 
 def test_each_thread_gets_its_own_binding(graph: Path, concurrently: Any) -> None:
-    session = OrtSession(graph, Device.CPU)
+    session = OrtSession(graph, Device.CPU, BOUND)
     requests = [feeds(1 + i % 4, 2 + i % 5, seed=i) for i in range(24)]
     failures: list[str] = []
     capacities: list[dict[str, int]] = []
@@ -219,3 +232,29 @@ def test_presets_and_enum_coercion() -> None:
     assert coerce_enum(Device, "cuda", "device") is Device.CUDA
     with pytest.raises(ConfigError, match="Unknown device 'gpu'; choose one of auto, cpu, cuda"):
         coerce_enum(Device, "gpu", "device")
+
+
+def test_cuda_options_switch_tf32_off_for_every_file_but_fp16() -> None:
+    assert cuda_provider_options(0, Precision.FP32) == {"device_id": "0", "use_tf32": "0"}
+    assert cuda_provider_options(2, Precision.INT8) == {"device_id": "2", "use_tf32": "0"}
+    assert cuda_provider_options(1, Precision.FP16) == {"device_id": "1"}
+
+
+@pytest.mark.parametrize("precision", list(Precision))
+def test_cuda_sessions_are_built_with_those_options(
+    graph: Path, monkeypatch: pytest.MonkeyPatch, precision: Precision
+) -> None:
+    # No GPU here: the probe is told CUDA runs and the session factory records the providers
+    # it is asked for, then builds a CPU session (so auto falls back, as on a broken GPU).
+    asked: list[list[Any]] = []
+    build = providers._new_session
+
+    def recording(path: Path, so: Any, provider_list: list[Any]) -> Any:
+        asked.append(provider_list)
+        return build(path, so, [CPU_PROVIDER])
+
+    monkeypatch.setattr(providers, "cuda_failure", lambda: None)
+    monkeypatch.setattr(providers, "_new_session", recording)
+    OrtSession(graph, Device.AUTO, RuntimeOptions(cuda_device_id=3), precision)
+    assert asked[0] == [(CUDA_PROVIDER, cuda_provider_options(3, precision)), CPU_PROVIDER]
+
