@@ -27,7 +27,7 @@ from bertrt.options import RuntimeOptions, coerce_enum
 from bertrt.qa import QuestionAnswerer
 from bertrt.runner import TaskRunner
 from bertrt.tasks import task_names, task_spec
-from bertrt.types import Device, Precision, Task
+from bertrt.types import Device, Precision, PrecisionChoice, Task
 
 
 class Bundle:
@@ -39,7 +39,7 @@ class Bundle:
         path: str | Path,
         *,
         device: Device | str = Device.AUTO,
-        precision: Precision | str = Precision.FP32,
+        precision: PrecisionChoice | Precision | str = PrecisionChoice.FP32,
         options: RuntimeOptions | None = None,
     ) -> None:
         self.path = Path(path)
@@ -52,7 +52,7 @@ class Bundle:
         self.manifest = BundleManifest.read(self.path)
         _refuse_unknown_tasks(self.path, self.manifest)
         self.device = coerce_enum(Device, device, "device")
-        self.precision = coerce_enum(Precision, precision, "precision")
+        self.precision = coerce_enum(PrecisionChoice, precision, "precision")
         self.options = options or RuntimeOptions()
         self._runners: dict[str, TaskRunner] = {}
         self._lock = threading.Lock()
@@ -149,11 +149,15 @@ def load(
     path: str | Path,
     *,
     device: Device | str = Device.AUTO,
-    precision: Precision | str = Precision.FP32,
+    precision: PrecisionChoice | Precision | str = PrecisionChoice.FP32,
     options: RuntimeOptions | None = None,
 ) -> Bundle:
     """Open the bundle at ``path``; its models load on first use (see :class:`Bundle`).
 
-    >>> # bundle = bertrt.load("models/minilm", device="cpu", precision="int8")
+    ``precision`` is ``fp32`` (the default), ``fp16``, ``int8`` or ``auto``: per model, the
+    fastest variant whose recorded validation meets its task's budget on this device
+    (:mod:`bertrt.precision`); each runner's ``variant`` says which one serves and why.
+
+    >>> # bundle = bertrt.load("models/minilm", device="cpu", precision="auto")
     """
     return Bundle(path, device=device, precision=precision, options=options)

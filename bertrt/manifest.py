@@ -63,12 +63,16 @@ class Variant:
 
     ``validation`` holds at least ``passed`` (bool) and ``tolerance``; the export stage adds
     ``max_abs_diff`` per output, ``label_agreement`` / ``answer_agreement`` and notes.
+    ``evaluation`` maps a data set's name to the task-level figures ``bertrt eval --record``
+    measured on it against PyTorch (``count``, the file's ``sha256``, agreement...), which
+    ``precision="auto"`` reads (:mod:`bertrt.precision`).
     """
 
     precision: Precision
     file: str
     validation: dict[str, Any] = field(default_factory=dict)
     optimization: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Variant:
@@ -77,6 +81,7 @@ class Variant:
             file=data["file"],
             validation=dict(data.get("validation", {})),
             optimization=dict(data.get("optimization", {})),
+            evaluation=dict(data.get("evaluation", {})),
         )
 
 

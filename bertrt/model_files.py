@@ -1,12 +1,13 @@
-"""Opening one exported model folder: manifest, task check, checksums and precision variant.
+"""Opening one exported model folder: manifest, task check, precision variant, checksums.
 
 Everything here happens before any ONNX Runtime session exists, so a tampered or
 truncated file is refused before ONNX Runtime parses it.
 
 Example::
 
-    model = open_model(Path("models/minilm/classifier"), Task.CLASSIFY, Precision.FP32)
-    model.onnx_path   # .../classifier/model.onnx, sha256-verified
+    model = open_model(Path("models/minilm/classifier"), Task.CLASSIFY, PrecisionChoice.AUTO, Device.CPU)
+    model.onnx_path       # .../classifier/model.int8.onnx, sha256-verified
+    model.choice.reason   # 'auto on cpu: int8 label agreement ... within the budget of 98.50%, so int8 serves'
 """
 
 from __future__ import annotations
@@ -17,26 +18,38 @@ from pathlib import Path
 
 from bertrt.errors import BundleError
 from bertrt.manifest import MANIFEST_NAME, ModelManifest, sha256_of
+from bertrt.precision import Budget, VariantChoice, choose_variant
 from bertrt.tokenizer import TOKENIZER_FILE
-from bertrt.types import Precision
+from bertrt.types import Device, Precision, PrecisionChoice
 
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """A verified model folder: its manifest, the chosen precision and its ONNX file."""
+    """A verified model folder: its manifest, the variant that serves (``precision``, and
+    ``choice``: what was asked for and why this variant) and its ONNX file."""
 
     directory: Path
     manifest: ModelManifest
     precision: Precision
     onnx_path: Path
+    choice: VariantChoice
 
 
-def open_model(model_dir: Path, task: str, precision: Precision, verify: bool = True) -> ModelFiles:
-    """Read ``model_dir``'s manifest, refuse another task, verify checksums, pick the variant.
+def open_model(
+    model_dir: Path,
+    task: str,
+    precision: PrecisionChoice,
+    device: Device = Device.AUTO,
+    budget: Budget | None = None,
+    verify: bool = True,
+) -> ModelFiles:
+    """Read ``model_dir``'s manifest, refuse another task, pick the variant, verify checksums.
 
-    With ``verify`` (the default) every file the manifest lists is checked against its
-    sha256; the first mismatch raises BundleError naming the file. The chosen ONNX file
-    and the tokenizer must be listed: a file without a checksum is never loaded.
+    ``precision`` is what was asked for; ``auto`` picks the variant for ``device`` by the
+    task's int8 ``budget`` (:func:`bertrt.precision.choose_variant`). With ``verify`` (the
+    default) every file the manifest lists is checked against its sha256; the first
+    mismatch raises BundleError naming the file. The chosen ONNX file and the tokenizer
+    must be listed: a file without a checksum is never loaded.
     """
     model_dir = Path(model_dir)
     _refuse_bundle_root(model_dir, task)
@@ -46,19 +59,21 @@ def open_model(model_dir: Path, task: str, precision: Precision, verify: bool = 
             f"{model_dir} holds a {manifest.task} model, not a {task} model; "
             f"pass the bundle's {task} folder instead."
         )
-    variant = manifest.variants.get(precision)
-    if variant is None and precision in manifest.failed:
-        reasons = "; ".join(manifest.failed[precision].validation.get("failures", ())) or "see its manifest"
+    choice = choose_variant(manifest, precision, device, budget)
+    served = choice.precision
+    variant = manifest.variants.get(served)
+    if variant is None and served in manifest.failed:
+        reasons = "; ".join(manifest.failed[served].validation.get("failures", ())) or "see its manifest"
         present = ", ".join(sorted(p.value for p in manifest.variants)) or "none"
         raise BundleError(
-            f"{model_dir} has no {precision.value} variant because it failed validation against PyTorch "
+            f"{model_dir} has no {served.value} variant because it failed validation against PyTorch "
             f"at export ({reasons}) and was left out; choose one of {present} with --precision."
         )
     if variant is None:
         present = ", ".join(sorted(p.value for p in manifest.variants)) or "none"
         raise BundleError(
-            f"{model_dir} has no {precision.value} variant (it has: {present}); choose one "
-            f"of those with --precision or re-export with {precision.value} enabled."
+            f"{model_dir} has no {served.value} variant (it has: {present}); choose one "
+            f"of those with --precision or re-export with {served.value} enabled."
         )
     if verify:
         for name in (variant.file, TOKENIZER_FILE):
@@ -67,7 +82,7 @@ def open_model(model_dir: Path, task: str, precision: Precision, verify: bool = 
     onnx_path = _inside(model_dir, variant.file)
     if not onnx_path.is_file():
         raise BundleError(f"{onnx_path} is missing; re-export the bundle with `bertrt export`.")
-    return ModelFiles(model_dir, manifest, precision, onnx_path)
+    return ModelFiles(model_dir, manifest, served, onnx_path, choice)
 
 
 def verify_checksums(model_dir: Path, manifest: ModelManifest) -> None:

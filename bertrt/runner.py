@@ -8,6 +8,7 @@ keeps per-thread IO bindings and the tokenizer is configured once, then only rea
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,23 +20,27 @@ from bertrt.batching import run_in_batches
 from bertrt.errors import BundleError, NonFiniteOutput
 from bertrt.model_files import ModelFiles, open_model
 from bertrt.options import RuntimeOptions, coerce_enum
+from bertrt.precision import VariantChoice
 from bertrt.session import OrtSession
 from bertrt.tokenizer import Encoding, TextTokenizer
-from bertrt.types import Device, Precision
+from bertrt.types import Device, Precision, PrecisionChoice
 
 if TYPE_CHECKING:
     from bertrt.tasks import TaskSpec
 
 R = TypeVar("R")
+logger = logging.getLogger("bertrt")
 
 
 class TaskRunner:
     """Shared loading and batched execution for one model folder of the runner's ``task``.
 
     ``device`` is ``auto`` (CUDA where it really runs), ``cpu`` or ``cuda``; ``precision``
-    picks the ONNX variant (``fp32`` by default). Checksums are verified before the session
-    is created. What the task needs (its graph outputs, the hint for an untrained head) is
-    read from its row in :data:`bertrt.tasks.TASKS`.
+    picks the ONNX variant (``fp32`` by default; ``auto``: the fastest whose recorded
+    validation meets the task's budget on this device, see :mod:`bertrt.precision`), and
+    :attr:`variant` says which one serves and why. Checksums are verified before the
+    session is created. What the task needs (its graph outputs, its int8 budget, the hint
+    for an untrained head) is read from its row in :data:`bertrt.tasks.TASKS`.
     """
 
     task: ClassVar[str]
@@ -45,16 +50,17 @@ class TaskRunner:
         model_dir: str | Path,
         *,
         device: Device | str = Device.AUTO,
-        precision: Precision | str = Precision.FP32,
+        precision: PrecisionChoice | Precision | str = PrecisionChoice.FP32,
         options: RuntimeOptions | None = None,
     ) -> None:
         self.options = options or RuntimeOptions()
         self.spec = _task_spec(self.task)
-        self.model: ModelFiles = open_model(
-            Path(model_dir), self.task, coerce_enum(Precision, precision, "precision")
-        )
+        where = coerce_enum(Device, device, "device")
+        requested = coerce_enum(PrecisionChoice, precision, "precision")
+        self.model: ModelFiles = open_model(Path(model_dir), self.task, requested, where, self.spec.int8_budget)
+        logger.info("%s serves %s: %s.", self.model.directory.name, self.model.precision.value, self.variant.reason)
         self.manifest = self.model.manifest
-        self.session = OrtSession(self.model.onnx_path, coerce_enum(Device, device, "device"), self.options)
+        self.session = OrtSession(self.model.onnx_path, where, self.options, self.model.precision)
         missing = [name for name in self.spec.outputs if name not in self.session.outputs]
         if missing:
             raise BundleError(
@@ -78,6 +84,20 @@ class TaskRunner:
     def provider(self) -> str:
         """The ONNX Runtime execution provider that runs this model."""
         return self.session.provider
+
+    @property
+    def variant(self) -> VariantChoice:
+        """The variant that serves (``precision``), what was asked for and why."""
+        return self.model.choice
+
+    def served(self) -> dict[str, str]:
+        """What serves this model, JSON-ready: precision, what was asked for, why, and the
+        execution provider.
+
+        >>> # {'precision': 'int8', 'requested': 'auto', 'reason': 'auto on cpu: ...',
+        >>> #  'provider': 'CPUExecutionProvider'}
+        """
+        return {**self.variant.to_dict(), "provider": self.provider}
 
     def _run_texts(
         self,

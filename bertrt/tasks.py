@@ -28,6 +28,7 @@ from types import MappingProxyType
 from bertrt.classify import LOGITS, Classifier
 from bertrt.embed import HIDDEN, Embedder
 from bertrt.errors import ConfigError
+from bertrt.precision import CLASSIFY_BUDGET, EMBED_BUDGET, QA_BUDGET, Budget
 from bertrt.qa import END, START, QuestionAnswerer
 from bertrt.runner import TaskRunner
 from bertrt.types import Task
@@ -48,7 +49,9 @@ class TaskSpec:
 
     ``task`` is its name; ``folder`` the model folder inside a bundle; ``runner`` the class
     that serves it; ``outputs`` the graph outputs that runner reads; ``head`` the kind of head;
-    ``training_hint`` completes "its outputs mean nothing; ..." for an untrained head.
+    ``training_hint`` completes "its outputs mean nothing; ..." for an untrained head;
+    ``int8_budget`` is what an int8 file's recorded evaluation must show for
+    ``precision="auto"`` to serve it on the CPU (None: auto never picks int8 for the task).
     """
 
     task: str
@@ -57,12 +60,13 @@ class TaskSpec:
     outputs: tuple[str, ...]
     head: Head
     training_hint: str = "re-export with training enabled"
+    int8_budget: Budget | None = None
 
 
 TASKS: Mapping[str, TaskSpec] = MappingProxyType({
     spec.task: spec
     for spec in (
-        TaskSpec(Task.EMBED, "embedder", Embedder, (HIDDEN,), Head.ENCODER),
+        TaskSpec(Task.EMBED, "embedder", Embedder, (HIDDEN,), Head.ENCODER, int8_budget=EMBED_BUDGET),
         TaskSpec(
             Task.CLASSIFY,
             "classifier",
@@ -70,9 +74,16 @@ TASKS: Mapping[str, TaskSpec] = MappingProxyType({
             (LOGITS,),
             Head.LABELS,
             "re-export with a recipe that fine-tunes the classifier",
+            CLASSIFY_BUDGET,
         ),
         TaskSpec(
-            Task.QA, "qa", QuestionAnswerer, (START, END), Head.SPAN, "re-export with --qa-data SQUAD.json to train it"
+            Task.QA,
+            "qa",
+            QuestionAnswerer,
+            (START, END),
+            Head.SPAN,
+            "re-export with --qa-data SQUAD.json to train it",
+            QA_BUDGET,
         ),
     )
 })

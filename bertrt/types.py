@@ -28,6 +28,18 @@ class Precision(str, Enum):
     INT8 = "int8"
 
 
+class PrecisionChoice(str, Enum):
+    """The precision a caller asks for: one variant, or ``auto``, which picks per model the
+    fastest variant whose recorded validation meets its task's budget on this device
+    (:mod:`bertrt.precision`). ``PrecisionChoice.INT8 == Precision.INT8``: both are the str
+    ``"int8"``."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+    AUTO = "auto"
+
+
 class Device(str, Enum):
     """Where inference runs. ``auto`` takes CUDA only where its provider really loads."""
 

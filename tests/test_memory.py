@@ -117,10 +117,11 @@ def test_concurrent_runs_keep_the_policy_consistent() -> None:
 
 
 def test_the_idle_shrink_is_a_real_run_of_the_session(tiny_bundle: Path) -> None:
-    session = OrtSession(tiny_bundle / "embedder" / "model.onnx", Device.CPU)
+    model = tiny_bundle / "embedder" / "model.onnx"
+    session = OrtSession(model, Device.CPU)
     assert session.arena_policy is not None
     session._shrink_arena()  # a 1-token run with the shrink option; it must not raise
-    assert OrtSession(tiny_bundle / "embedder" / "model.onnx", Device.CPU, RuntimeOptions(cpu_arena="keep")).arena_policy is None
+    assert OrtSession(model, Device.CPU, RuntimeOptions(cpu_arena="keep")).arena_policy is None
 
 
 def test_every_arena_mode_gives_the_same_outputs(tiny_bundle: Path) -> None:

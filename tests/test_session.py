@@ -258,3 +258,18 @@ def test_cuda_sessions_are_built_with_those_options(
     OrtSession(graph, Device.AUTO, RuntimeOptions(cuda_device_id=3), precision)
     assert asked[0] == [(CUDA_PROVIDER, cuda_provider_options(3, precision)), CPU_PROVIDER]
 
+
+def test_a_runner_opens_its_cuda_session_with_its_variant_precision(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bertrt.embed import Embedder
+
+    asked: list[Any] = []
+    build = providers._new_session
+    monkeypatch.setattr(providers, "cuda_failure", lambda: None)
+    monkeypatch.setattr(
+        providers, "_new_session", lambda path, so, p: asked.append(p[0]) or build(path, so, [CPU_PROVIDER])
+    )
+    for precision in (Precision.FP32, Precision.FP16):
+        Embedder(tiny_bundle / "embedder", device="auto", precision=precision)
+    assert [options.get("use_tf32") for _, options in asked] == ["0", None]

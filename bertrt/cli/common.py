@@ -14,7 +14,7 @@ import typer
 
 from bertrt.errors import BertrtError, LimitExceeded
 from bertrt.options import RuntimeOptions
-from bertrt.types import Device, Precision
+from bertrt.types import Device, PrecisionChoice
 
 DEFAULT_MODELS = Path("models/minilm")
 
@@ -34,8 +34,13 @@ DeviceOption = Annotated[
     ),
 ]
 PrecisionOption = Annotated[
-    Precision,
-    typer.Option("--precision", help="Which exported variant to load (the bundle must have it)."),
+    PrecisionChoice,
+    typer.Option(
+        "--precision",
+        help="Which exported variant to load (the bundle must have it); auto takes, per model, the fastest "
+        "variant whose recorded validation meets its task's budget on this device (int8 on a CPU, fp16 on a "
+        "GPU), else fp32.",
+    ),
 ]
 VerboseOption = Annotated[
     bool,

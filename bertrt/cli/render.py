@@ -145,6 +145,9 @@ def info_text(description: Mapping[str, Any]) -> str:
         if model["training"]:
             details.append("training " + _metrics(model["training"]))
         lines.append(f"{folder}: " + "; ".join(details))
+    lines.append("")
+    for folder, model in description["models"].items():
+        lines.append(f"--precision auto, {folder}: {model['auto']['precision']} ({model['auto']['reason']})")
     return "\n".join(lines)
 
 

@@ -41,7 +41,7 @@ from bertrt.cli.render import (
 from bertrt.errors import InputError
 from bertrt.info import describe
 from bertrt.options import RuntimeOptions
-from bertrt.types import Device, Pooling, Precision
+from bertrt.types import Device, Pooling, PrecisionChoice
 
 STDIN = "-"
 
@@ -82,7 +82,7 @@ def embed(
         ),
     ] = False,
     device: DeviceOption = Device.AUTO,
-    precision: PrecisionOption = Precision.FP32,
+    precision: PrecisionOption = PrecisionChoice.FP32,
     max_texts_per_call: MaxTextsOption = DEFAULT_LIMITS.max_texts_per_call,
     max_chars_per_text: MaxCharsOption = DEFAULT_LIMITS.max_chars_per_text,
     json_output: JsonOption = False,
@@ -98,8 +98,14 @@ def embed(
         embedder = Bundle(models, device=device, precision=precision, options=limits).embedder
         results = embedder(inputs, pooling=pooling, normalize=normalize, token_embeddings=token_embeddings)
         if json_output:
+            served = embedder.served()
             typer.echo(
-                json_text([{"text": t, **r.to_dict(token_embeddings)} for t, r in zip(inputs, results, strict=True)])
+                json_text(
+                    [
+                        {"text": t, **r.to_dict(token_embeddings), "served": served}
+                        for t, r in zip(inputs, results, strict=True)
+                    ]
+                )
             )
         else:
             typer.echo(embeddings_text(inputs, results))
@@ -112,7 +118,7 @@ def classify(
     models: ModelsOption = DEFAULT_MODELS,
     top_k: TopKOption = 1,
     device: DeviceOption = Device.AUTO,
-    precision: PrecisionOption = Precision.FP32,
+    precision: PrecisionOption = PrecisionChoice.FP32,
     max_texts_per_call: MaxTextsOption = DEFAULT_LIMITS.max_texts_per_call,
     max_chars_per_text: MaxCharsOption = DEFAULT_LIMITS.max_chars_per_text,
     json_output: JsonOption = False,
@@ -128,7 +134,10 @@ def classify(
         classifier = Bundle(models, device=device, precision=precision, options=limits).classifier
         results = classifier(inputs, top_k=top_k)
         if json_output:
-            typer.echo(json_text([{"text": t, **r.to_dict()} for t, r in zip(inputs, results, strict=True)]))
+            served = classifier.served()
+            typer.echo(
+                json_text([{"text": t, **r.to_dict(), "served": served} for t, r in zip(inputs, results, strict=True)])
+            )
         else:
             typer.echo(classifications_text(inputs, results))
 
@@ -168,7 +177,7 @@ def qa(
         ),
     ] = None,
     device: DeviceOption = Device.AUTO,
-    precision: PrecisionOption = Precision.FP32,
+    precision: PrecisionOption = PrecisionChoice.FP32,
     max_context_chars: MaxContextOption = DEFAULT_LIMITS.max_context_chars,
     max_chars_per_text: MaxQuestionCharsOption = DEFAULT_LIMITS.max_chars_per_text,
     max_texts_per_call: MaxPairsOption = DEFAULT_LIMITS.max_texts_per_call,
@@ -187,7 +196,8 @@ def qa(
             max_chars_per_text=max_chars_per_text,
             max_context_chars=max_context_chars,
         )
-        results = Bundle(models, device=device, precision=precision, options=limits).qa(
+        answerer = Bundle(models, device=device, precision=precision, options=limits).qa
+        results = answerer(
             questions,
             contexts,
             top_k=top_k,
@@ -195,7 +205,12 @@ def qa(
             null_threshold=null_threshold,
         )
         if json_output:
-            typer.echo(json_text([{"question": q, **r.to_dict()} for q, r in zip(questions, results, strict=True)]))
+            served = answerer.served()
+            typer.echo(
+                json_text(
+                    [{"question": q, **r.to_dict(), "served": served} for q, r in zip(questions, results, strict=True)]
+                )
+            )
         else:
             typer.echo(answers_text(questions, results))
 
@@ -206,11 +221,18 @@ def info(
     verify: Annotated[
         bool, typer.Option("--verify", help="Also check every file against its sha256 (reads every file).")
     ] = False,
+    device: Annotated[
+        Device,
+        typer.Option(
+            "--device", help="The device whose --precision auto choice is shown: auto is this machine's."
+        ),
+    ] = Device.AUTO,
     json_output: JsonOption = False,
 ) -> None:
-    """Describe a bundle: recipe, models, tasks, variants, sizes, validation, training, trained flags."""
+    """Describe a bundle: recipe, models, tasks, variants, sizes, validation, recorded evaluations,
+    training, trained flags, and which variant --precision auto serves per model, and why."""
     with command_errors():
-        description = describe(models, verify=verify)
+        description = describe(models, verify=verify, device=device)
         if json_output:
             typer.echo(json_text(description))
         else:

@@ -21,7 +21,7 @@ from bertrt.cli.common import DEFAULT_MODELS, DeviceOption, ModelsOption, Precis
 from bertrt.serve.config import DEFAULT_HOST, DEFAULT_PORT, SERVE_FORWARD_BATCH, ServeConfig, serving_runtime
 from bertrt.serve.keys import API_KEYS_ENV, check_key, keys_from_text
 from bertrt.serve.server import run
-from bertrt.types import Device, Precision, Task
+from bertrt.types import Device, PrecisionChoice, Task
 
 _defaults = BatcherOptions()
 SERVER = "Server"
@@ -163,7 +163,7 @@ def serve(
     models: ModelsOption = DEFAULT_MODELS,
     task: TaskOption = None,
     device: DeviceOption = Device.AUTO,
-    precision: PrecisionOption = Precision.FP32,
+    precision: PrecisionOption = PrecisionChoice.FP32,
     host: HostOption = DEFAULT_HOST,
     port: PortOption = DEFAULT_PORT,
     workers: WorkersOption = 1,

@@ -24,7 +24,7 @@ from bertrt.batcher import BatcherOptions
 from bertrt.errors import ConfigError
 from bertrt.options import RuntimeOptions, coerce_enum
 from bertrt.serve.keys import check_key
-from bertrt.types import Device, Precision, Task
+from bertrt.types import Device, PrecisionChoice, Task
 
 # Loopback by default: exposing a model server to the network is a deliberate choice.
 DEFAULT_HOST = "127.0.0.1"
@@ -80,7 +80,7 @@ class ServeConfig:
 
     models: Path = Path("models/minilm")
     device: Device = Device.AUTO
-    precision: Precision = Precision.FP32
+    precision: PrecisionChoice = PrecisionChoice.FP32
     tasks: tuple[Task, ...] = ()
     runtime: RuntimeOptions = field(default_factory=serving_runtime)
     batching: BatcherOptions = field(default_factory=BatcherOptions)
@@ -166,7 +166,7 @@ class ServeConfig:
             )
         data["models"] = Path(data.get("models", cls.models))
         data["device"] = coerce_enum(Device, data.get("device", Device.AUTO), "device")
-        data["precision"] = coerce_enum(Precision, data.get("precision", Precision.FP32), "precision")
+        data["precision"] = coerce_enum(PrecisionChoice, data.get("precision", PrecisionChoice.FP32), "precision")
         data["tasks"] = tuple(coerce_enum(Task, t, "task") for t in data.get("tasks", ()))
         data["runtime"] = RuntimeOptions(**data.get("runtime", {}))
         data["batching"] = BatcherOptions(**data.get("batching", {}))

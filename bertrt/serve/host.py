@@ -99,7 +99,8 @@ class ModelHost:
         return self._batchers[task]
 
     def describe(self) -> dict[str, Any]:
-        """Health details: status, model name, tasks, device and precision."""
+        """Health details: status, model name, tasks, device and precision (once ready, the
+        variant serving each task and why: ``--precision auto`` chooses per model)."""
         status = "ready" if self.ready else "failed" if self.error else "loading"
         details: dict[str, Any] = {
             "status": status,
@@ -109,6 +110,7 @@ class ModelHost:
         }
         if self.ready:
             details["provider"] = self.bundle.runner(self.tasks[0]).provider if self.tasks else None
+            details["served"] = {task.value: self.bundle.runner(task).served() for task in self.tasks}
         if self.error:
             details["error"] = self.error
         return details
