@@ -273,3 +273,44 @@ def test_the_batcher_serves_the_variant_auto_chose(passing: Path) -> None:
         assert [r.probabilities for r in batched(["i love paris", "bad"])] == [
             r.probabilities for r in named(["i love paris", "bad"])
         ]
+
+
+# --- the evidence: `bertrt eval --record` ----------------------------------------------------
+
+
+def test_eval_record_keeps_each_variant_s_figures_and_auto_reads_them(tiny_bundle: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "tiny"))
+    code, out, err = invoke("eval", "--task", "classify", "--limit", "30", "--models", str(bundle), "--record", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["recorded_in"] == str(bundle / "classifier" / "manifest.json")
+    manifest = classifier_manifest(bundle)
+    for precision in (Precision.FP32, Precision.INT8):
+        variant = manifest.variants[precision]
+        for data in ("imdb_heldout", "rotten_tomatoes"):
+            entry = variant.evaluation[data]
+            scores = report["datasets"][data]["systems"][f"bertrt-{precision.value}"]
+            assert entry["label_agreement"] == scores["label_agreement"] and entry["count"] == 30
+            assert entry["sha256"] == manifest.files[variant.file] and entry["reference"] == "pytorch"
+    # 30 examples are too few to show a 98.5% agreement: auto says so and keeps fp32.
+    runner = bertrt.load(bundle, device="cpu", precision="auto").classifier
+    assert runner.model.precision is Precision.FP32
+    assert "on 30 examples of imdb_heldout" in runner.variant.reason and "too few examples" in runner.variant.reason
+    # The checksummed files are untouched: the bundle still verifies.
+    code, out, _ = invoke("info", "--models", str(bundle), "--verify", "--json")
+    assert code == 0 and all(m["checksums_ok"] for m in json.loads(out)["models"].values())
+
+
+def test_eval_embed_measures_pooler_cosine_against_pytorch(tiny_bundle: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "tiny"))
+    code, out, err = invoke("eval", "--task", "embed", "--limit", "12", "--models", str(bundle), "--record")
+    assert code == 0, err
+    assert "pooler cosine to PyTorch" in out and f"recorded in {bundle / 'embedder' / 'manifest.json'}" in out
+    evaluation = ModelManifest.read(bundle / "embedder").variants[Precision.FP32].evaluation["imdb_heldout"]
+    # fp32 is PyTorch's own arithmetic, to float rounding.
+    assert evaluation["pooler_cosine_min"] > 0.9999 and evaluation["count"] == 12
+    assert evaluation["pooler_cosine_min"] <= evaluation["pooler_cosine_p1"] <= evaluation["pooler_cosine_mean"]
+    int8 = ModelManifest.read(bundle / "embedder").variants[Precision.INT8].evaluation["rotten_tomatoes"]
+    assert -1.0 <= int8["pooler_cosine_min"] <= 1.0 and int8["device"] == "cpu"

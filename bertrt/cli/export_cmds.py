@@ -155,12 +155,17 @@ class EvalTask(str, Enum):
 
     CLASSIFY = "classify"
     QA = "qa"
+    EMBED = "embed"
 
 
 @app.command(name="eval")
 def eval_command(
     task: Annotated[
-        EvalTask, typer.Option(help="classify: held-out IMDB + Rotten Tomatoes; qa: SQuAD EM/F1 on --data.")
+        EvalTask,
+        typer.Option(
+            help="classify: held-out IMDB + Rotten Tomatoes; qa: SQuAD EM/F1 on --data; embed: pooler cosine "
+            "against PyTorch on held-out IMDB + Rotten Tomatoes."
+        ),
     ],
     data: Annotated[
         str | None,
@@ -173,15 +178,26 @@ def eval_command(
     limit: Annotated[int | None, typer.Option(min=1, help="Score only the first N examples of each data set.")] = None,
     models: ModelsOption = DEFAULT_MODELS,
     device: ValidationDeviceOption = Device.AUTO,
+    record: Annotated[
+        bool,
+        typer.Option(
+            "--record",
+            help="Keep each variant's figures in the model's manifest: --precision auto serves int8 only on "
+            "such a record (of at least 200 examples per data set) that meets the task's budget.",
+        ),
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Task accuracy of PyTorch and every bertrt variant, side by side on the same examples.
 
-    Also reports, per variant, how often its label or answer text equals PyTorch's.
+    Also reports, per variant, how often its label or answer text equals PyTorch's (for
+    embeddings, how close its pooled vectors stay); --record keeps those figures in the bundle.
     """
     with command_errors(capture_warnings=False):
         require_export_stage()
-        from bertrt.export.evaluate import EvalConfig, evaluate
+        from bertrt.export.evaluate import EvalConfig, evaluate, record_evaluation
 
         report = evaluate(EvalConfig(Task(task.value), models, data, limit, progress=not json_output, device=device))
+        if record:
+            report["recorded_in"] = str(record_evaluation(models, report))
     typer.echo(json.dumps(report, indent=2) if json_output else eval_text(report))

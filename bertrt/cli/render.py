@@ -187,8 +187,9 @@ def validation_table(checks: Sequence[VariantCheck]) -> str:
 
 
 def eval_text(report: Mapping[str, Any]) -> str:
-    """`bertrt eval`'s report: per system, SQuAD EM/F1 or accuracy per data set, and how
-    often it agrees with PyTorch."""
+    """`bertrt eval`'s report: per system, SQuAD EM/F1, accuracy or pooler cosine per data
+    set, and how often it agrees with PyTorch; where the figures were recorded."""
+    recorded = [f"recorded in {report['recorded_in']}"] if "recorded_in" in report else []
     if report["task"] == "qa":
         lines = [
             f"SQuAD {report['data']} ({report['count']} questions)",
@@ -197,14 +198,25 @@ def eval_text(report: Mapping[str, Any]) -> str:
         for name, scores in report["systems"].items():
             same = f"{scores['answer_agreement']:.1%}" if "answer_agreement" in scores else "-"
             lines.append(f"{name:<14}{scores['exact_match']:>7.1f}{scores['f1']:>7.1f}{same:>13}")
-        return "\n".join(lines)
+        return "\n".join(lines + recorded)
     lines = []
     for dataset, result in report["datasets"].items():
+        if report["task"] == "embed":
+            lines += [
+                f"{dataset} ({result['count']} texts), pooler cosine to PyTorch",
+                f"{'system':<14}{'mean':>8}{'1st pct':>9}{'least':>8}",
+            ]
+            for name, scores in result["systems"].items():
+                lines.append(
+                    f"{name:<14}{scores['pooler_cosine_mean']:>8.4f}{scores['pooler_cosine_p1']:>9.4f}"
+                    f"{scores['pooler_cosine_min']:>8.4f}"
+                )
+            continue
         lines += [f"{dataset} ({result['count']} texts)", f"{'system':<14}{'accuracy':>10}{'same label':>12}"]
         for name, scores in result["systems"].items():
             same = f"{scores['label_agreement']:.1%}" if "label_agreement" in scores else "-"
             lines.append(f"{name:<14}{scores['accuracy']:>10.2%}{same:>12}")
-    return "\n".join(lines)
+    return "\n".join(lines + recorded)
 
 
 def _export_validation(report: Mapping[str, Any]) -> str:
