@@ -281,7 +281,9 @@ def test_the_batcher_serves_the_variant_auto_chose(passing: Path) -> None:
 def test_eval_record_keeps_each_variant_s_figures_and_auto_reads_them(tiny_bundle: Path, tmp_path: Path) -> None:
     pytest.importorskip("torch")
     bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "tiny"))
-    code, out, err = invoke("eval", "--task", "classify", "--limit", "30", "--models", str(bundle), "--record", "--json")
+    code, out, err = invoke(
+        "eval", "--task", "classify", "--limit", "30", "--models", str(bundle), "--record", "--json"
+    )
     assert code == 0, err
     report = json.loads(out)
     assert report["recorded_in"] == str(bundle / "classifier" / "manifest.json")
