@@ -1,11 +1,14 @@
 """What each ``RuntimeOptions.cpu_arena`` mode costs in speed and leaves in memory.
 
-For every mode (``shrink``, ``keep``, ``off``), a fresh process loads the bundle's fp32
-classifier and measures: one 128-token request (p50 of 40), a stream of 64 mixed reviews
-and sentences served in one call (best of 3), one forward of 32 x 256 tokens (median of 6),
-and its resident memory after the stream. Modes alternate over ``--rounds`` rounds, so a
-change in background load hits all of them alike. The process-wide allocator settings
-(glibc's threshold, the arena) are why each measurement needs its own process.
+For every mode (``adaptive``, ``shrink``, ``keep``, ``off``), a fresh process loads the
+bundle's fp32 classifier and measures: one 128-token request (p50 of 40), a stream of 64
+mixed reviews and sentences served in one call (best of 3), one forward of 32 x 256 tokens
+(median of 6), and its resident memory right after the stream (``rss_after_stream_mb``)
+and once it has been idle for ``IDLE_SHRINK_S`` + 1 s (``rss_idle_mb``: the idle footprint
+after large requests, which is what a service holds between bursts). Modes alternate over
+``--rounds`` rounds, so a change in background load hits all of them alike. The
+process-wide allocator settings (glibc's threshold, the arena) are why each measurement
+needs its own process.
 
     python -m bertrt.bench.arena --models models/minilm --rounds 2
 """
@@ -21,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-MODES = ("shrink", "keep", "off")
+MODES = ("adaptive", "shrink", "keep", "off")
 
 
 def measure(models: Path, mode: str, threads: int) -> dict[str, Any]:
@@ -29,6 +32,7 @@ def measure(models: Path, mode: str, threads: int) -> dict[str, Any]:
     from bertrt.bench import workloads
 
     import bertrt
+    from bertrt.memory import IDLE_SHRINK_S
 
     options = bertrt.RuntimeOptions(intra_op_threads=threads, inter_op_threads=1, cpu_arena=mode)
     classifier = bertrt.load(models, device="cpu", options=options).classifier
@@ -42,6 +46,8 @@ def measure(models: Path, mode: str, threads: int) -> dict[str, Any]:
     classifier(stream)
     streams = [_seconds(lambda: classifier(stream)) for _ in range(3)]
     rss_after_stream = _rss_mb()
+    time.sleep(IDLE_SHRINK_S + 1)
+    rss_idle = _rss_mb()
     classifier.session.run(feeds)
     forwards = [_seconds(lambda: classifier.session.run(feeds)) for _ in range(6)]
     return {
@@ -49,6 +55,7 @@ def measure(models: Path, mode: str, threads: int) -> dict[str, Any]:
         "request_128_p50_ms": round(statistics.median(single) * 1e3, 1),
         "stream_64_best_s": round(min(streams), 2),
         "rss_after_stream_mb": rss_after_stream,
+        "rss_idle_mb": rss_idle,
         "forward_32x256_median_ms": round(statistics.median(forwards) * 1e3),
     }
 

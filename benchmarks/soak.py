@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bertrt import Bundle, InputError, RuntimeOptions
+from bertrt.options import CPU_ARENA_MODES
 from bertrt.types import Device, Task
 
 # Words every test vocabulary knows (the tiny test bundle's too), so texts are real tokens.
@@ -242,9 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument(
         "--cpu-arena",
-        choices=("shrink", "keep", "off"),
-        default="shrink",
-        help="ONNX Runtime's CPU memory arena: shrunk after each run (default), kept, or off",
+        choices=CPU_ARENA_MODES,
+        default=RuntimeOptions().cpu_arena,
+        help="ONNX Runtime's CPU memory arena: adaptive (the runtime's default), shrunk after each run, kept, "
+        "or off",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-words", type=int, default=300, help="longest text of the mix, in words")

@@ -173,7 +173,24 @@ def test_arena_benchmark_measures_every_mode(tiny_bundle: Path, capsys: pytest.C
 
     assert arena.main(["--models", str(tiny_bundle), "--rounds", "1", "--threads", "1"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["mode"] for r in rows] == ["shrink", "keep", "off"]
+    assert [r["mode"] for r in rows] == ["adaptive", "shrink", "keep", "off"]
     for row in rows:
         assert row["request_128_p50_ms"] > 0 and row["stream_64_best_s"] > 0
-        assert row["forward_32x256_median_ms"] >= 0 and row["rss_after_stream_mb"] > 0
+        assert row["forward_32x256_median_ms"] >= 0 and row["rss_after_stream_mb"] > 0 and row["rss_idle_mb"] > 0
+
+
+def test_overhead_benchmark_times_every_part_against_plain_onnx_runtime(
+    tiny_bundle: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from bertrt.bench import overhead
+
+    out = tmp_path / "overhead.json"
+    argv = ["--models", str(tiny_bundle), "--rounds", "1", "--per-turn", "2", "--forward-seconds", "0.1"]
+    assert overhead.main([*argv, "--threads", "1", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert "w1.classify.short" in results["figures"] and "forward.32x64" in results["figures"]
+    for figure in results["figures"].values():
+        assert set(figure) == {"ort", "before", "arena", "plain-run", "after"}
+        assert figure["ort"]["vs_ort"] == 1.0 and all(s["p50_ms"] > 0 and s["calls"] == 2 for s in figure.values())
+    assert results["python_us"]["w1.classify.short"]["bertrt"] > 0
+    assert "| forward.32x64 |" in capsys.readouterr().out

@@ -1,0 +1,232 @@
+"""Where bertrt's time goes next to a plain ``session.run`` loop on the same file, part by part.
+
+The runtime used to hand ONNX Runtime's CPU arena back after every run and to bind every
+input and output on the CPU; it now keeps the arena by policy
+(:class:`bertrt.memory.ArenaPolicy`) and runs plain ``session.run`` on the CPU. Both older
+behaviours are still options, so one process can time every combination on the same file,
+with the same threads, calls alternating system by system:
+
+* ``ort``: plain ONNX Runtime as ``bertrt bench`` runs it (:class:`bertrt.bench.systems.PlainOrtSystem`);
+* ``before``: ``cpu_arena="shrink", io_binding=True`` (the defaults before the change);
+* ``arena``: ``cpu_arena="adaptive", io_binding=True`` (the arena policy alone);
+* ``plain-run``: ``cpu_arena="shrink", io_binding=False`` (plain run alone);
+* ``after``: the defaults (both).
+
+Figures: W1 requests end to end (classify and embed, 11 and 128 tokens) and model-level
+forwards of the classifier (token ids in, logits out), each as the median wall time per call
+with the ratio to ``ort`` (above 1: faster than plain ONNX Runtime) and the page faults per
+call (a count, so it does not drift with the machine's load: every fault is memory handed
+back and mapped again). Systems take turns as in ``bertrt bench``: in each round every
+system makes one untimed call, then ``--per-turn`` timed calls back to back. Then the Python
+around the model (tokenizing, feeds, results) with the model replaced by its stored
+outputs, in microseconds per W1 request.
+
+    python -m bertrt.bench.overhead --models models/minilm --out benchmarks/results/overhead-minilm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bertrt.bench import workloads
+from bertrt.bench.machine import load_average, machine_info
+from bertrt.bench.subjects import bundle_models
+from bertrt.bench.systems import PlainOrtSystem, SystemSettings
+
+import bertrt
+from bertrt.types import Pooling, Task
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "before": {"cpu_arena": "shrink", "io_binding": True},
+    "arena": {"cpu_arena": "adaptive", "io_binding": True},
+    "plain-run": {"cpu_arena": "shrink", "io_binding": False},
+    "after": {},
+}
+FORWARDS = ((1, 11), (1, 128), (8, 128), (1, 512), (32, 256))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bertrt.bench.overhead", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, default=Path("models/minilm"), help="bundle folder")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every system")
+    parser.add_argument("--rounds", type=int, default=5, help="turns of every system per figure")
+    parser.add_argument("--per-turn", type=int, default=10, help="timed calls per turn (W1; fewer for large forwards)")
+    parser.add_argument("--forward-seconds", type=float, default=30.0, help="time budget per model-level figure")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    results = measure(args.models, args.threads, args.rounds, args.per_turn, args.forward_seconds)
+    print(render(results))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def measure(models: Path, threads: int, rounds: int, per_turn: int, forward_seconds: float) -> dict[str, Any]:
+    """Every figure for every system, and the Python-side costs."""
+    infos = bundle_models(models)
+    ort_system = PlainOrtSystem(infos, SystemSettings(threads=threads))
+    bundles = {
+        name: bertrt.load(
+            models,
+            device="cpu",
+            options=bertrt.RuntimeOptions(intra_op_threads=threads, inter_op_threads=1, **changes),
+        )
+        for name, changes in CONFIGS.items()
+    }
+    load_before = load_average()
+    texts = workloads.w1_texts(workloads.load_tokenizer(infos[Task.CLASSIFY].directory), 128)
+    figures: dict[str, dict[str, Any]] = {}
+    for label, text in (("short", texts["short"]), ("long", texts["long"])):
+        calls: dict[str, Callable[[], object]] = {"ort": partial(ort_system.classify, [text])}
+        calls |= {name: partial(b.classifier, [text]) for name, b in bundles.items()}
+        figures[f"w1.classify.{label}"] = in_turns(calls, rounds, per_turn)
+        calls = {"ort": partial(ort_system.embed, [text])}
+        calls |= {name: partial(_embed, b, text) for name, b in bundles.items()}
+        figures[f"w1.embed.{label}"] = in_turns(calls, rounds, per_turn)
+    vocab, longest = infos[Task.CLASSIFY].vocab_size, infos[Task.CLASSIFY].max_length
+    # A model with a shorter window (the test bundles') runs each shape cut to its window.
+    for batch, seq in dict.fromkeys((batch, min(seq, longest)) for batch, seq in FORWARDS):
+        feeds = workloads.token_batch(batch, seq, vocab, seed=0)
+        calls = {"ort": partial(ort_system.forward, Task.CLASSIFY, feeds)}
+        calls |= {name: partial(b.classifier.session.run, feeds) for name, b in bundles.items()}
+        once = _seconds(calls["ort"])
+        timed = int(forward_seconds / max(once * len(calls) * rounds, 1e-6))
+        figures[f"forward.{batch}x{seq}"] = in_turns(calls, rounds, max(2, min(per_turn, timed)))
+    return {
+        "machine": machine_info(),
+        "command": sys.argv,
+        "threads": threads,
+        "load_average": {"before": load_before, "after": load_average()},
+        "figures": figures,
+        "python_us": python_costs(bundles["after"], ort_system, texts, 2000),
+    }
+
+
+def in_turns(calls: Mapping[str, Callable[[], object]], rounds: int, per_turn: int) -> dict[str, Any]:
+    """In each of ``rounds``, every system makes one untimed call and ``per_turn`` timed ones;
+    per system the median wall ms, the ratio of ``ort``'s median to it, and the minor page
+    faults per timed call."""
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    faults: dict[str, list[int]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            call()
+            for _ in range(per_turn):
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                seconds[name].append(_seconds(call))
+                faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    base = statistics.median(seconds["ort"])
+    return {
+        name: {
+            "p50_ms": round(statistics.median(values) * 1e3, 3),
+            "vs_ort": round(base / statistics.median(values), 3),
+            "faults_per_call": statistics.median(faults[name]),
+            "calls": len(values),
+        }
+        for name, values in seconds.items()
+    }
+
+
+def python_costs(
+    bundle: bertrt.Bundle, ort_system: PlainOrtSystem, texts: Mapping[str, str], repeats: int
+) -> dict[str, dict[str, float]]:
+    """Microseconds per W1 request spent outside the model: each session's run is replaced by
+    one that returns the outputs it gave for that request."""
+    costs: dict[str, dict[str, float]] = {}
+    for label, text in texts.items():
+        runner = bundle.classifier
+        stored = runner.session.run(runner.tokenizer.pad(runner.tokenizer.encode([text])).feeds())
+        session, tokenizer = ort_system._load(Task.CLASSIFY)
+        plain = session.run(None, _ort_feeds(tokenizer, text))
+        ort_system._loaded[Task.CLASSIFY] = (_Stored(plain), tokenizer)  # type: ignore[assignment]
+        real_run = runner.session.run
+        runner.session.run = _Stored(stored).outputs_of  # type: ignore[method-assign,assignment]
+        try:
+            costs[f"w1.classify.{label}"] = {
+                "ort": _best_us(partial(ort_system.classify, [text]), repeats),
+                "bertrt": _best_us(partial(runner, [text]), repeats),
+            }
+        finally:
+            runner.session.run = real_run  # type: ignore[method-assign]
+            ort_system._loaded[Task.CLASSIFY] = (session, tokenizer)
+    return costs
+
+
+class _Stored:
+    """Stands in for a session: answers every run with stored outputs."""
+
+    def __init__(self, outputs: Any) -> None:
+        self.outputs = outputs
+        self._inputs = [_Named(name) for name in ("input_ids", "attention_mask", "token_type_ids")]
+
+    def run(self, names: object, feeds: object) -> Any:
+        return self.outputs
+
+    def outputs_of(self, feeds: object) -> Any:
+        return self.outputs
+
+    def get_inputs(self) -> list[_Named]:
+        return self._inputs
+
+
+class _Named:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _ort_feeds(tokenizer: Any, text: str) -> dict[str, np.ndarray]:
+    [encoding] = tokenizer.encode_batch([text])
+    return {
+        "input_ids": np.array([encoding.ids], dtype=np.int64),
+        "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
+        "token_type_ids": np.array([encoding.type_ids], dtype=np.int64),
+    }
+
+
+def _embed(bundle: bertrt.Bundle, text: str) -> object:
+    return bundle.embedder([text], pooling=Pooling.MEAN, token_embeddings=False)
+
+
+def _seconds(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def _best_us(call: Callable[[], object], repeats: int) -> float:
+    """The median of five medians of ``repeats // 5`` calls, in microseconds."""
+    chunk = max(1, repeats // 5)
+    medians = [statistics.median(_seconds(call) for _ in range(chunk)) for _ in range(5)]
+    return round(statistics.median(medians) * 1e6, 1)
+
+
+def render(results: Mapping[str, Any]) -> str:
+    """The figures as a table: median ms per call (x plain ONNX Runtime), page faults per call."""
+    systems = ["ort", *CONFIGS]
+    lines = ["| figure | " + " | ".join(systems) + " |", "|---" * (len(systems) + 1) + "|"]
+    for figure, by_system in results["figures"].items():
+        cells = [
+            f"{s['p50_ms']:.2f} ms ({s['vs_ort']:.2f}x, {s['faults_per_call']:.0f} faults)"
+            for s in (by_system[name] for name in systems)
+        ]
+        lines.append(f"| {figure} | " + " | ".join(cells) + " |")
+    load = results["load_average"]
+    lines += ["", f"Load average (1, 5, 15 min) before: {load['before']}, after: {load['after']}"]
+    lines += ["", "Python around the model (µs per request, the model's outputs stored):"]
+    for figure, costs in results["python_us"].items():
+        lines.append(f"  {figure}: plain ONNX Runtime {costs['ort']:.0f} µs, bertrt {costs['bertrt']:.0f} µs")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
