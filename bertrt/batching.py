@@ -48,6 +48,10 @@ def run_in_batches(
     """Apply ``fn`` (one result per item) batch by batch; results in the order of ``items``."""
     if len(items) != len(lengths):
         raise ConfigError(f"{len(items)} items but {len(lengths)} lengths; pass one length per item.")
+    if len(items) == 1 and batch_size >= 1:
+        # One item is one batch: no plan to make (a single request is mostly bookkeeping).
+        [output] = fn([items[0]])
+        return [output]
     results: list[R | None] = [None] * len(items)
     for batch in plan_batches(lengths, batch_size, group_by_length):
         outputs = fn([items[i] for i in batch])

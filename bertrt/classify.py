@@ -52,19 +52,22 @@ class Classifier(TaskRunner):
 
         def postprocess(outputs: Mapping[str, np.ndarray], batch: list[Encoding]) -> list[Classification]:
             probabilities = softmax(outputs[LOGITS])
-            return [self._result(row, k, e.truncated) for row, e in zip(probabilities, batch, strict=True)]
+            # Stable sort on negated probabilities: ties keep label order. One sort and one
+            # conversion to Python floats per batch, not per text: a single request is
+            # mostly this bookkeeping once the model has run.
+            tops = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k].tolist()
+            rows = probabilities.tolist()
+            return [self._result(row, top, e.truncated) for row, top, e in zip(rows, tops, batch, strict=True)]
 
         return self._run_texts(texts, postprocess)
 
-    def _result(self, probabilities: np.ndarray, k: int, truncated: bool) -> Classification:
-        # Stable sort on negated probabilities: ties keep label order.
-        order = np.argsort(-probabilities, kind="stable")[:k]
-        top = tuple(LabelScore(self.labels[i], float(probabilities[i])) for i in order)
+    def _result(self, probabilities: list[float], top_ids: list[int], truncated: bool) -> Classification:
+        top = tuple(LabelScore(self.labels[i], probabilities[i]) for i in top_ids)
         return Classification(
             label=top[0].label,
             score=top[0].score,
             top=top,
-            probabilities={label: float(p) for label, p in zip(self.labels, probabilities, strict=True)},
+            probabilities=dict(zip(self.labels, probabilities, strict=True)),
             truncated=truncated,
         )
 

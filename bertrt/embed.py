@@ -85,6 +85,9 @@ def _pool(
         return hidden[:, 0].copy()
     if mode is Pooling.POOLER:
         return outputs[POOLER].astype(np.float32)
+    if all(length == hidden.shape[1] for length in lengths):
+        plain: np.ndarray = hidden.mean(axis=1)  # no padding (a single text, equal lengths)
+        return plain
     # Mask-aware mean: padding rows must not dilute the average.
     mask = (np.arange(hidden.shape[1])[None, :] < np.asarray(lengths)[:, None]).astype(hidden.dtype)
     summed = np.einsum("bsh,bs->bh", hidden, mask)

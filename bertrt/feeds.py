@@ -65,13 +65,18 @@ def pad_rows(
     >>> pad_rows([[101, 102], [101]], pad_id=0).input_ids.tolist()
     [[101, 102], [101, 0]]
     """
-    longest = max((len(row) for row in ids), default=0)
+    lengths = [len(row) for row in ids]
+    longest = max(lengths, default=0)
     if width is None:
         width = longest
     elif width < longest:
         raise InputError(f"Cannot pad rows of up to {longest} tokens to width {width}; pass {longest} or more.")
     if type_ids is not None and len(type_ids) != len(ids):
         raise InputError(f"Got {len(ids)} rows of token ids but {len(type_ids)} of type ids; pass one per row.")
+    if ids and all(n == width for n in lengths):
+        # Nothing to pad (a single text, equal lengths): stack the rows.
+        types = np.zeros((len(ids), width), dtype=np.int64) if type_ids is None else _stack(type_ids)
+        return TokenBatch(_stack(ids), np.ones((len(ids), width), dtype=np.int64), types)
     input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
     attention_mask = np.zeros((len(ids), width), dtype=np.int64)
     token_type_ids = np.zeros((len(ids), width), dtype=np.int64)
@@ -82,6 +87,10 @@ def pad_rows(
         if type_ids is not None:
             token_type_ids[row, :n] = type_ids[row]
     return TokenBatch(input_ids, attention_mask, token_type_ids)
+
+
+def _stack(rows: Sequence[TokenRow]) -> IntArray:
+    return np.array(rows, dtype=np.int64, ndmin=2)
 
 
 def pad_token_id(tokenizer: Tokenizer, model_dir: Path | None = None) -> int:
