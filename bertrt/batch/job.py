@@ -21,7 +21,7 @@ from typing import Any
 from bertrt.errors import ConfigError
 from bertrt.limits import check_positive
 from bertrt.options import RuntimeOptions, coerce_enum
-from bertrt.types import Device, Pooling, Precision, Task
+from bertrt.types import Device, Pooling, PrecisionChoice, Task
 
 # Rows per chunk: the unit of length grouping, of memory and of what a resume may redo.
 DEFAULT_CHUNK_ROWS = 1024
@@ -58,7 +58,7 @@ class BatchJob:
     input: Path
     output: Path
     models: Path = Path("models/minilm")
-    precision: Precision = Precision.FP32
+    precision: PrecisionChoice = PrecisionChoice.FP32
     device: Device = Device.AUTO
     text_column: str = "text"
     id_column: str | None = None
@@ -74,7 +74,7 @@ class BatchJob:
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalize the fields once, here
         set_(self, "task", coerce_enum(Task, self.task, "task"))
-        set_(self, "precision", coerce_enum(Precision, self.precision, "precision"))
+        set_(self, "precision", coerce_enum(PrecisionChoice, self.precision, "precision"))
         set_(self, "device", coerce_enum(Device, self.device, "device"))
         set_(self, "pooling", coerce_enum(Pooling, self.pooling, "pooling"))
         for name in ("input", "output", "models"):

@@ -30,7 +30,7 @@ from bertrt.cli.common import (
     command_errors,
 )
 from bertrt.errors import ConfigError
-from bertrt.types import Device, Pooling, Precision, Task
+from bertrt.types import Device, Pooling, PrecisionChoice, Task
 
 SHOWN_BAD_ROWS = 10
 
@@ -122,7 +122,7 @@ def batch(
         typer.Option("--cpus-per-actor", min=1, help="ray: CPUs per actor, which are its ONNX Runtime threads."),
     ] = 1,
     device: DeviceOption = Device.AUTO,
-    precision: PrecisionOption = Precision.FP32,
+    precision: PrecisionOption = PrecisionChoice.FP32,
     json_output: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
