@@ -174,7 +174,7 @@ class DynamicBatcher(Generic[R]):
         Raises at once (nothing queued) on invalid inputs (:class:`InputError`), a full
         queue (:class:`OverloadedError`) or a closed batcher (:class:`BatcherClosedError`).
         """
-        items = self._items(inputs)
+        items = call_items(self._runner, inputs, self._arity, self.name)
         key = _options_key(options)
         future: Future[list[R]] = Future()
         if not items:
@@ -229,27 +229,6 @@ class DynamicBatcher(Generic[R]):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def _items(self, inputs: tuple[str | Sequence[str], ...]) -> list[Item]:
-        if len(inputs) != self._arity:
-            what = "texts" if self._arity == 1 else "questions and contexts"
-            raise InputError(f"{self.name} takes {what} ({self._arity} input(s)), got {len(inputs)}.")
-        names = ("text",) if self._arity == 1 else ("question", "context")
-        columns = [self._check(values, what) for values, what in zip(inputs, names, strict=True)]
-        if len({len(column) for column in columns}) > 1:
-            counts = " but ".join(f"{len(c)} {n}s" for c, n in zip(columns, names, strict=True))
-            raise InputError(f"Got {counts}; pass one context per question.")
-        return list(zip(*columns, strict=True))
-
-    def _check(self, values: str | Sequence[str], what: str) -> list[str]:
-        """One input as a list of str, within the runner's limits (a bertrt runner's
-        ``RuntimeOptions``), so an oversized call is refused before it waits in line."""
-        runner = self._runner
-        if not isinstance(runner, TaskRunner):
-            return as_texts(values, what)
-        if what == "context":
-            return check_texts(values, runner.options, what, runner.options.max_context_chars, "max_context_chars")
-        return check_texts(values, runner.options, what)
 
     def _work(self) -> None:
         while (calls := self._next_batch()) is not None:
@@ -308,30 +287,14 @@ class DynamicBatcher(Generic[R]):
         if not calls:
             return
         started = time.perf_counter()
-        items = [item for call in calls for item in call.items]
-        try:
-            results = self._run_items(items, calls[0].options)
-        except Exception as exc:
-            if len(calls) == 1:
-                calls[0].future.set_exception(exc)
+        options = calls[0].options
+        outcomes, failed = run_merged(lambda items: self._run_items(items, options), [call.items for call in calls])
+        for call, outcome in zip(calls, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                call.future.set_exception(outcome)
             else:
-                # Somebody's input broke the merged run: rerun each call alone so only
-                # that caller sees the error.
-                for call in calls:
-                    self._run_alone(call)
-            self._report(calls, items, started, failed=True)
-            return
-        offset = 0
-        for call in calls:
-            call.future.set_result(results[offset : offset + len(call.items)])
-            offset += len(call.items)
-        self._report(calls, items, started, failed=False)
-
-    def _run_alone(self, call: _Call) -> None:
-        try:
-            call.future.set_result(self._run_items(call.items, call.options))
-        except Exception as exc:
-            call.future.set_exception(exc)
+                call.future.set_result(outcome)
+        self._report(calls, [item for call in calls for item in call.items], started, failed)
 
     def _run_items(self, items: list[Item], options: tuple[tuple[str, Any], ...]) -> list[R]:
         columns = [list(column) for column in zip(*items, strict=True)]
@@ -381,6 +344,73 @@ class DynamicBatcher(Generic[R]):
                 )
 
 
+def call_items(
+    runner: Callable[..., Any], inputs: tuple[str | Sequence[str], ...], arity: int, name: str
+) -> list[Item]:
+    """One call's inputs as the items a merged run takes (a text, or a question and its
+    context), checked against a bertrt runner's limits before the call waits in line.
+
+    Raises InputError naming what is wrong: the number of inputs, a value that is not a
+    string, a length past a limit, or questions and contexts that do not pair up.
+
+    >>> call_items(len, ("a", ["b", "c"]), 2, "qa")
+    Traceback (most recent call last):
+    bertrt.errors.InputError: Got 1 questions but 2 contexts; pass one context per question.
+    """
+    if len(inputs) != arity:
+        what = "texts" if arity == 1 else "questions and contexts"
+        raise InputError(f"{name} takes {what} ({arity} input(s)), got {len(inputs)}.")
+    names = ("text",) if arity == 1 else ("question", "context")
+    columns = [_checked(runner, values, what) for values, what in zip(inputs, names, strict=True)]
+    if len({len(column) for column in columns}) > 1:
+        counts = " but ".join(f"{len(c)} {n}s" for c, n in zip(columns, names, strict=True))
+        raise InputError(f"Got {counts}; pass one context per question.")
+    return list(zip(*columns, strict=True))
+
+
+def _checked(runner: Callable[..., Any], values: str | Sequence[str], what: str) -> list[str]:
+    """One input as a list of str, within the runner's limits (a bertrt runner's
+    ``RuntimeOptions``), so an oversized call is refused before it waits in line."""
+    if not isinstance(runner, TaskRunner):
+        return as_texts(values, what)
+    if what == "context":
+        return check_texts(values, runner.options, what, runner.options.max_context_chars, "max_context_chars")
+    return check_texts(values, runner.options, what)
+
+
+def run_merged(
+    run: Callable[[list[Item]], list[R]], calls: Sequence[list[Item]]
+) -> tuple[list[list[R] | Exception], bool]:
+    """Run the items of every call in one ``run``, and give each call its own results.
+
+    When the merged run fails, each call runs again on its own, so only the caller whose
+    input broke it sees an error. Returns each call's results (or its exception), and
+    whether the merged run failed.
+
+    >>> run_merged(lambda items: [len(item[0]) for item in items], [[("a",)], [("bb",), ("c",)]])
+    ([[1], [2, 1]], False)
+    """
+    try:
+        results = run([item for items in calls for item in items])
+    except Exception as exc:
+        if len(calls) == 1:
+            return [exc], True
+        return [_run_alone(run, items) for items in calls], True
+    outcomes: list[list[R] | Exception] = []
+    offset = 0
+    for items in calls:
+        outcomes.append(results[offset : offset + len(items)])
+        offset += len(items)
+    return outcomes, False
+
+
+def _run_alone(run: Callable[[list[Item]], list[R]], items: list[Item]) -> list[R] | Exception:
+    try:
+        return run(items)
+    except Exception as exc:
+        return exc
+
+
 def _options_key(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     """The call's options as a hashable key; calls merge only when their keys are equal."""
     key = tuple(sorted(options.items()))
@@ -417,4 +447,6 @@ __all__ = [
     "BatchReport",
     "BatcherOptions",
     "DynamicBatcher",
+    "call_items",
+    "run_merged",
 ]
