@@ -175,7 +175,7 @@ class DynamicBatcher(Generic[R]):
         queue (:class:`OverloadedError`) or a closed batcher (:class:`BatcherClosedError`).
         """
         items = call_items(self._runner, inputs, self._arity, self.name)
-        key = _options_key(options)
+        key = options_key(options)
         future: Future[list[R]] = Future()
         if not items:
             future.set_result([])
@@ -297,14 +297,7 @@ class DynamicBatcher(Generic[R]):
         self._report(calls, [item for call in calls for item in call.items], started, failed)
 
     def _run_items(self, items: list[Item], options: tuple[tuple[str, Any], ...]) -> list[R]:
-        columns = [list(column) for column in zip(*items, strict=True)]
-        results = self._runner(*columns, **dict(options))
-        if len(results) != len(items):
-            raise RunnerError(
-                f"{self.name}'s runner returned {len(results)} results for {len(items)} inputs; "
-                "a runner must return one result per input, in order."
-            )
-        return results
+        return run_items(self._runner, items, options, self.name)
 
     def _report(self, calls: list[_Call], items: list[Item], started: float, failed: bool) -> None:
         if self._on_batch is None:
@@ -378,6 +371,17 @@ def _checked(runner: Callable[..., Any], values: str | Sequence[str], what: str)
     return check_texts(values, runner.options, what)
 
 
+def run_items(
+    runner: Callable[..., list[R]], items: list[Item], options: tuple[tuple[str, Any], ...], name: str
+) -> list[R]:
+    """One runner call over ``items`` with ``options`` (an :func:`options_key`); one result per item."""
+    columns = [list(column) for column in zip(*items, strict=True)]
+    results = runner(*columns, **dict(options))
+    if len(results) != len(items):
+        raise RuntimeError(f"{name}'s runner returned {len(results)} results for {len(items)} inputs.")
+    return results
+
+
 def run_merged(
     run: Callable[[list[Item]], list[R]], calls: Sequence[list[Item]]
 ) -> tuple[list[list[R] | Exception], bool]:
@@ -411,7 +415,7 @@ def _run_alone(run: Callable[[list[Item]], list[R]], items: list[Item]) -> list[
         return exc
 
 
-def _options_key(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+def options_key(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     """The call's options as a hashable key; calls merge only when their keys are equal."""
     key = tuple(sorted(options.items()))
     try:
@@ -448,5 +452,7 @@ __all__ = [
     "BatcherOptions",
     "DynamicBatcher",
     "call_items",
+    "options_key",
+    "run_items",
     "run_merged",
 ]

@@ -108,6 +108,13 @@ class OrtSession:
         self._local = threading.local()
 
     @property
+    def intra_op_threads(self) -> int:
+        """The intra-op threads ONNX Runtime runs this graph with, as the session reports
+        them (0: its own default, one per physical core)."""
+        threads: int = self._session.get_session_options().intra_op_num_threads
+        return threads
+
+    @property
     def io_binding(self) -> bool:
         """Whether runs go through IO binding (on CUDA, unless options say otherwise) or plain
         ``session.run`` (on the CPU)."""

@@ -7,10 +7,12 @@ runtime test exercises files exactly like the ones users get, in seconds instead
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -188,27 +190,41 @@ def concurrently() -> Callable[[Callable[[int], None], int], None]:
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[Any]:
-    """One Ray instance for the session's `ray` tests: 2 CPUs on loopback, no dashboard.
-    At the end it is shut down, and every process it started must be gone."""
-    import psutil
+    """One Ray instance for the session's `ray` tests: 2 CPUs on loopback, no dashboard, a
+    temp folder of its own (never the last cluster `ray start` left on the machine). At the
+    end it is shut down, and every process it started must be gone."""
     import ray
+    from ray_processes import processes_started_by, wait_gone
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Short: Ray's socket paths under it must stay within 107 characters.
+    temp = Path(tempfile.mkdtemp(prefix="brt-ray-", dir="/tmp"))
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        _temp_dir=str(temp),
+        log_to_driver=False,
+    )
     assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:"), "Ray is not on loopback"
     yield ray
+    if "ray.serve" in sys.modules:
+        sys.modules["ray.serve"].shutdown()
     ray.shutdown()
-    deadline = time.monotonic() + 30
-    while (left := [p for p in psutil.Process().children(recursive=True) if _is_ray_process(p)]) and (
-        time.monotonic() < deadline
-    ):
-        time.sleep(0.5)
-    assert not left, f"Ray processes outlived ray.shutdown(): {[p.pid for p in left]}"
+    left = wait_gone(processes_started_by(os.getpid()), timeout=30)
+    shutil.rmtree(temp, ignore_errors=True)
+    assert not left, f"Ray processes outlived ray.shutdown(): {left}"
 
 
-def _is_ray_process(process: Any) -> bool:
-    import psutil
+@pytest.fixture(scope="session")
+def ray_serve(ray_session: Any) -> Iterator[str]:
+    """Ray Serve on the session's Ray instance, its HTTP proxy on a free loopback port; the
+    proxy's base URL. Tests deploy one app at a time on it (``ray_serving.RayApp``)."""
+    from ray import serve
 
-    try:
-        return "ray" in " ".join(process.cmdline()).lower() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()

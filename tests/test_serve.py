@@ -1,5 +1,8 @@
 """`bertrt serve` over real HTTP on loopback: every endpoint, validation errors, overload,
-readiness, metrics and shutdown, on the tiny bundle."""
+readiness, metrics and shutdown, on the tiny bundle.
+
+The API tests (those on the ``client`` fixture) run against both engines: uvicorn in this
+process, and Ray Serve on the session's Ray instance (marked ``ray``)."""
 
 from __future__ import annotations
 
@@ -90,14 +93,21 @@ def config(tiny_bundle: Path) -> ServeConfig:
     return ServeConfig(models=tiny_bundle, device=bertrt.Device.CPU, batching=BatcherOptions(max_wait_ms=20))
 
 
-@pytest.fixture(scope="module")
-def server(config: ServeConfig) -> Iterator[ServerThread]:
-    with ServerThread(config) as running:
-        yield running
+@pytest.fixture(scope="module", params=["uvicorn", pytest.param("ray", marks=pytest.mark.ray)])
+def server(request: pytest.FixtureRequest, config: ServeConfig) -> Iterator[Any]:
+    """The app on one engine: uvicorn in this process, or Ray Serve (``--engine ray``)."""
+    if request.param == "uvicorn":
+        with ServerThread(config) as running:
+            yield running
+        return
+    from ray_serving import RayApp
+
+    with RayApp(request.getfixturevalue("ray_serve"), config) as deployed:
+        yield deployed
 
 
 @pytest.fixture(scope="module")
-def client(server: ServerThread) -> Iterator[Any]:
+def client(server: Any) -> Iterator[Any]:
     with httpx.Client(base_url=server.url, timeout=30) as http:
         yield http
 
@@ -193,7 +203,7 @@ def test_openapi_schema_lists_every_endpoint(client: Any) -> None:
     assert "ClassifyRequest" in schema["components"]["schemas"]
 
 
-def test_concurrent_requests_share_batches(client: Any, server: ServerThread, bundle: bertrt.Bundle) -> None:
+def test_concurrent_requests_share_batches(client: Any, bundle: bertrt.Bundle) -> None:
     before = client.get("/metrics").text
     texts = [f"text number {i} " * (1 + i % 4) for i in range(16)]
     with ThreadPoolExecutor(16) as pool:
@@ -386,7 +396,7 @@ def test_serve_command_refuses_a_task_the_bundle_lacks(fp32_only_bundle: Path, t
 
 
 def test_importing_bertrt_and_its_cli_leaves_the_server_stack_out() -> None:
-    stack = "('fastapi', 'uvicorn', 'starlette', 'prometheus_client')"
+    stack = "('fastapi', 'uvicorn', 'starlette', 'prometheus_client', 'ray')"
     code = f"import sys, bertrt, bertrt.cli; print(any(m in sys.modules for m in {stack}))"
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
     assert output.stdout.strip() == "False"

@@ -1,15 +1,18 @@
 """`bertrt serve`: an HTTP server over a bundle, batching concurrent requests.
 
 The command builds one :class:`~bertrt.serve.ServeConfig` (API keys from ``--api-key`` and
-``$BERTRT_API_KEYS`` together) and calls
-:func:`bertrt.serve.server.run`, which checks the bundle and serves it. The server stack
-(FastAPI, uvicorn, prometheus_client: the ``serve`` extra) is imported only when the
-command runs, so the rest of the CLI works without it.
+``$BERTRT_API_KEYS`` together) and hands it to an engine: ``uvicorn``
+(:func:`bertrt.serve.server.run`: this machine, ``--workers`` processes) or ``ray``
+(:func:`bertrt.serve.ray_engine.run`: Ray Serve replicas over a cluster, or
+``--print-config`` for ``serve deploy``). The server stack (FastAPI, uvicorn,
+prometheus_client: the ``serve`` extra) and Ray (the ``ray`` extra) are imported only
+when the command runs, so the rest of the CLI works without them.
 """
 
 from __future__ import annotations
 
 import os
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +21,8 @@ import typer
 from bertrt.batcher import BatcherOptions
 from bertrt.cli import app
 from bertrt.cli.common import DEFAULT_MODELS, DeviceOption, ModelsOption, PrecisionOption, command_errors
+from bertrt.errors import ConfigError
+from bertrt.serve import ray_engine
 from bertrt.serve.config import DEFAULT_HOST, DEFAULT_PORT, SERVE_FORWARD_BATCH, ServeConfig, serving_runtime
 from bertrt.serve.keys import API_KEYS_ENV, check_key, keys_from_text
 from bertrt.serve.server import run
@@ -27,6 +32,15 @@ _defaults = BatcherOptions()
 SERVER = "Server"
 SECURITY = "API keys and TLS"
 BATCHING = "Batching and threads"
+RAY = "Ray Serve (--engine ray)"
+
+
+class Engine(str, Enum):
+    """What runs the server."""
+
+    UVICORN = "uvicorn"
+    RAY = "ray"
+
 
 TaskOption = Annotated[
     list[Task] | None,
@@ -157,6 +171,65 @@ IntraOpThreadsOption = Annotated[
     ),
 ]
 
+EngineOption = Annotated[
+    Engine,
+    typer.Option(
+        "--engine",
+        help="uvicorn: this machine, --workers processes. ray: Ray Serve replicas on a Ray cluster "
+        "(pip install 'bertrt[ray]').",
+        rich_help_panel=SERVER,
+    ),
+]
+
+# How the app is laid out on a Ray cluster.
+ReplicasOption = Annotated[
+    int | None,
+    typer.Option("--replicas", min=1, help="Replicas per task deployment. [default: 1]", rich_help_panel=RAY),
+]
+MaxReplicasOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-replicas",
+        min=1,
+        help="Autoscale each task between --replicas and this many replicas.",
+        rich_help_panel=RAY,
+    ),
+]
+ReplicaCpusOption = Annotated[
+    float | None,
+    typer.Option(
+        "--replica-cpus",
+        min=0.01,
+        help="CPUs per replica (its ONNX Runtime threads). Default: 1, or on a Ray instance the command "
+        "starts itself, the machine's CPUs shared among the replicas.",
+        show_default=False,
+        rich_help_panel=RAY,
+    ),
+]
+ReplicaGpusOption = Annotated[
+    float | None,
+    typer.Option("--replica-gpus", min=0, help="GPUs per replica. [default: 0]", rich_help_panel=RAY),
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="Ray cluster to join: auto (the one `ray start` began on this machine) or HOST:PORT. Default: "
+        "$RAY_ADDRESS, else a Ray instance started for this command.",
+        show_default=False,
+        rich_help_panel=RAY,
+    ),
+]
+PrintConfigOption = Annotated[
+    bool,
+    typer.Option(
+        "--print-config",
+        help="Print a Ray Serve config for `serve deploy` (bertrt serve --engine ray --print-config > serve.yaml) "
+        "instead of serving.",
+        rich_help_panel=RAY,
+    ),
+]
+
 
 @app.command()
 def serve(
@@ -183,14 +256,44 @@ def serve(
     metrics_public: MetricsPublicOption = False,
     ssl_certfile: SslCertOption = None,
     ssl_keyfile: SslKeyOption = None,
+    engine: EngineOption = Engine.UVICORN,
+    replicas: ReplicasOption = None,
+    max_replicas: MaxReplicasOption = None,
+    replica_cpus: ReplicaCpusOption = None,
+    replica_gpus: ReplicaGpusOption = None,
+    address: AddressOption = None,
+    print_config: PrintConfigOption = False,
 ) -> None:
     """Serve the bundle over HTTP: POST /embed, /classify, /qa, /v1/embeddings; GET /health, /metrics, /docs.
 
     Example: bertrt serve --models models/minilm --port 8000 --max-wait-ms 2
+
+    On a Ray cluster: bertrt serve --engine ray --replicas 2 --address auto, or
+    bertrt serve --engine ray --print-config > serve.yaml, then serve deploy serve.yaml
     """
     with command_errors(capture_warnings=False):
         api_keys = tuple(check_key(key, f"--api-key #{n}") for n, key in enumerate(api_key or (), 1))
         api_keys += keys_from_text(os.environ.get(API_KEYS_ENV, ""), f"${API_KEYS_ENV}")
+        ray_flags = {
+            "--replicas": replicas,
+            "--max-replicas": max_replicas,
+            "--replica-cpus": replica_cpus,
+            "--replica-gpus": replica_gpus,
+            "--address": address,
+            "--print-config": print_config or None,
+        }
+        if engine is Engine.UVICORN:
+            given = [flag for flag, value in ray_flags.items() if value is not None]
+            if given:
+                raise ConfigError(f"Only --engine ray takes {', '.join(given)}; add --engine ray, or leave them out.")
+        else:
+            uvicorn_flags = {"--workers": workers > 1, "--intra-op-threads": intra_op_threads is not None}
+            given = [flag for flag, value in uvicorn_flags.items() if value]
+            if given:
+                raise ConfigError(
+                    f"Only --engine uvicorn takes {', '.join(given)}; on Ray, use --replicas (processes) and "
+                    "--replica-cpus (each replica's threads)."
+                )
         config = ServeConfig(
             models=models,
             device=device,
@@ -220,4 +323,17 @@ def serve(
         warning = config.exposure_warning()
         if warning is not None:
             typer.echo(f"warning: {warning}", err=True)
-        run(config)
+        if engine is Engine.UVICORN:
+            run(config)
+            return
+        options = ray_engine.RayServeOptions(
+            replicas=replicas or 1,
+            max_replicas=max_replicas,
+            replica_cpus=replica_cpus,
+            replica_gpus=replica_gpus or 0.0,
+            address=address,
+        )
+        if print_config:
+            typer.echo(ray_engine.serve_config_yaml(config, options), nl=False)
+            return
+        ray_engine.run(config, options, log_line=lambda line: typer.echo(line, err=True))

@@ -41,7 +41,7 @@ from bertrt.errors import (
 )
 from bertrt.serve.auth import protect
 from bertrt.serve.config import ServeConfig
-from bertrt.serve.host import ModelHost
+from bertrt.serve.host import ModelHost, ServingHost
 from bertrt.serve.keys import ApiKeys
 from bertrt.serve.metrics import ENDPOINT_TASKS, ServeMetrics, drop_created_series, endpoint_label
 from bertrt.serve.routes import build_router
@@ -61,15 +61,23 @@ ERROR_STATUS: tuple[tuple[type[BertrtError], int, str], ...] = (
 )
 
 
-def create_app(config: ServeConfig, *, bundle: Bundle | None = None, metrics: ServeMetrics | None = None) -> FastAPI:
+def create_app(
+    config: ServeConfig,
+    *,
+    bundle: Bundle | None = None,
+    metrics: ServeMetrics | None = None,
+    host: ServingHost | None = None,
+) -> FastAPI:
     """The server for ``config``; its models load in the background once it starts.
 
     ``bundle``: the bundle already opened for ``config`` by
     :func:`~bertrt.serve.host.open_bundle` (opened here when None). ``metrics``: where the
-    app records (default: :meth:`ServeMetrics.for_this_process`).
+    app records (default: :meth:`ServeMetrics.for_this_process`). ``host``: the engine
+    behind the routes (default: a :class:`ModelHost` over ``bundle`` in this process; the
+    Ray engine passes a client of its deployments, recording into the same ``metrics``).
     """
     metrics = metrics if metrics is not None else ServeMetrics.for_this_process()
-    host = ModelHost(config, metrics, bundle)
+    host = host if host is not None else ModelHost(config, metrics, bundle)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

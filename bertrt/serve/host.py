@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from bertrt.batcher import DynamicBatcher
 from bertrt.bundle import Bundle
+from bertrt.embed import HIDDEN
 from bertrt.errors import BertrtError, NotReadyError, TaskNotServedError
 from bertrt.serve.config import ServeConfig
 from bertrt.types import Task
@@ -30,6 +31,48 @@ if TYPE_CHECKING:  # prometheus_client (the serve extra) loads only with a serve
     from bertrt.serve.metrics import ServeMetrics
 
 log = logging.getLogger("bertrt.serve")
+
+
+class TaskCaller(Protocol):
+    """What an endpoint awaits to run one request of a task (a batcher, or a client of a
+    remote deployment): the runner's inputs and options in, one result per input out."""
+
+    async def acall(self, *inputs: str | Sequence[str], **options: Any) -> list[Any]:
+        """The request's results, in order."""
+        ...
+
+
+class ServingHost(Protocol):
+    """What the HTTP app needs from the engine behind it: this process's
+    :class:`ModelHost`, or a client of models served elsewhere (``--engine ray``)."""
+
+    tasks: tuple[Task, ...]
+    model_name: str
+
+    @property
+    def ready(self) -> bool:
+        """Whether every served model answers."""
+        ...
+
+    def start(self) -> None:
+        """Begin loading (or reaching) the models; returns at once."""
+        ...
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop, letting requests in flight finish within ``timeout`` seconds."""
+        ...
+
+    def batcher(self, task: Task) -> TaskCaller:
+        """Where requests of ``task`` go; NotReadyError or TaskNotServedError when they cannot."""
+        ...
+
+    def embedding_dim(self) -> int | None:
+        """The length of the embedder's vectors (None when the graph leaves it symbolic)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Health details: status, model name, tasks, precision, provider."""
+        ...
 
 
 def open_bundle(config: ServeConfig) -> Bundle:
@@ -97,6 +140,11 @@ class ModelHost:
                 raise NotReadyError(f"The models failed to load ({self.error}); fix the bundle and restart the server.")
             raise NotReadyError("The models are still loading; retry when GET /health returns 200.")
         return self._batchers[task]
+
+    def embedding_dim(self) -> int | None:
+        """The length of the embedder's vectors (None when the graph leaves it symbolic)."""
+        dim = self.bundle.embedder.session.outputs[HIDDEN].shape[-1]
+        return dim if isinstance(dim, int) else None
 
     def describe(self) -> dict[str, Any]:
         """Health details: status, model name, tasks, device and precision (once ready, the

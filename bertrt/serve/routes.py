@@ -14,9 +14,8 @@ import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from bertrt.embed import HIDDEN
 from bertrt.errors import InputError
-from bertrt.serve.host import ModelHost
+from bertrt.serve.host import ServingHost
 from bertrt.serve.metrics import CONTENT_TYPE, ServeMetrics
 from bertrt.serve.schemas import (
     ClassifyRequest,
@@ -39,7 +38,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def build_router(host: ModelHost, metrics: ServeMetrics) -> APIRouter:
+def build_router(host: ServingHost, metrics: ServeMetrics) -> APIRouter:
     """The API routes over ``host``'s batchers."""
     router = APIRouter()
 
@@ -74,8 +73,8 @@ def build_router(host: ModelHost, metrics: ServeMetrics) -> APIRouter:
         """OpenAI-compatible embeddings: mean pooling, unit length."""
         texts = _openai_texts(body.input)
         batcher = host.batcher(Task.EMBED)
-        dim = host.bundle.embedder.session.outputs[HIDDEN].shape[-1]
-        if body.dimensions is not None and isinstance(dim, int) and body.dimensions != dim:
+        dim = host.embedding_dim()
+        if body.dimensions is not None and dim is not None and body.dimensions != dim:
             raise InputError(f"This model returns {dim}-dimensional embeddings; omit dimensions or pass {dim}.")
         results = await batcher.acall(texts, pooling=Pooling.MEAN.value, normalize=True, token_embeddings=False)
         tokens = sum(len(r.tokens) for r in results)
