@@ -29,8 +29,9 @@ settings.load_profile("bertrt")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-# Ray's single-machine mode: every Ray server listens on loopback only (by default they
-# listen on every interface). Read when ray is first imported.
+# Ray on loopback only: Ray turns 127.0.0.1 into the machine's network address unless told
+# that this is a one-machine setup (a variable named for Windows and macOS, whose Ray runs
+# on loopback by default). Read when ray is first imported; Ray processes inherit it.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 REPO = Path(__file__).resolve().parent.parent

@@ -184,7 +184,7 @@ EngineOption = Annotated[
 # How the app is laid out on a Ray cluster.
 ReplicasOption = Annotated[
     int | None,
-    typer.Option("--replicas", min=1, help="Replicas per task deployment. [default: 1]", rich_help_panel=RAY),
+    typer.Option("--replicas", min=1, help="Replicas per task deployment. Default: 1.", rich_help_panel=RAY),
 ]
 MaxReplicasOption = Annotated[
     int | None,
@@ -208,7 +208,18 @@ ReplicaCpusOption = Annotated[
 ]
 ReplicaGpusOption = Annotated[
     float | None,
-    typer.Option("--replica-gpus", min=0, help="GPUs per replica. [default: 0]", rich_help_panel=RAY),
+    typer.Option("--replica-gpus", min=0, help="GPUs per replica. Default: 0.", rich_help_panel=RAY),
+]
+MaxOngoingOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-ongoing-requests",
+        min=1,
+        help="Requests one task replica holds at once; at least --max-batch-size, or batches never fill. "
+        "Default: twice --max-batch-size.",
+        show_default=False,
+        rich_help_panel=RAY,
+    ),
 ]
 AddressOption = Annotated[
     str | None,
@@ -261,6 +272,7 @@ def serve(
     max_replicas: MaxReplicasOption = None,
     replica_cpus: ReplicaCpusOption = None,
     replica_gpus: ReplicaGpusOption = None,
+    max_ongoing_requests: MaxOngoingOption = None,
     address: AddressOption = None,
     print_config: PrintConfigOption = False,
 ) -> None:
@@ -279,6 +291,7 @@ def serve(
             "--max-replicas": max_replicas,
             "--replica-cpus": replica_cpus,
             "--replica-gpus": replica_gpus,
+            "--max-ongoing-requests": max_ongoing_requests,
             "--address": address,
             "--print-config": print_config or None,
         }
@@ -331,6 +344,7 @@ def serve(
             max_replicas=max_replicas,
             replica_cpus=replica_cpus,
             replica_gpus=replica_gpus or 0.0,
+            max_ongoing_requests=max_ongoing_requests,
             address=address,
         )
         if print_config:

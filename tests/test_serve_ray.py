@@ -1,0 +1,466 @@
+"""`bertrt serve --engine ray` beyond the HTTP API (which test_serve.py runs on both engines):
+the command line and the serve.yaml it prints, batching changed on running replicas, ONNX
+Runtime threads that follow a replica's CPUs, a full queue, joining a running cluster, and
+`serve deploy` of the printed file on a cluster started with `ray start --head`.
+
+Tests marked ``ray`` use the session's Ray instance (2 CPUs, loopback); the others need
+Ray installed but start nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import bertrt
+from bertrt.batcher import BatcherOptions
+from bertrt.errors import ConfigError
+from bertrt.serve import ServeConfig
+
+pytest.importorskip("ray.serve")
+httpx = pytest.importorskip("httpx")
+yaml = pytest.importorskip("yaml")
+from ray_processes import MARKER, processes_marked, stop  # noqa: E402
+from ray_serving import RayApp, wait_until_ready  # noqa: E402
+
+from bertrt.serve.ray_app import app_builder, build_application  # noqa: E402
+from bertrt.serve.ray_engine import APP_NAME, RayServeOptions, resolve_config  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:The qa head")
+CONTEXT = "paris is the capital of france. the immune system is a body system which has cells."
+# Every wait is bounded: a Ray test fails, it never hangs.
+DEADLINE_S = 180
+
+
+@pytest.fixture(scope="module")
+def config(tiny_bundle: Path) -> ServeConfig:
+    return ServeConfig(models=tiny_bundle, device=bertrt.Device.CPU)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle: Path) -> bertrt.Bundle:
+    return bertrt.load(tiny_bundle, device="cpu")
+
+
+def run_cli(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from bertrt.cli import app
+
+    return CliRunner().invoke(app, ["serve", *args])
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 right now."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+def batch_runs(url: str, task: str) -> float:
+    """Model runs of ``task`` so far, from the app's ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "bertrt_batch_size_count" and sample.labels.get("task") == task
+    )
+
+
+def queue_depth(url: str, task: str) -> float:
+    """Requests of ``task`` the ingress is waiting on, from ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "bertrt_queue_depth" and sample.labels.get("task") == task:
+                return sample.value
+    return 0.0
+
+
+def wait_for_depth(url: str, task: str, depth: int) -> None:
+    deadline = time.monotonic() + 30
+    while queue_depth(url, task) < depth:
+        assert time.monotonic() < deadline, f"the ingress never held {depth} {task} request(s)"
+        time.sleep(0.02)
+
+
+# --- the command line and its serve.yaml (Ray installed, not started) ----------------------
+
+
+def test_without_ray_the_engine_says_what_to_install(tiny_bundle: Path) -> None:
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # as if the ray extra were not installed
+        "from bertrt.cli import main\n"
+        f"sys.argv = ['bertrt', 'serve', '--engine', 'ray', '--models', {str(tiny_bundle)!r}]\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == "error: --engine ray needs Ray Serve, which is not installed; pip install 'bertrt[ray]'.\n"
+
+
+def test_print_config_writes_a_serve_config_of_the_options(tiny_bundle: Path, monkeypatch: Any) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    monkeypatch.chdir(tiny_bundle.parent)
+    options = ["--engine", "ray", "--print-config", "--models", tiny_bundle.name, "--device", "cpu"]
+    options += ["--task", "classify", "--task", "qa", "--host", "0.0.0.0", "--port", "9123"]
+    options += ["--replicas", "2", "--replica-cpus", "0.5", "--max-batch-size", "8", "--max-wait-ms", "5"]
+    options += ["--max-queue", "50", "--model-name", "m"]
+    result = run_cli(*options)
+    assert result.exit_code == 0, result.output
+    document = yaml.safe_load(result.stdout)
+    ServeDeploySchema.model_validate(document)
+    assert document["http_options"] == {"host": "0.0.0.0", "port": 9123}
+    [application] = document["applications"]
+    assert application["import_path"] == "bertrt.serve.ray_app:app_builder" and application["route_prefix"] == "/"
+    served = application["args"]["config"]
+    # Nodes do not share this working directory: the bundle path is absolute.
+    assert served["models"] == str(tiny_bundle.resolve()) and served["tasks"] == ["classify", "qa"]
+    assert served["model_name"] == "m" and "batching" not in served and "port" not in served
+    deployments = {d.pop("name"): d for d in application["deployments"]}
+    assert list(deployments) == ["classify", "qa", "ingress"]
+    for task in ("classify", "qa"):
+        assert deployments[task] == {
+            "num_replicas": 2,
+            "max_ongoing_requests": 16,
+            "max_queued_requests": 50,
+            "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.005},
+            "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.0},
+        }
+    assert deployments["ingress"]["ray_actor_options"] == {"num_cpus": 0.0}
+    # The file's builder makes the same app from those args.
+    assert app_builder(application["args"]) is not None
+
+
+def test_max_replicas_turns_on_autoscaling(tiny_bundle: Path) -> None:
+    result = run_cli("--engine", "ray", "--print-config", "--models", str(tiny_bundle), "--task", "embed")
+    assert yaml.safe_load(result.stdout)["applications"][0]["deployments"][0]["num_replicas"] == 1
+    result = run_cli(
+        "--engine", "ray", "--print-config", "--models", str(tiny_bundle), "--task", "embed",
+        "--replicas", "1", "--max-replicas", "4", "--max-batch-size", "16",
+    )  # fmt: skip
+    embed = yaml.safe_load(result.stdout)["applications"][0]["deployments"][0]
+    assert "num_replicas" not in embed
+    assert embed["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16}
+
+
+def test_batches_that_could_never_fill_are_refused_when_the_app_is_built(
+    tiny_bundle: Path, config: ServeConfig
+) -> None:
+    result = run_cli(
+        "--engine", "ray", "--print-config", "--models", str(tiny_bundle),
+        "--max-batch-size", "64", "--max-ongoing-requests", "32",
+    )  # fmt: skip
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "max_ongoing_requests (32) is less than max_batch_size (64)" in result.stderr
+    with pytest.raises(ConfigError, match="never holds enough requests to fill a batch"):
+        build_application(resolve_config(config), RayServeOptions(max_ongoing_requests=4))
+
+
+@pytest.mark.parametrize(
+    "options, phrase",
+    [
+        (["--replicas", "2"], "Only --engine ray takes --replicas"),
+        (["--print-config", "--address", "auto"], "Only --engine ray takes --address, --print-config"),
+        (["--engine", "ray", "--workers", "2"], "Only --engine uvicorn takes --workers"),
+        (["--engine", "ray", "--intra-op-threads", "2"], "--replica-cpus (each replica's threads)"),
+        (["--engine", "ray", "--replica-gpus", "1", "--device", "cpu", "--print-config"], "--replica-gpus"),
+    ],
+)
+def test_options_of_the_other_engine_are_refused(tiny_bundle: Path, options: list[str], phrase: str) -> None:
+    result = run_cli("--models", str(tiny_bundle), *options)
+    assert result.exit_code == 2 and phrase in result.stderr and result.stdout == ""
+
+
+# --- the ingress's errors, through the app, with a stand-in for a deployment handle ------
+
+
+class FakeDeployment:
+    """A stand-in for a task deployment's handle: ``describe`` answers, ``run`` raises each
+    of ``failures`` in turn, then replies with ``results``."""
+
+    def __init__(self, failures: list[BaseException], results: list[Any]) -> None:
+        self.failures = list(failures)
+        self.results = results
+        self.calls = 0
+        self.run = self._Method(self._run)
+        self.describe = self._Method(self._describe)
+
+    class _Method:
+        def __init__(self, body: Any) -> None:
+            self.remote = body
+
+    async def _run(self, inputs: list[Any], options: dict[str, Any]) -> Any:
+        from bertrt.serve.ray_engine import Reply
+
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return Reply(self.results)
+
+    async def _describe(self) -> Any:
+        from bertrt.serve.ray_engine import ReplicaInfo
+
+        return ReplicaInfo("classify", "r1", "node", "CPUExecutionProvider", 1, 32, 0.002, 0, "tiny", None)
+
+
+def post_through_ray_host(config: ServeConfig, deployment: FakeDeployment, body: dict[str, Any]) -> Any:
+    """POST /classify to the app over a RayHost whose classify deployment is ``deployment``."""
+    from bertrt.serve.app import create_app
+    from bertrt.serve.metrics import ServeMetrics
+    from bertrt.serve.ray_host import RayHost
+
+    served = replace(config, tasks=(bertrt.Task.CLASSIFY,), model_name="tiny")
+    metrics = ServeMetrics()
+    host = RayHost(served, {bertrt.Task.CLASSIFY: deployment}, metrics)
+
+    async def send() -> Any:
+        host.start()
+        while not host.ready:
+            await asyncio.sleep(0.01)
+        transport = httpx.ASGITransport(app=create_app(served, host=host, metrics=metrics))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await http.post("/classify", json=body)
+
+    try:
+        return asyncio.run(send())
+    finally:
+        host.close()
+
+
+def test_a_lost_replica_is_retried_on_another(config: ServeConfig, bundle: bertrt.Bundle, monkeypatch: Any) -> None:
+    from ray.exceptions import ActorDiedError
+
+    from bertrt.serve import ray_host
+
+    monkeypatch.setattr(ray_host, "RETRY_DELAY_S", 0.01)
+    results = bundle.classifier("a")
+    deployment = FakeDeployment([ActorDiedError()], results)
+    response = post_through_ray_host(config, deployment, {"texts": "a"})
+    assert response.status_code == 200 and deployment.calls == 2
+    assert response.json()["results"] == [r.to_dict() for r in results]
+
+
+def test_replicas_lost_past_the_retries_get_a_clean_503(config: ServeConfig, monkeypatch: Any) -> None:
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    from bertrt.serve import ray_host
+
+    monkeypatch.setattr(ray_host, "RETRY_DELAY_S", 0.01)
+    deployment = FakeDeployment([ActorDiedError(), ActorUnavailableError("gone", None)] * 5, [])
+    response = post_through_ray_host(config, deployment, {"texts": "a"})
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert response.json()["error"]["type"] == "not_ready" and "retry shortly" in response.json()["error"]["message"]
+    assert deployment.calls == ray_host.RETRIES + 1
+
+
+def test_a_replicas_refusal_and_a_full_queue_keep_their_status(config: ServeConfig) -> None:
+    from ray.exceptions import RayTaskError
+    from ray.serve.exceptions import BackPressureError
+
+    from bertrt.errors import InputError
+
+    refused = RayTaskError("run", "Traceback ...", InputError("Text #0 is too long; shorten it.")).as_instanceof_cause()
+    response = post_through_ray_host(config, FakeDeployment([refused], []), {"texts": "a"})
+    # The replica's own error, as itself: no Ray traceback in the message.
+    assert response.status_code == 422
+    assert response.json()["error"] == {"type": "invalid_input", "message": "Text #0 is too long; shorten it."}
+    full = BackPressureError(num_queued_requests=4, max_queued_requests=4)
+    response = post_through_ray_host(config, FakeDeployment([full], []), {"texts": "a"})
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert response.json()["error"]["type"] == "overloaded"
+
+
+# --- on the session's Ray instance ---------------------------------------------------------
+
+
+@pytest.mark.ray
+def test_onnx_runtime_threads_follow_the_replica_cpus(ray_serve: str, config: ServeConfig) -> None:
+    classify = replace(config, tasks=(bertrt.Task.CLASSIFY,))
+    for cpus in (2.0, 1.0):
+        with RayApp(ray_serve, classify, RayServeOptions(replica_cpus=cpus)) as app:
+            info = app.handle("classify").describe.remote().result(timeout_s=60)
+            assert info.intra_op_threads == cpus and info.provider == "CPUExecutionProvider"
+
+
+@pytest.mark.ray
+def test_batching_changes_on_running_replicas(ray_serve: str, config: ServeConfig, bundle: bertrt.Bundle) -> None:
+    texts = [f"text number {i}" for i in range(8)]
+    expected = [r.to_dict() for r in bundle.classifier(texts)]
+
+    def classify_concurrently(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=60) as http, ThreadPoolExecutor(len(texts)) as pool:
+            responses = list(pool.map(lambda text: http.post("/classify", json={"texts": text}), texts))
+        assert [r.json()["results"][0] for r in responses] == expected
+
+    one_by_one = replace(config, tasks=(bertrt.Task.CLASSIFY,), batching=BatcherOptions(max_batch_size=1))
+    with RayApp(ray_serve, one_by_one) as app:
+        before = app.handle("classify").describe.remote().result(timeout_s=60)
+        runs = batch_runs(app.url, "classify")
+        classify_concurrently(app.url)
+        assert batch_runs(app.url, "classify") - runs == len(texts), "max_batch_size 1: one request per run"
+        # The same app with other batching: Serve calls reconfigure on the running replica.
+        merging = replace(one_by_one, batching=BatcherOptions(max_batch_size=8, max_wait_ms=300))
+        with RayApp(ray_serve, merging) as changed:
+            after = changed.handle("classify").describe.remote().result(timeout_s=60)
+            assert after.replica == before.replica, "a batching change must not restart the replica"
+            assert (after.max_batch_size, after.batch_wait_timeout_s) == (8, 0.3)
+            runs = batch_runs(changed.url, "classify")
+            classify_concurrently(changed.url)
+            assert batch_runs(changed.url, "classify") - runs < len(texts), "requests should share runs"
+
+
+@pytest.mark.ray
+def test_a_full_queue_answers_503_with_retry_after(ray_serve: str, config: ServeConfig) -> None:
+    # One request at a time per replica and one waiting: a third is refused while the first,
+    # long one (many windows of long contexts) runs.
+    tight = replace(config, tasks=(bertrt.Task.QA,), batching=BatcherOptions(max_batch_size=1, max_queue=1))
+    long_contexts = {"question": ["what has cells?"] * 40, "context": [CONTEXT * 1000] * 40}
+    options = RayServeOptions(replica_cpus=1, max_ongoing_requests=1)
+    with (
+        RayApp(ray_serve, tight, options) as app,
+        httpx.Client(base_url=app.url, timeout=DEADLINE_S) as http,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        first = pool.submit(http.post, "/qa", json=long_contexts)
+        wait_for_depth(app.url, "qa", 1)
+        second = pool.submit(http.post, "/qa", json={"question": "q", "context": "c"})
+        wait_for_depth(app.url, "qa", 2)
+        refused = http.post("/qa", json={"question": "q", "context": "c"})
+        assert first.result().status_code == 200 and second.result().status_code == 200
+        assert http.post("/classify", json={"texts": "x"}).status_code == 404
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    error = refused.json()["error"]
+    assert error["type"] == "overloaded" and "max_queued_requests" in error["message"]
+
+
+@pytest.mark.ray
+def test_the_command_joins_a_running_cluster_and_takes_its_app_down(
+    ray_serve: str, ray_session: Any, tiny_bundle: Path, bundle: bertrt.Bundle
+) -> None:
+    from ray import serve
+
+    port = ray_serve.rsplit(":", 1)[1]
+    command = [sys.executable, "-m", "bertrt", "serve", "--engine", "ray", "--address", "auto"]
+    command += ["--models", str(tiny_bundle), "--device", "cpu", "--task", "classify", "--port", port]
+    command += ["--replicas", "2", "--replica-cpus", "0.5"]
+    # `auto` finds the cluster through $RAY_ADDRESS: the session's, never another on this machine.
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_until_ready(ray_serve, timeout=DEADLINE_S)
+        answer = httpx.post(f"{ray_serve}/classify", json={"texts": "i love paris"}, timeout=60)
+        assert answer.json()["results"] == [r.to_dict() for r in bundle.classifier(["i love paris"])]
+        deadline = time.monotonic() + DEADLINE_S
+        while serve.status().applications[APP_NAME].deployments["classify"].replica_states.get("RUNNING") != 2:
+            assert time.monotonic() < deadline, "--replicas 2 never ran two replicas"
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=DEADLINE_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+            serve.delete(APP_NAME)
+    assert process.returncode == 0, stderr
+    assert "Serving classify on Ray Serve at http://127.0.0.1:" in stderr and "Stopping" in stderr
+    assert APP_NAME not in serve.status().applications, "the command must take its app down"
+
+
+# --- `serve deploy` on a cluster of `ray start --head` -------------------------------------
+
+
+@pytest.fixture
+def head_node() -> Iterator[dict[str, Any]]:
+    """A one-node cluster from `ray start --head` (2 CPUs, loopback, a temp folder and auth
+    token of its own); the environment and dashboard address to reach it. Every process it
+    started is stopped at the end (by process id: `ray stop` would end other clusters too)."""
+    gcs, dashboard, client, agent = free_ports(4)
+    # Short: Ray's socket paths under it must stay within 107 characters.
+    temp = tempfile.mkdtemp(prefix="brt-head-", dir="/tmp")
+    token = secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "RAY_TMPDIR": temp,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        MARKER: token,
+    }
+    env.pop("RAY_ADDRESS", None)
+    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--num-cpus", "2"]
+    command += ["--node-ip-address", "127.0.0.1", "--port", str(gcs), "--temp-dir", f"{temp}/ray"]
+    # `serve deploy` talks to the dashboard's REST API, so this cluster runs one (loopback only).
+    command += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)]
+    command += ["--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent)]
+    command += ["--min-worker-port", "0", "--max-worker-port", "0", "--block"]
+    head = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        address = f"http://127.0.0.1:{dashboard}"
+        deadline = time.monotonic() + DEADLINE_S
+        while not _answers(f"{address}/api/version"):
+            assert head.poll() is None, "ray start --head exited"
+            assert time.monotonic() < deadline, "the head node's dashboard never answered"
+            time.sleep(0.5)
+        yield {"env": env, "dashboard": address}
+    finally:
+        left = stop(processes_marked(token))
+        head.wait(30)
+        shutil.rmtree(temp, ignore_errors=True)
+        assert not left, f"Ray processes outlived the test: {left}"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.ray
+def test_print_config_deploys_with_serve_deploy(
+    head_node: dict[str, Any], tiny_bundle: Path, tmp_path: Path, bundle: bertrt.Bundle
+) -> None:
+    [port] = free_ports(1)
+    options = ["--engine", "ray", "--print-config", "--models", str(tiny_bundle), "--device", "cpu"]
+    options += ["--port", str(port), "--replica-cpus", "0.5"]
+    printed = subprocess.run([sys.executable, "-m", "bertrt", "serve", *options], capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr
+    serve_yaml = tmp_path / "serve.yaml"
+    serve_yaml.write_text(printed.stdout)
+    deploy = [sys.executable, "-m", "ray.serve.scripts", "deploy", str(serve_yaml), "--address", head_node["dashboard"]]
+    deployed = subprocess.run(deploy, capture_output=True, text=True, env=head_node["env"], timeout=DEADLINE_S)
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    url = f"http://127.0.0.1:{port}"
+    wait_until_ready(url, timeout=DEADLINE_S)
+    with httpx.Client(base_url=url, timeout=60) as http:
+        assert http.get("/health").json()["tasks"] == ["embed", "classify", "qa"]
+        answer = http.post("/classify", json={"texts": ["i love paris", "a"], "top_k": 2})
+        assert answer.json()["results"] == [r.to_dict() for r in bundle.classifier(["i love paris", "a"], top_k=2)]
+        qa = http.post("/qa", json={"question": "what has cells?", "context": CONTEXT})
+        assert qa.json()["results"] == [bundle.qa.answer("what has cells?", CONTEXT).to_dict()]
