@@ -54,6 +54,8 @@ INGRESS = "ingress"
 BUILDER = "bertrt.serve.ray_app:app_builder"
 # The ingress only parses HTTP and awaits its task deployments: no CPU reserved for it.
 INGRESS_CPUS = 0.0
+# Requests the ingress may hold beyond what its task deployments can (/health, /metrics).
+INGRESS_SPARE_REQUESTS = 64
 # ServeConfig fields that mean nothing on Ray: where to listen is Serve's http_options,
 # batching is each deployment's settings, and a replica's threads follow its CPUs.
 NOT_FOR_RAY = ("host", "port", "workers", "log_level", "access_log", "batching")
@@ -181,10 +183,12 @@ def deployment_settings(config: ServeConfig, options: RayServeOptions) -> dict[s
         "ray_actor_options": {"num_cpus": cpus, "num_gpus": options.replica_gpus},
     }
     settings = {task.value: copy.deepcopy(task_settings) for task in config.tasks}
+    # The ingress only awaits: it may hold all its tasks can take (so their limits answer
+    # 503 first), and room besides for /health and /metrics.
+    task_capacity = max_ongoing * options.most_replicas + batching.max_queue
     settings[INGRESS] = {
         "num_replicas": 1,
-        # It awaits every request it holds, so it may hold a task's whole queue.
-        "max_ongoing_requests": batching.max_queue,
+        "max_ongoing_requests": len(config.tasks) * task_capacity + INGRESS_SPARE_REQUESTS,
         "ray_actor_options": {"num_cpus": INGRESS_CPUS},
     }
     return settings
@@ -294,7 +298,8 @@ def run(config: ServeConfig, options: RayServeOptions, log_line: Callable[[str],
     from bertrt.serve.ray_app import build_application
 
     config = resolve_config(config)
-    with _connected(ray, options.address) as own_instance:
+    # Signals are caught from the start: one that comes while the app deploys stops it once deployed.
+    with _connected(ray, options.address) as own_instance, _stop_requested() as stop:
         if own_instance:
             options = _fit_this_machine(options, len(config.tasks), ray.cluster_resources().get("CPU", 1.0))
         deployment_settings(config, options)  # refuse a bad layout before anything deploys
@@ -306,7 +311,8 @@ def run(config: ServeConfig, options: RayServeOptions, log_line: Callable[[str],
                 f"Serving {', '.join(t.value for t in config.tasks)} on Ray Serve at http://{config.host}:{config.port}"
                 f" ({options.replicas} replica(s) per task, {cpus:g} CPU(s) each); Ctrl-C stops it."
             )
-            _wait_for_stop()
+            while not stop.wait(1.0):
+                pass
             log_line("Stopping: taking the app down.")
         finally:
             if own_instance:
@@ -356,8 +362,10 @@ def _connected(ray: Any, address: str | None) -> Iterator[bool]:
         ray.shutdown()
 
 
-def _wait_for_stop() -> None:
-    """Block until SIGINT or SIGTERM."""
+@contextmanager
+def _stop_requested() -> Iterator[threading.Event]:
+    """An event set by SIGINT or SIGTERM while the block runs (Ray's own handlers, which
+    exit at once, are put back after it)."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -365,8 +373,7 @@ def _wait_for_stop() -> None:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not stop.wait(1.0):
-            pass
+        yield stop
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
