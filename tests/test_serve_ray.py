@@ -10,6 +10,7 @@ Ray installed but start nothing.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -309,31 +310,32 @@ def test_onnx_runtime_threads_follow_the_replica_cpus(ray_serve: str, config: Se
             assert info.intra_op_threads == cpus and info.provider == "CPUExecutionProvider"
 
 
+def classify_concurrently(url: str, texts: list[str], expected: list[Any]) -> None:
+    """One single-text request per text, all at once; each must get the library's answer."""
+    with httpx.Client(base_url=url, timeout=60) as http, ThreadPoolExecutor(len(texts)) as pool:
+        responses = list(pool.map(lambda text: http.post("/classify", json={"texts": text}), texts))
+    assert [r.json()["results"][0] for r in responses] == expected
+
+
 @pytest.mark.ray
-def test_batching_changes_on_running_replicas(ray_serve: str, config: ServeConfig, bundle: bertrt.Bundle) -> None:
+def test_batching_options_reach_the_replicas(ray_serve: str, config: ServeConfig, bundle: bertrt.Bundle) -> None:
     texts = [f"text number {i}" for i in range(8)]
     expected = [r.to_dict() for r in bundle.classifier(texts)]
-
-    def classify_concurrently(url: str) -> None:
-        with httpx.Client(base_url=url, timeout=60) as http, ThreadPoolExecutor(len(texts)) as pool:
-            responses = list(pool.map(lambda text: http.post("/classify", json={"texts": text}), texts))
-        assert [r.json()["results"][0] for r in responses] == expected
-
-    one_by_one = replace(config, tasks=(bertrt.Task.CLASSIFY,), batching=BatcherOptions(max_batch_size=1))
-    with RayApp(ray_serve, one_by_one) as app:
-        before = app.handle("classify").describe.remote().result(timeout_s=60)
-        runs = batch_runs(app.url, "classify")
-        classify_concurrently(app.url)
-        assert batch_runs(app.url, "classify") - runs == len(texts), "max_batch_size 1: one request per run"
-        # The same app with other batching: Serve calls reconfigure on the running replica.
-        merging = replace(one_by_one, batching=BatcherOptions(max_batch_size=8, max_wait_ms=300))
-        with RayApp(ray_serve, merging) as changed:
-            after = changed.handle("classify").describe.remote().result(timeout_s=60)
-            assert after.replica == before.replica, "a batching change must not restart the replica"
-            assert (after.max_batch_size, after.batch_wait_timeout_s) == (8, 0.3)
-            runs = batch_runs(changed.url, "classify")
-            classify_concurrently(changed.url)
-            assert batch_runs(changed.url, "classify") - runs < len(texts), "requests should share runs"
+    for batching in (BatcherOptions(max_batch_size=1), BatcherOptions(max_batch_size=8, max_wait_ms=300)):
+        classify = replace(config, tasks=(bertrt.Task.CLASSIFY,), batching=batching)
+        with RayApp(ray_serve, classify) as app:
+            info = app.handle("classify").describe.remote().result(timeout_s=60)
+            assert (info.max_batch_size, info.batch_wait_timeout_s) == (
+                batching.max_batch_size,
+                batching.max_wait_ms / 1000,
+            )
+            runs = batch_runs(app.url, "classify")
+            classify_concurrently(app.url, texts, expected)
+            runs = batch_runs(app.url, "classify") - runs
+        if batching.max_batch_size == 1:
+            assert runs == len(texts), "max_batch_size 1: one request per model run"
+        else:
+            assert runs < len(texts), "concurrent requests should share model runs"
 
 
 @pytest.mark.ray
@@ -427,7 +429,7 @@ def head_node() -> Iterator[dict[str, Any]]:
             assert head.poll() is None, "ray start --head exited"
             assert time.monotonic() < deadline, "the head node's dashboard never answered"
             time.sleep(0.5)
-        yield {"env": env, "dashboard": address}
+        yield {"env": env, "dashboard": address, "gcs": f"127.0.0.1:{gcs}"}
     finally:
         left = stop(processes_marked(token))
         head.wait(30)
@@ -442,25 +444,74 @@ def _answers(url: str) -> bool:
         return False
 
 
+# Asks the classify replica of a cluster's bertrt app to describe itself (a driver of its own:
+# this test process may already belong to the session's Ray instance).
+DESCRIBE = """
+import json, sys
+import ray
+from ray import serve
+ray.init(address=sys.argv[1], log_to_driver=False)
+info = serve.get_deployment_handle("classify", app_name="bertrt").describe.remote().result(timeout_s=60)
+print("INFO " + json.dumps({"replica": info.replica, "max_batch_size": info.max_batch_size}))
+"""
+
+
+def describe_classify(head: dict[str, Any]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", DESCRIBE, head["gcs"]], capture_output=True, text=True, env=head["env"], timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("INFO ")]
+    info: dict[str, Any] = json.loads(line.removeprefix("INFO "))
+    return info
+
+
 @pytest.mark.ray
-def test_print_config_deploys_with_serve_deploy(
+def test_print_config_deploys_with_serve_deploy_and_batching_changes_in_place(
     head_node: dict[str, Any], tiny_bundle: Path, tmp_path: Path, bundle: bertrt.Bundle
 ) -> None:
     [port] = free_ports(1)
     options = ["--engine", "ray", "--print-config", "--models", str(tiny_bundle), "--device", "cpu"]
-    options += ["--port", str(port), "--replica-cpus", "0.5"]
+    options += ["--port", str(port), "--replica-cpus", "0.5", "--max-batch-size", "1"]
     printed = subprocess.run([sys.executable, "-m", "bertrt", "serve", *options], capture_output=True, text=True)
     assert printed.returncode == 0, printed.stderr
     serve_yaml = tmp_path / "serve.yaml"
     serve_yaml.write_text(printed.stdout)
     deploy = [sys.executable, "-m", "ray.serve.scripts", "deploy", str(serve_yaml), "--address", head_node["dashboard"]]
-    deployed = subprocess.run(deploy, capture_output=True, text=True, env=head_node["env"], timeout=DEADLINE_S)
-    assert deployed.returncode == 0, deployed.stderr[-3000:]
+
+    def serve_deploy() -> None:
+        done = subprocess.run(deploy, capture_output=True, text=True, env=head_node["env"], timeout=DEADLINE_S)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    serve_deploy()
     url = f"http://127.0.0.1:{port}"
     wait_until_ready(url, timeout=DEADLINE_S)
+    texts = [f"text number {i}" for i in range(8)]
+    expected = [r.to_dict() for r in bundle.classifier(texts)]
     with httpx.Client(base_url=url, timeout=60) as http:
         assert http.get("/health").json()["tasks"] == ["embed", "classify", "qa"]
         answer = http.post("/classify", json={"texts": ["i love paris", "a"], "top_k": 2})
         assert answer.json()["results"] == [r.to_dict() for r in bundle.classifier(["i love paris", "a"], top_k=2)]
         qa = http.post("/qa", json={"question": "what has cells?", "context": CONTEXT})
         assert qa.json()["results"] == [bundle.qa.answer("what has cells?", CONTEXT).to_dict()]
+    before = describe_classify(head_node)
+    assert before["max_batch_size"] == 1
+    runs = batch_runs(url, "classify")
+    classify_concurrently(url, texts, expected)
+    assert batch_runs(url, "classify") - runs == len(texts), "max_batch_size 1: one request per model run"
+
+    # New batching in the file, deployed again: the running replica takes it, no restart.
+    document = yaml.safe_load(serve_yaml.read_text())
+    [classify] = [d for d in document["applications"][0]["deployments"] if d["name"] == "classify"]
+    classify["user_config"] = {"max_batch_size": 8, "batch_wait_timeout_s": 0.3}
+    classify["max_ongoing_requests"] = 16
+    serve_yaml.write_text(yaml.safe_dump(document))
+    serve_deploy()
+    deadline = time.monotonic() + DEADLINE_S
+    while (after := describe_classify(head_node))["max_batch_size"] != 8:
+        assert time.monotonic() < deadline, "the new user_config never reached the replica"
+        time.sleep(1)
+    assert after["replica"] == before["replica"], "a batching change must not restart the replica"
+    runs = batch_runs(url, "classify")
+    classify_concurrently(url, texts, expected)
+    assert batch_runs(url, "classify") - runs < len(texts), "concurrent requests should share model runs"
