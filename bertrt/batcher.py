@@ -378,7 +378,10 @@ def run_items(
     columns = [list(column) for column in zip(*items, strict=True)]
     results = runner(*columns, **dict(options))
     if len(results) != len(items):
-        raise RuntimeError(f"{name}'s runner returned {len(results)} results for {len(items)} inputs.")
+        raise RunnerError(
+            f"{name}'s runner returned {len(results)} results for {len(items)} inputs; "
+            "a runner must return one result per input, in order."
+        )
     return results
 
 

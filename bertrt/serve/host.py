@@ -88,6 +88,12 @@ def open_bundle(config: ServeConfig) -> Bundle:
     return bundle
 
 
+def http_tasks(bundle: Bundle) -> tuple[Task, ...]:
+    """The tasks of ``bundle`` the HTTP routes serve: the built-in ones; a bundle's other
+    models are not exposed."""
+    return tuple(task for task in bundle.tasks if isinstance(task, Task))
+
+
 class ModelHost:
     """Loads the configured bundle once and owns one batcher per served task.
 
@@ -100,8 +106,7 @@ class ModelHost:
         self.metrics = metrics
         # Reading the manifest is quick and fails early on a wrong path.
         self.bundle = bundle if bundle is not None else open_bundle(config)
-        # The HTTP routes serve the built-in tasks; a bundle's other models are not exposed.
-        self.tasks = config.tasks or tuple(task for task in self.bundle.tasks if isinstance(task, Task))
+        self.tasks = config.tasks or http_tasks(self.bundle)
         self.model_name = config.model_name or self.bundle.manifest.recipe
         self.error: str | None = None
         self._batchers: dict[Task, DynamicBatcher[Any]] = {}

@@ -229,13 +229,13 @@ def resolve_config(config: ServeConfig) -> ServeConfig:
     """``config`` as every node must read it, after checking its bundle here: an absolute
     bundle path (nodes do not share this working directory), the served tasks and the
     model name spelt out. A BundleError says what is wrong with the bundle."""
-    from bertrt.serve.host import open_bundle
+    from bertrt.serve.host import http_tasks, open_bundle
 
     bundle = open_bundle(config)
     return replace(
         config,
         models=config.models.resolve(),
-        tasks=config.tasks or bundle.tasks,
+        tasks=config.tasks or http_tasks(bundle),
         model_name=config.model_name or bundle.manifest.recipe,
     )
 

@@ -25,10 +25,8 @@ from typing import Any
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
-from bertrt.batcher import OverloadedError
-from bertrt.errors import BertrtError
+from bertrt.errors import BertrtError, NotReadyError, OverloadedError, TaskNotServedError
 from bertrt.serve.config import ServeConfig
-from bertrt.serve.host import NotReadyError, TaskNotServedError
 from bertrt.serve.metrics import ServeMetrics
 from bertrt.serve.ray_engine import ReplicaInfo, Reply
 from bertrt.types import Task
