@@ -190,6 +190,20 @@ def concurrently() -> Callable[[Callable[[int], None], int], None]:
 
 
 @pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A self-signed CA, and a certificate it issued for 127.0.0.1: (ca, cert, key) PEM files."""
+    trustme = pytest.importorskip("trustme")
+    folder = tmp_path_factory.mktemp("tls")
+    authority = trustme.CA()
+    issued = authority.issue_cert("127.0.0.1")
+    authority.cert_pem.write_to_path(folder / "ca.pem")
+    issued.private_key_pem.write_to_path(folder / "key.pem")
+    for blob in issued.cert_chain_pems:
+        blob.write_to_path(folder / "cert.pem", append=True)
+    return folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+
+
+@pytest.fixture(scope="session")
 def ray_session() -> Iterator[Any]:
     """One Ray instance for the session's `ray` tests: 2 CPUs on loopback, no dashboard, a
     temp folder of its own (never the last cluster `ray start` left on the machine). At the

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import httpx
 from ray import serve
+from serving import wait_until_ready
 
 from bertrt.serve import ServeConfig
 from bertrt.serve.ray_app import build_application
@@ -36,16 +35,3 @@ class RayApp:
     def handle(self, deployment: str) -> Any:
         """A handle on one of the app's deployments (``classify``, ``ingress``...)."""
         return serve.get_deployment_handle(deployment, app_name=APP_NAME)
-
-
-def wait_until_ready(url: str, timeout: float = 60.0) -> None:
-    """Poll ``GET /health`` until it answers 200; TimeoutError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not become ready in {timeout} s")

@@ -520,20 +520,6 @@ def test_serve_command_refuses_bad_keys_and_tls_files_in_one_line(
 # --- TLS ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """A self-signed CA, and a certificate it issued for 127.0.0.1: (ca, cert, key) PEM files."""
-    trustme = pytest.importorskip("trustme")
-    folder = tmp_path_factory.mktemp("tls")
-    authority = trustme.CA()
-    issued = authority.issue_cert("127.0.0.1")
-    authority.cert_pem.write_to_path(folder / "ca.pem")
-    issued.private_key_pem.write_to_path(folder / "key.pem")
-    for blob in issued.cert_chain_pems:
-        blob.write_to_path(folder / "cert.pem", append=True)
-    return folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
-
-
 def test_https_with_a_self_signed_certificate(
     tiny_bundle: Path, tmp_path: Path, certificate: tuple[Path, Path, Path], bundle: bertrt.Bundle
 ) -> None:

@@ -16,6 +16,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,8 @@ pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 yaml = pytest.importorskip("yaml")
 from ray_processes import MARKER, processes_marked, stop  # noqa: E402
-from ray_serving import RayApp, wait_until_ready  # noqa: E402
+from ray_serving import RayApp  # noqa: E402
+from serving import wait_until_ready  # noqa: E402
 
 from bertrt.serve.ray_app import app_builder, build_application  # noqa: E402
 from bertrt.serve.ray_engine import APP_NAME, RayServeOptions, resolve_config  # noqa: E402
@@ -78,11 +80,11 @@ def free_ports(count: int) -> list[int]:
             probe.close()
 
 
-def batch_runs(url: str, task: str) -> float:
-    """Model runs of ``task`` so far, from the app's ``/metrics``."""
+def batch_runs(url: str, task: str, **client: Any) -> float:
+    """Model runs of ``task`` so far, from the app's ``/metrics`` (``client``: httpx options)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    text = httpx.get(f"{url}/metrics", timeout=10, **client).text
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
@@ -182,6 +184,35 @@ def test_batches_that_could_never_fill_are_refused_when_the_app_is_built(
     assert "max_ongoing_requests (32) is less than max_batch_size (64)" in result.stderr
     with pytest.raises(ConfigError, match="never holds enough requests to fill a batch"):
         build_application(resolve_config(config), RayServeOptions(max_ongoing_requests=4))
+
+
+def test_print_config_never_writes_api_keys(tiny_bundle: Path, monkeypatch: Any) -> None:
+    monkeypatch.delenv("BERTRT_API_KEYS", raising=False)
+    result = run_cli("--engine", "ray", "--print-config", "--models", str(tiny_bundle), "--api-key", "k-secret-1")
+    assert result.exit_code == 2 and result.stdout == "" and "k-secret-1" not in result.stderr
+    assert "does not write API keys into serve.yaml" in result.stderr and "--api-key-file" in result.stderr
+
+
+def test_print_config_carries_the_key_file_and_tls(
+    tiny_bundle: Path, certificate: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.delenv("BERTRT_API_KEYS", raising=False)
+    _, cert, key = certificate
+    (tmp_path / "keys.txt").write_text("k-file-1\n")
+    monkeypatch.chdir(tmp_path)
+    result = run_cli(
+        "--engine", "ray", "--print-config", "--models", str(tiny_bundle), "--api-key-file", "keys.txt",
+        "--metrics-public", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    document = yaml.safe_load(result.stdout)
+    # Ray Serve's HTTP proxies serve HTTPS with the same files as uvicorn.
+    assert document["http_options"] == {
+        "host": "127.0.0.1", "port": 8000, "ssl_certfile": str(cert), "ssl_keyfile": str(key),
+    }  # fmt: skip
+    served = document["applications"][0]["args"]["config"]
+    assert served["api_key_file"] == str(tmp_path / "keys.txt") and served["metrics_public"] is True
+    assert "k-file-1" not in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -310,9 +341,9 @@ def test_onnx_runtime_threads_follow_the_replica_cpus(ray_serve: str, config: Se
             assert info.intra_op_threads == cpus and info.provider == "CPUExecutionProvider"
 
 
-def classify_concurrently(url: str, texts: list[str], expected: list[Any]) -> None:
+def classify_concurrently(url: str, texts: list[str], expected: list[Any], **client: Any) -> None:
     """One single-text request per text, all at once; each must get the library's answer."""
-    with httpx.Client(base_url=url, timeout=60) as http, ThreadPoolExecutor(len(texts)) as pool:
+    with httpx.Client(base_url=url, timeout=60, **client) as http, ThreadPoolExecutor(len(texts)) as pool:
         responses = list(pool.map(lambda text: http.post("/classify", json={"texts": text}), texts))
     assert [r.json()["results"][0] for r in responses] == expected
 
@@ -336,6 +367,23 @@ def test_batching_options_reach_the_replicas(ray_serve: str, config: ServeConfig
             assert runs == len(texts), "max_batch_size 1: one request per model run"
         else:
             assert runs < len(texts), "concurrent requests should share model runs"
+
+
+@pytest.mark.ray
+def test_an_api_key_is_required_on_ray_too(ray_serve: str, config: ServeConfig, bundle: bertrt.Bundle) -> None:
+    keyed = replace(config, tasks=(bertrt.Task.CLASSIFY,), api_keys=("k-ray-1",))
+    with RayApp(ray_serve, keyed) as app, httpx.Client(base_url=app.url, timeout=60) as http:
+        refused = http.post("/classify", json={"texts": "i love paris"})
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        assert refused.json()["error"]["type"] == "unauthorized"
+        wrong = http.post("/classify", json={"texts": "x"}, headers={"Authorization": "Bearer k-ray-2"})
+        assert wrong.status_code == 401
+        assert http.get("/metrics").status_code == 401 and http.get("/health").status_code == 200
+        answer = http.post("/classify", json={"texts": "i love paris"}, headers={"Authorization": "Bearer k-ray-1"})
+        assert answer.json()["results"] == [r.to_dict() for r in bundle.classifier(["i love paris"])]
+        # Refused requests never reach a task replica: it took the one with the key only.
+        info = app.handle("classify").describe.remote().result(timeout_s=60)
+        assert info.calls == 1
 
 
 @pytest.mark.ray
@@ -468,12 +516,24 @@ def describe_classify(head: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.ray
 def test_print_config_deploys_with_serve_deploy_and_batching_changes_in_place(
-    head_node: dict[str, Any], tiny_bundle: Path, tmp_path: Path, bundle: bertrt.Bundle
+    head_node: dict[str, Any],
+    tiny_bundle: Path,
+    tmp_path: Path,
+    bundle: bertrt.Bundle,
+    certificate: tuple[Path, Path, Path],
 ) -> None:
+    # Served as a real deployment would be: HTTPS, and an API key file the ingress reads.
+    authority, cert, key = certificate
+    keys = tmp_path / "keys.txt"
+    keys.write_text("k-deploy-1\n")
     [port] = free_ports(1)
     options = ["--engine", "ray", "--print-config", "--models", str(tiny_bundle), "--device", "cpu"]
-    options += ["--port", str(port), "--replica-cpus", "0.5", "--max-batch-size", "1"]
-    printed = subprocess.run([sys.executable, "-m", "bertrt", "serve", *options], capture_output=True, text=True)
+    options += ["--port", str(port), "--replica-cpus", "0.5", "--max-batch-size", "1", "--api-key-file", str(keys)]
+    options += ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+    env = {name: value for name, value in os.environ.items() if name != "BERTRT_API_KEYS"}
+    printed = subprocess.run(
+        [sys.executable, "-m", "bertrt", "serve", *options], capture_output=True, text=True, env=env
+    )
     assert printed.returncode == 0, printed.stderr
     serve_yaml = tmp_path / "serve.yaml"
     serve_yaml.write_text(printed.stdout)
@@ -484,21 +544,26 @@ def test_print_config_deploys_with_serve_deploy_and_batching_changes_in_place(
         assert done.returncode == 0, done.stderr[-3000:]
 
     serve_deploy()
-    url = f"http://127.0.0.1:{port}"
-    wait_until_ready(url, timeout=DEADLINE_S)
+    url = f"https://127.0.0.1:{port}"
+    trusted = ssl.create_default_context(cafile=str(authority))
+    wait_until_ready(url, timeout=DEADLINE_S, verify=trusted)
     texts = [f"text number {i}" for i in range(8)]
     expected = [r.to_dict() for r in bundle.classifier(texts)]
-    with httpx.Client(base_url=url, timeout=60) as http:
+    key_header = {"Authorization": "Bearer k-deploy-1"}
+    with httpx.Client(base_url=url, timeout=60, verify=trusted, headers=key_header) as http:
         assert http.get("/health").json()["tasks"] == ["embed", "classify", "qa"]
         answer = http.post("/classify", json={"texts": ["i love paris", "a"], "top_k": 2})
         assert answer.json()["results"] == [r.to_dict() for r in bundle.classifier(["i love paris", "a"], top_k=2)]
         qa = http.post("/qa", json={"question": "what has cells?", "context": CONTEXT})
         assert qa.json()["results"] == [bundle.qa.answer("what has cells?", CONTEXT).to_dict()]
+    without_key = httpx.post(f"{url}/classify", json={"texts": "a"}, verify=trusted, timeout=60)
+    assert without_key.status_code == 401 and without_key.json()["error"]["type"] == "unauthorized"
     before = describe_classify(head_node)
     assert before["max_batch_size"] == 1
-    runs = batch_runs(url, "classify")
-    classify_concurrently(url, texts, expected)
-    assert batch_runs(url, "classify") - runs == len(texts), "max_batch_size 1: one request per model run"
+    metrics = {"verify": trusted, "headers": key_header}
+    runs = batch_runs(url, "classify", **metrics)
+    classify_concurrently(url, texts, expected, **metrics)
+    assert batch_runs(url, "classify", **metrics) - runs == len(texts), "max_batch_size 1: one request per model run"
 
     # New batching in the file, deployed again: the running replica takes it, no restart.
     document = yaml.safe_load(serve_yaml.read_text())
@@ -512,6 +577,6 @@ def test_print_config_deploys_with_serve_deploy_and_batching_changes_in_place(
         assert time.monotonic() < deadline, "the new user_config never reached the replica"
         time.sleep(1)
     assert after["replica"] == before["replica"], "a batching change must not restart the replica"
-    runs = batch_runs(url, "classify")
-    classify_concurrently(url, texts, expected)
-    assert batch_runs(url, "classify") - runs < len(texts), "concurrent requests should share model runs"
+    runs = batch_runs(url, "classify", **metrics)
+    classify_concurrently(url, texts, expected, **metrics)
+    assert batch_runs(url, "classify", **metrics) - runs < len(texts), "concurrent requests should share model runs"

@@ -209,12 +209,16 @@ def build_application(config: ServeConfig, options: RayServeOptions) -> Any:
     settings = deployment_settings(config, options)
     # Batching lives in each deployment's settings (user_config, max_queued_requests), not in
     # the replicas' arguments: a change then reconfigures running replicas, not new ones.
-    config_json = replace(config, batching=BatcherOptions()).to_json()
+    ingress_json = replace(config, batching=BatcherOptions()).to_json()
+    # Only the ingress checks API keys; the task replicas never see them.
+    task_json = replace(
+        config, batching=BatcherOptions(), api_keys=(), api_key_file=None, ssl_certfile=None, ssl_keyfile=None
+    ).to_json()
     tasks = {
-        task.value: TASK_DEPLOYMENT.options(name=task.value, **settings[task.value]).bind(config_json, task.value)
+        task.value: TASK_DEPLOYMENT.options(name=task.value, **settings[task.value]).bind(task_json, task.value)
         for task in config.tasks
     }
-    return INGRESS_DEPLOYMENT.options(name=INGRESS, **settings[INGRESS]).bind(config_json, tasks)
+    return INGRESS_DEPLOYMENT.options(name=INGRESS, **settings[INGRESS]).bind(ingress_json, tasks)
 
 
 def app_builder(args: dict[str, Any]) -> Any:

@@ -42,7 +42,8 @@ from typing import Any
 
 from bertrt.batcher import BatcherOptions, BatchReport
 from bertrt.errors import ConfigError
-from bertrt.serve.config import ServeConfig
+from bertrt.serve.config import PATH_FIELDS, ServeConfig
+from bertrt.serve.keys import API_KEYS_ENV
 from bertrt.types import Device
 
 log = logging.getLogger("bertrt.serve")
@@ -56,9 +57,20 @@ BUILDER = "bertrt.serve.ray_app:app_builder"
 INGRESS_CPUS = 0.0
 # Requests the ingress may hold beyond what its task deployments can (/health, /metrics).
 INGRESS_SPARE_REQUESTS = 64
-# ServeConfig fields that mean nothing on Ray: where to listen is Serve's http_options,
-# batching is each deployment's settings, and a replica's threads follow its CPUs.
-NOT_FOR_RAY = ("host", "port", "workers", "log_level", "access_log", "batching")
+# ServeConfig fields that serve.yaml carries elsewhere, or that mean nothing on Ray: where to
+# listen and TLS are Serve's http_options, batching is each deployment's settings, a replica's
+# threads follow its CPUs, and literal API keys never go into the file.
+NOT_FOR_RAY = (
+    "host",
+    "port",
+    "workers",
+    "log_level",
+    "access_log",
+    "batching",
+    "api_keys",
+    "ssl_certfile",
+    "ssl_keyfile",
+)
 NOT_FOR_RAY_RUNTIME = ("intra_op_threads", "inter_op_threads")
 
 
@@ -226,18 +238,27 @@ def config_from_args(args: dict[str, Any]) -> ServeConfig:
 
 
 def resolve_config(config: ServeConfig) -> ServeConfig:
-    """``config`` as every node must read it, after checking its bundle here: an absolute
-    bundle path (nodes do not share this working directory), the served tasks and the
-    model name spelt out. A BundleError says what is wrong with the bundle."""
+    """``config`` as every node must read it, after checking its bundle, API key file and TLS
+    files here: absolute paths (nodes do not share this working directory), the served tasks
+    and the model name spelt out. A BundleError or ConfigError says what is wrong."""
     from bertrt.serve.host import http_tasks, open_bundle
+    from bertrt.serve.server import check_security
 
     bundle = open_bundle(config)
+    check_security(config)
     return replace(
         config,
         models=config.models.resolve(),
         tasks=config.tasks or http_tasks(bundle),
         model_name=config.model_name or bundle.manifest.recipe,
+        **{name: getattr(config, name).resolve() for name in PATH_FIELDS if getattr(config, name) is not None},
     )
+
+
+def http_options(config: ServeConfig) -> dict[str, Any]:
+    """Serve's ``http_options`` for ``config``: where its HTTP proxies listen, and HTTPS when
+    the config names a certificate (Ray Serve's proxies take the same TLS files as uvicorn)."""
+    return {"host": config.host, "port": config.port, **config.ssl_options()}
 
 
 def serve_config(config: ServeConfig, options: RayServeOptions) -> dict[str, Any]:
@@ -245,7 +266,7 @@ def serve_config(config: ServeConfig, options: RayServeOptions) -> dict[str, Any
     deployments = [{"name": name, **settings} for name, settings in deployment_settings(config, options).items()]
     return {
         "proxy_location": "EveryNode",
-        "http_options": {"host": config.host, "port": config.port},
+        "http_options": http_options(config),
         "applications": [
             {
                 "name": APP_NAME,
@@ -264,6 +285,11 @@ def serve_config_yaml(config: ServeConfig, options: RayServeOptions) -> str:
     serve = import_serve()
     import yaml
 
+    if config.api_keys:
+        raise ConfigError(
+            "--print-config does not write API keys into serve.yaml, where anyone who reads the file would find "
+            f"them; pass --api-key-file (a file at the same path on every node), not --api-key or ${API_KEYS_ENV}."
+        )
     config = resolve_config(config)
     document = serve_config(config, options)
     serve.schema.ServeDeploySchema.model_validate(document)
@@ -303,12 +329,13 @@ def run(config: ServeConfig, options: RayServeOptions, log_line: Callable[[str],
         if own_instance:
             options = _fit_this_machine(options, len(config.tasks), ray.cluster_resources().get("CPU", 1.0))
         deployment_settings(config, options)  # refuse a bad layout before anything deploys
-        serve.start(http_options={"host": config.host, "port": config.port}, proxy_location="EveryNode")
+        serve.start(http_options=http_options(config), proxy_location="EveryNode")
         try:
             serve.run(build_application(config, options), name=APP_NAME, route_prefix="/", blocking=False)
             cpus = options.replica_cpus if options.replica_cpus is not None else 1.0
+            scheme = "https" if config.ssl_certfile else "http"
             log_line(
-                f"Serving {', '.join(t.value for t in config.tasks)} on Ray Serve at http://{config.host}:{config.port}"
+                f"Serving {', '.join(t.value for t in config.tasks)} on Ray Serve at {scheme}://{config.host}:{config.port}"
                 f" ({options.replicas} replica(s) per task, {cpus:g} CPU(s) each); Ctrl-C stops it."
             )
             while not stop.wait(1.0):
