@@ -215,6 +215,16 @@ def test_print_config_carries_the_key_file_and_tls(
     assert "k-file-1" not in result.stdout
 
 
+def test_a_ray_instance_of_the_commands_own_shares_its_cpus_among_the_replicas() -> None:
+    from bertrt.serve.ray_run import _fit_this_machine
+
+    # Three tasks of two replicas on 2 CPUs: a third of a CPU each (one ONNX Runtime thread).
+    assert _fit_this_machine(RayServeOptions(replicas=2), tasks=3, cpus=2.0).replica_cpus == 0.33
+    assert _fit_this_machine(RayServeOptions(replica_cpus=0.5), tasks=3, cpus=2.0).replica_cpus == 0.5
+    with pytest.raises(ConfigError, match="need 3 CPUs but this machine's Ray instance has 2"):
+        _fit_this_machine(RayServeOptions(replica_cpus=1), tasks=3, cpus=2.0)
+
+
 @pytest.mark.parametrize(
     "options, phrase",
     [
@@ -469,12 +479,14 @@ def head_node() -> Iterator[dict[str, Any]]:
     command += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)]
     command += ["--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent)]
     command += ["--min-worker-port", "0", "--max-worker-port", "0", "--block"]
-    head = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    log = Path(temp) / "ray-start.log"
+    with log.open("w") as output:
+        head = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     try:
         address = f"http://127.0.0.1:{dashboard}"
         deadline = time.monotonic() + DEADLINE_S
         while not _answers(f"{address}/api/version"):
-            assert head.poll() is None, "ray start --head exited"
+            assert head.poll() is None, f"ray start --head exited: {log.read_text()[-2000:]}"
             assert time.monotonic() < deadline, "the head node's dashboard never answered"
             time.sleep(0.5)
         yield {"env": env, "dashboard": address, "gcs": f"127.0.0.1:{gcs}"}

@@ -3,7 +3,7 @@
 The command builds one :class:`~bertrt.serve.ServeConfig` (API keys from ``--api-key`` and
 ``$BERTRT_API_KEYS`` together) and hands it to an engine: ``uvicorn``
 (:func:`bertrt.serve.server.run`: this machine, ``--workers`` processes) or ``ray``
-(:func:`bertrt.serve.ray_engine.run`: Ray Serve replicas over a cluster, or
+(:func:`bertrt.serve.ray_run.run`: Ray Serve replicas over a cluster, or
 ``--print-config`` for ``serve deploy``). The server stack (FastAPI, uvicorn,
 prometheus_client: the ``serve`` extra) and Ray (the ``ray`` extra) are imported only
 when the command runs, so the rest of the CLI works without them.
@@ -22,7 +22,7 @@ from bertrt.batcher import BatcherOptions
 from bertrt.cli import app
 from bertrt.cli.common import DEFAULT_MODELS, DeviceOption, ModelsOption, PrecisionOption, command_errors
 from bertrt.errors import ConfigError
-from bertrt.serve import ray_engine
+from bertrt.serve import ray_engine, ray_run
 from bertrt.serve.config import DEFAULT_HOST, DEFAULT_PORT, SERVE_FORWARD_BATCH, ServeConfig, serving_runtime
 from bertrt.serve.keys import API_KEYS_ENV, check_key, keys_from_text
 from bertrt.serve.server import run
@@ -350,4 +350,4 @@ def serve(
         if print_config:
             typer.echo(ray_engine.serve_config_yaml(config, options), nl=False)
             return
-        ray_engine.run(config, options, log_line=lambda line: typer.echo(line, err=True))
+        ray_run.run(config, options, log_line=lambda line: typer.echo(line, err=True))

@@ -5,11 +5,12 @@ runner behind a ``@serve.batch`` method, see :mod:`bertrt.serve.ray_app`) and an
 ``ingress`` deployment: the very FastAPI app of ``bertrt serve``, mounted with
 ``@serve.ingress``, whose routes send each request to its task's deployment.
 
-This module holds what needs no Ray: the options (:class:`RayServeOptions`), each
-deployment's settings (:func:`deployment_settings`, the one place they are worked out, for
-``serve.run`` and for the ``serve.yaml`` of ``--print-config`` alike) and the command's run
-loop (:func:`run`). Ray itself is imported only when a command needs it, so ``import
-bertrt`` never imports ray; it comes with the ``ray`` extra.
+This module holds the engine's settings and needs no Ray: the options
+(:class:`RayServeOptions`), each deployment's settings (:func:`deployment_settings`, the
+one place they are worked out, for ``serve.run`` and for the ``serve.yaml`` of
+``--print-config`` alike), and what replicas send the ingress. :mod:`bertrt.serve.ray_run`
+runs the app from the command line. Ray itself is imported only when a command needs it,
+so ``import bertrt`` never imports ray; it comes with the ``ray`` extra.
 
 Batching maps onto Serve as follows: ``max_batch_size`` (texts or QA pairs per merged run)
 and ``max_wait_ms`` become the ``@serve.batch`` method's ``max_batch_size`` and
@@ -23,20 +24,12 @@ Example::
 
     options = RayServeOptions(replicas=2, replica_cpus=1)
     print(serve_config_yaml(config, options))     # the serve.yaml for `serve deploy`
-    run(config, options)                           # serve until SIGINT or SIGTERM
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import logging
-import math
-import os
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -45,8 +38,6 @@ from bertrt.errors import ConfigError
 from bertrt.serve.config import PATH_FIELDS, ServeConfig
 from bertrt.serve.keys import API_KEYS_ENV
 from bertrt.types import Device
-
-log = logging.getLogger("bertrt.serve")
 
 INSTALL_HINT = "--engine ray needs Ray Serve, which is not installed; pip install 'bertrt[ray]'."
 APP_NAME = "bertrt"
@@ -310,97 +301,3 @@ def import_serve() -> Any:
     except ImportError:
         raise ConfigError(INSTALL_HINT) from None
     return serve
-
-
-def run(config: ServeConfig, options: RayServeOptions, log_line: Callable[[str], None] = log.info) -> None:
-    """Serve ``config`` on Ray Serve until SIGINT or SIGTERM (blocks), then take the app down.
-
-    Joins ``options.address`` (or ``$RAY_ADDRESS``), else starts a Ray instance here and
-    stops it at the end. The bundle is checked before Ray starts.
-    """
-    serve = import_serve()
-    import ray
-
-    from bertrt.serve.ray_app import build_application
-
-    config = resolve_config(config)
-    # Signals are caught from the start: one that comes while the app deploys stops it once deployed.
-    with _connected(ray, options.address) as own_instance, _stop_requested() as stop:
-        if own_instance:
-            options = _fit_this_machine(options, len(config.tasks), ray.cluster_resources().get("CPU", 1.0))
-        deployment_settings(config, options)  # refuse a bad layout before anything deploys
-        serve.start(http_options=http_options(config), proxy_location="EveryNode")
-        try:
-            serve.run(build_application(config, options), name=APP_NAME, route_prefix="/", blocking=False)
-            cpus = options.replica_cpus if options.replica_cpus is not None else 1.0
-            scheme = "https" if config.ssl_certfile else "http"
-            log_line(
-                f"Serving {', '.join(t.value for t in config.tasks)} on Ray Serve at {scheme}://{config.host}:{config.port}"
-                f" ({options.replicas} replica(s) per task, {cpus:g} CPU(s) each); Ctrl-C stops it."
-            )
-            while not stop.wait(1.0):
-                pass
-            log_line("Stopping: taking the app down.")
-        finally:
-            if own_instance:
-                serve.shutdown()
-            else:
-                serve.delete(APP_NAME)
-
-
-def _fit_this_machine(options: RayServeOptions, tasks: int, cpus: float) -> RayServeOptions:
-    """On a Ray instance of this command's own: the CPUs shared evenly among the replicas
-    unless ``--replica-cpus`` says otherwise, and a clear error when they cannot all fit."""
-    replicas = tasks * options.most_replicas
-    if options.replica_cpus is None:
-        # Ray counts CPUs in steps of 1/10000; round down so that every replica fits.
-        return replace(options, replica_cpus=max(0.01, math.floor(100 * cpus / replicas) / 100))
-    if options.replica_cpus * replicas > cpus:
-        raise ConfigError(
-            f"{replicas} replicas of {options.replica_cpus:g} CPU(s) need {options.replica_cpus * replicas:g} CPUs but "
-            f"this machine's Ray instance has {cpus:g}; lower --replica-cpus or --replicas, or join a cluster with "
-            "--address."
-        )
-    return options
-
-
-@contextmanager
-def _connected(ray: Any, address: str | None) -> Iterator[bool]:
-    """Connected to the cluster at ``address`` (or ``$RAY_ADDRESS``), or to a Ray instance
-    started here (never the last one ``ray start`` left on this machine); yields whether the
-    instance is this command's own, which is stopped at the end."""
-    target = address or os.environ.get("RAY_ADDRESS") or "local"
-    own = target == "local"
-    try:
-        ray.init(
-            address=target,
-            logging_level=logging.WARNING,
-            **({"include_dashboard": False} if own else {}),
-        )
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"Cannot join the Ray cluster at {target} ({reason}); check --address, or start one with "
-            "`ray start --head`."
-        ) from None
-    try:
-        yield own
-    finally:
-        ray.shutdown()
-
-
-@contextmanager
-def _stop_requested() -> Iterator[threading.Event]:
-    """An event set by SIGINT or SIGTERM while the block runs (Ray's own handlers, which
-    exit at once, are put back after it)."""
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
