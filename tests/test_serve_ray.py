@@ -344,11 +344,11 @@ def test_a_replicas_refusal_and_a_full_queue_keep_their_status(config: ServeConf
 
 @pytest.mark.ray
 def test_onnx_runtime_threads_follow_the_replica_cpus(ray_serve: str, config: ServeConfig) -> None:
+    # Two CPUs: not the one thread `bertrt serve` would give ONNX Runtime on this machine.
     classify = replace(config, tasks=(bertrt.Task.CLASSIFY,))
-    for cpus in (2.0, 1.0):
-        with RayApp(ray_serve, classify, RayServeOptions(replica_cpus=cpus)) as app:
-            info = app.handle("classify").describe.remote().result(timeout_s=60)
-            assert info.intra_op_threads == cpus and info.provider == "CPUExecutionProvider"
+    with RayApp(ray_serve, classify, RayServeOptions(replica_cpus=2)) as app:
+        info = app.handle("classify").describe.remote().result(timeout_s=60)
+    assert info.intra_op_threads == 2 and info.provider == "CPUExecutionProvider"
 
 
 def classify_concurrently(url: str, texts: list[str], expected: list[Any], **client: Any) -> None:
