@@ -192,6 +192,13 @@ def test_invalid_requests_get_clear_errors(
     assert error["type"] == kind and phrase in error["message"]
 
 
+def test_an_empty_list_gets_no_results(client: Any) -> None:
+    empty = {"/classify": {"texts": []}, "/embed": {"texts": []}, "/qa": {"question": [], "context": []}}
+    for path, body in empty.items():
+        response = client.post(path, json=body)
+        assert response.status_code == 200 and response.json() == {"results": []}
+
+
 def test_wrong_method_is_405(client: Any) -> None:
     response = client.get("/classify")
     assert response.status_code == 405 and "GET is not allowed on /classify" in response.json()["error"]["message"]

@@ -115,6 +115,8 @@ class TaskReplica:
         """One request: the runner's inputs (texts, or questions and contexts) and options."""
         items = call_items(self.run_texts, tuple(inputs), self.arity, self.task.value)
         self.calls += 1
+        if not items:
+            return Reply([])
         outcome = await self._run_batch(_Call(items, options_key(options), self.limit))
         if isinstance(outcome, Exception):
             raise outcome
