@@ -213,15 +213,20 @@ def ray_session() -> Iterator[Any]:
 
     # Short: Ray's socket paths under it must stay within 107 characters.
     temp = Path(tempfile.mkdtemp(prefix="brt-ray-", dir="/tmp"))
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        _temp_dir=str(temp),
-        log_to_driver=False,
-    )
-    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:"), "Ray is not on loopback"
+    try:
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=str(temp),
+            log_to_driver=False,
+        )
+        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:"), "Ray is not on loopback"
+    except BaseException:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
     yield ray
     if "ray.serve" in sys.modules:
         sys.modules["ray.serve"].shutdown()
