@@ -1,10 +1,11 @@
 """`bertrt serve --engine ray` beyond the HTTP API (which test_serve.py runs on both engines):
-the command line and the serve.yaml it prints, batching changed on running replicas, ONNX
-Runtime threads that follow a replica's CPUs, a full queue, joining a running cluster, and
-`serve deploy` of the printed file on a cluster started with `ray start --head`.
+the command line and the serve.yaml it prints, how the ingress turns Ray's failures into the
+app's errors, batching and ONNX Runtime threads on the replicas, a full queue, API keys,
+joining a running cluster, and `serve deploy` of the printed file (HTTPS, a key file, then
+new batching taken by the running replica) on a cluster started with `ray start --head`.
 
-Tests marked ``ray`` use the session's Ray instance (2 CPUs, loopback); the others need
-Ray installed but start nothing.
+Tests marked ``ray`` start Ray (the session's instance, or a cluster of their own; 2 CPUs,
+loopback); the others need Ray installed but start nothing.
 """
 
 from __future__ import annotations
