@@ -40,7 +40,6 @@ from bertrt.serve.ray_engine import (
     ReplicaInfo,
     Reply,
     batching_from_settings,
-    check_batches_fill,
     config_from_args,
     deployment_settings,
     resolve_config,
@@ -99,12 +98,13 @@ class TaskReplica:
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply ``user_config`` (``max_batch_size``, ``batch_wait_timeout_s``) to the
-        running replica; a ConfigError when it cannot fill a batch."""
+        running replica.
+
+        Whether ``max_ongoing_requests`` can fill a batch is checked when the app is built;
+        Serve calls this before the replica sees the rest of a new config, so a check here
+        would read the old ``max_ongoing_requests`` (Serve itself logs a warning when a
+        batch cannot fill)."""
         batching = batching_from_settings(user_config)
-        context = serve.get_replica_context()
-        deployment_config = getattr(context, "_deployment_config", None)
-        if deployment_config is not None:
-            check_batches_fill(deployment_config.max_ongoing_requests, batching.max_batch_size)
         # No await from here on: a batch being formed sees either all the change or none.
         self.limit.max_batch_size = batching.max_batch_size
         self.limit.batch_wait_timeout_s = batching.max_wait_ms / 1000
