@@ -47,7 +47,7 @@ def wait_gone(processes: list[psutil.Process], timeout: float) -> list[int]:
     return [p.pid for p in alive]
 
 
-def stop(processes: list[psutil.Process], grace: float = 10.0) -> list[int]:
+def stop(processes: list[psutil.Process], grace: float = 5.0) -> list[int]:
     """SIGTERM ``processes``, SIGKILL what is left after ``grace`` seconds; the ids of any
     still alive after that (none, normally)."""
     for process in processes:
