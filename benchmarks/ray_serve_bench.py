@@ -46,11 +46,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bertrt.bench.machine import load_average, machine_info
-from bertrt.bench.serve_bench import (
+# Ray on loopback: Ray moves 127.0.0.1 to the machine's network address unless told this is
+# a one-machine setup. Read when ray is first imported, so set before anything imports it.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from bertrt.bench.machine import load_average, machine_info  # noqa: E402
+from bertrt.bench.serve_bench import (  # noqa: E402
     ENDPOINTS,
     RunResult,
     ServeBenchConfig,
+    batch_size_stats,
     client,
     free_port,
     request_bodies,
@@ -156,7 +161,7 @@ def measure_ray(
     batch sizes, memory by process, then each layout at 32 clients."""
     from ray import serve
 
-    from bertrt.serve.ray_engine import RayServeOptions
+    from bertrt.serve.ray_engine import APP_NAME, RayServeOptions
 
     port = free_port()
     with ray_instance() as (ray, timings):
@@ -165,17 +170,19 @@ def measure_ray(
         timings["serve_start_s"] = round(time.perf_counter() - started, 2)
         timings["deploy_to_ready_s"] = deploy(config, RayServeOptions(replica_cpus=float(threads)), port)
         record: dict[str, Any] = {"cold_start": timings}
-        pids = ray_pids(ray)
+        pids = ray_pids()
         for clients in CONCURRENCIES:
             result = load(port, pids, bodies, config.load(clients))
             record[f"c{clients}"] = {**summarize([result]), **loads(result)}
             log(f"  ray, {clients} clients: {summarize([result])}")
         record["batch_sizes"] = batch_histogram(scrape_metrics(port))
-        record["memory_mib"] = memory_by_kind(ray_pids(ray))
+        record["memory_mib"] = memory_by_kind(ray_pids())
         record["layouts"] = {}
         for name, (replicas, cpus) in layouts.items():
+            # Taken down first: a rolling update would wait for CPUs the old replicas hold.
+            serve.delete(APP_NAME)
             deploy(config, RayServeOptions(replicas=replicas, replica_cpus=cpus), port)
-            result = load(port, ray_pids(ray), bodies, config.load(max(CONCURRENCIES)))
+            result = load(port, ray_pids(), bodies, config.load(max(CONCURRENCIES)))
             record["layouts"][name] = {**summarize([result]), **loads(result)}
             log(f"  ray, {replicas} replica(s) x {cpus:g} CPU: {summarize([result])}")
         serve.shutdown()
@@ -186,8 +193,6 @@ def measure_ray(
 def ray_instance() -> Iterator[tuple[Any, dict[str, float]]]:
     """A fresh local Ray instance (every core, loopback, no dashboard, a temp folder of its
     own) and how long ``ray.init`` took; shut down, folder removed, at the end."""
-    # Loopback: Ray otherwise moves 127.0.0.1 to the machine's network address.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     temp = tempfile.mkdtemp(prefix="brt-bench-", dir="/tmp")
@@ -243,11 +248,17 @@ def batching_args(config: RayBenchConfig) -> list[str]:
 
 
 def load(port: int, pids: list[int], bodies: list[bytes], config: ServeBenchConfig) -> RunResult:
-    """Closed-loop clients on ``port``; the CPU time of ``pids`` over the timed window."""
+    """Closed-loop clients on ``port``; the CPU time of ``pids`` over the timed window, and
+    the model runs of the load (from ``/metrics`` before and after)."""
+    before = batch_size_stats(scrape_metrics(port), TASK)
     result = RunResult(load_before=load_average())
     path, _ = ENDPOINTS[config.task]
     asyncio.run(_drive(port, pids, path, bodies, config, result))
     result.load_after = load_average()
+    after = batch_size_stats(scrape_metrics(port), TASK)
+    runs = after["runs"] - before["runs"]
+    texts = after["runs"] * after["mean_texts_per_run"] - before["runs"] * before["mean_texts_per_run"]
+    result.batch_sizes = {"runs": runs, "mean_texts_per_run": texts / runs if runs else 0.0}
     return result
 
 
@@ -286,7 +297,7 @@ def loads(result: RunResult) -> dict[str, Any]:
     return {"load_before": result.load_before, "load_after": result.load_after}
 
 
-def ray_pids(ray: Any) -> list[int]:
+def ray_pids() -> list[int]:
     """This process's Ray processes (the local instance's services, workers and replicas)."""
     import psutil
 
