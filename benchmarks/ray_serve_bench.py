@@ -369,7 +369,7 @@ def figures(runs: dict[str, list[Any]], layouts: dict[str, tuple[int, float]]) -
         "layouts": {
             "1x2": layout["1x2"],
             "2x1": layout["2x1"],
-            "2x1_over_1x2_throughput": round(layout["2x1"]["throughput_rps"] / layout["1x2"]["throughput_rps"], 2),
+            "2x1_over_1x2_throughput": _ratio(layout["2x1"]["throughput_rps"], layout["1x2"]["throughput_rps"]),
         },
         "scaling": {
             "throughput_rps": scaling,
@@ -383,6 +383,12 @@ def figures(runs: dict[str, list[Any]], layouts: dict[str, tuple[int, float]]) -
         },
         "memory_mib": {"bertrt serve": uvicorn[-1]["memory_mib"]["bertrt serve"], "ray": ray[-1]["memory_mib"]},
     }
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator`` to 2 places; None when either is missing or zero (a window
+    too short for any request to finish in it)."""
+    return round(numerator / denominator, 2) if numerator and denominator else None
 
 
 def _median(values: list[float]) -> float:

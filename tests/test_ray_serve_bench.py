@@ -58,6 +58,28 @@ def test_figures_take_medians_and_ratios_within_the_run() -> None:
     assert result["cold_start_s"] == {"bertrt serve": 3.0, "ray_init_s": 5.0, "deploy_to_ready_s": 7.0}
 
 
+def test_a_layout_with_no_finished_request_has_no_ratio() -> None:
+    """A window too short for any request to finish in it gives 0 requests/s, not a crash."""
+    ray_round = {
+        "c1": summary(10, 8),
+        "c32": summary(10, 8),
+        "batch_sizes": {},
+        "memory_mib": {"ray's own": 1.0},
+        "cold_start": {"ray_init_s": 5.0},
+        "layouts": {"1x2": {"requests": 0, "errors": 0, "throughput_rps": 0.0}, "2x1": summary(9, 800)},
+    }
+    uvicorn_round = {
+        "c1": summary(40, 20),
+        "c32": summary(30, 500),
+        "batch_sizes": {},
+        "memory_mib": {"bertrt serve": 1.0},
+        "start_to_ready_s": 3.0,
+    }
+    result = figures({"uvicorn": [uvicorn_round], "ray": [ray_round]}, {"1x2": (1, 2.0), "2x1": (2, 1.0)})
+    assert result["layouts"]["2x1_over_1x2_throughput"] is None
+    assert result["layouts"]["1x2"]["throughput_rps"] == 0.0
+
+
 def test_memory_is_summed_by_process_kind() -> None:
     import os
 
