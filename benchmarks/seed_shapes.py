@@ -159,7 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/seed-shapes.json"))
     parser.add_argument("--run", action="append", choices=RUNS, help="export run(s) to do; default: all")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
+    parser.add_argument(
+        "--speed-only", action="store_true", help="no export: time the bundles an earlier invocation wrote"
+    )
     args = parser.parse_args(argv)
+    if args.speed_only and (args.run or args.no_speed):
+        parser.error("--speed-only runs no export and always times; drop --run and --no-speed")
     args.out.mkdir(parents=True, exist_ok=True)
     sources = build_sources(args.out / "sources")
     results: dict[str, Any] = {
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets_gb": TARGETS_GB,
         "runs": {},
     }
-    for run in args.run or RUNS:
+    for run in () if args.speed_only else args.run or RUNS:
         models = tuple(MODEL_SHAPES) if run == "full" else (run,)
         recipe_file = args.out / f"seed-{run}.toml"
         recipe_file.write_text(seed_recipe(sources, models), encoding="utf-8")
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     bundles = [args.out / f"bundle-{run}" for run in ("full", "classifier")]
     speed_bundle = next((bundle for bundle in bundles if bundle.is_dir()), None)
     if not args.no_speed and speed_bundle is not None:
-        results["speed"] = measure_speed(speed_bundle)
+        results["speed"] = {**measure_speed(speed_bundle), "bundle": str(speed_bundle), "invocation": list(sys.argv)}
     _write(args.results, results)
     print(f"results: {args.results}", file=sys.stderr)
     return 0 if all(r["exit_code"] == 0 and r["within_target"] for r in results["runs"].values()) else 1
