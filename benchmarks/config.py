@@ -19,11 +19,23 @@ from bertrt.errors import ConfigError
 from bertrt.types import Device
 
 # Every system the harness knows, baselines first (the order of tables and plots).
-BASELINES = ("torch", "torch-pipeline", "optimum", "optimum-pipeline", "ort")
+# sentence-transformers' three ways to embed (PyTorch, its ONNX backend, its dynamic int8
+# export) are the embedder's peers; torch-bf16 is PyTorch under bf16 autocast, the fast path
+# on CPUs with AMX or AVX-512 bf16.
+SENTENCE_TRANSFORMERS_SYSTEMS = ("st-torch", "st-onnx", "st-int8")
+BASELINES = (
+    "torch",
+    "torch-pipeline",
+    "optimum",
+    "optimum-pipeline",
+    "ort",
+    *SENTENCE_TRANSFORMERS_SYSTEMS,
+    "torch-bf16",
+)
 BERTRT_SYSTEMS = ("bertrt-fp32", "bertrt-int8", "bertrt-fp16")
 ALL_SYSTEMS = BASELINES + BERTRT_SYSTEMS
 # Systems that need torch, transformers or optimum: imported only when one is requested.
-TORCH_SYSTEMS = frozenset({"torch", "torch-pipeline", "optimum", "optimum-pipeline"})
+TORCH_SYSTEMS = frozenset({"torch", "torch-pipeline", "optimum", "optimum-pipeline", "torch-bf16"})
 
 WORKLOADS = ("w1", "w2", "w3", "scaling", "gemm", "footprint")
 DEFAULT_SQUAD = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "squad" / "dev-v1.1.heldout8.json"

@@ -80,6 +80,7 @@ def run_benchmark(config: BenchConfig, log: Log | None = None) -> dict[str, Any]
         results["footprint"] = _footprint(config, models, inputs, log)
     results["load_average"]["end"] = load_average()
     results["agreement"] = report.agreement(recorder.outputs, REFERENCES)
+    results["fidelity"] = report.fidelity(recorder.vectors, report.FIDELITY_REFERENCES)
     results["ratios"] = report.speedups(recorder.figures, BASELINES)
     results["targets"] = report.targets(results)
     results["seconds"] = time.perf_counter() - started

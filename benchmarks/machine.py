@@ -6,6 +6,7 @@ common benchmarking mistake, so every results file carries them.
 Example::
 
     machine_info()["cpu_model"]   # 'AMD EPYC 9R14 96-Core Processor'
+    cpu_features()                # ('avx2', 'avx512f', 'avx512_vnni', 'amx_bf16', 'amx_int8', ...)
     load_average()                # (0.42, 0.61, 0.80)
 """
 
@@ -20,6 +21,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# CPU flags that decide which kernels run: AVX-512 and VNNI for int8 GEMMs, bf16 and AMX
+# for PyTorch's bf16 autocast and ONNX Runtime's AMX int8 GEMMs, fp16 arithmetic.
+FEATURE_FLAGS = (
+    "avx2",
+    "avx_vnni",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "bf16",
+    "i8mm",
+)
 # Distributions whose versions explain the numbers; absent ones are reported as None.
 _VERSIONED = (
     "bertrt",
@@ -31,6 +48,7 @@ _VERSIONED = (
     "transformers",
     "optimum",
     "optimum-onnx",
+    "sentence-transformers",
 )
 
 
@@ -39,6 +57,7 @@ def machine_info() -> dict[str, Any]:
     and library versions."""
     return {
         "cpu_model": cpu_model(),
+        "cpu_features": list(cpu_features()),
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gb": _memory_gb(),
@@ -57,6 +76,28 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def cpu_features() -> tuple[str, ...]:
+    """The :data:`FEATURE_FLAGS` this CPU reports (``/proc/cpuinfo``; empty where unknown).
+
+    >>> "avx512_vnni" in cpu_features()   # on a Xeon since Cascade Lake
+    True
+    """
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return ()
+    for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith(("flags", "Features")):
+            present = set(line.split(":", 1)[1].split())
+            return tuple(flag for flag in FEATURE_FLAGS if flag in present)
+    return ()
+
+
+def has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AMX or AVX-512 bf16), the case
+    where PyTorch's bf16 autocast is the fast path users reach for."""
+    return bool({"amx_bf16", "avx512_bf16"} & set(cpu_features()))
 
 
 def gpu_name() -> str | None:

@@ -8,7 +8,8 @@ system happened to run last.
 
 Figures are recorded under dotted keys (``w1.classify.short``, ``w2.embed``, ``w3.qa``,
 ``scaling.batch.8x128``, ``peak_batch.32x256``), one entry per system. The answers a
-system gave are kept beside the figures (not in the results file) for agreement checks.
+system gave, and the sentence vectors of W2's embeddings, are kept beside the figures (not
+in the results file) for agreement and fidelity checks.
 
 Example::
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import numpy as np
 from bertrt.bench import workloads
 from bertrt.bench.config import BenchConfig
 from bertrt.bench.subjects import ModelInfo
@@ -48,10 +50,12 @@ class Inputs:
 
 @dataclass
 class Recorder:
-    """Figures by key and system, and the outputs behind them (for agreement)."""
+    """Figures by key and system, the outputs behind them (for agreement) and the vectors
+    behind embedding figures (for fidelity)."""
 
     figures: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     outputs: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    vectors: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def add(self, key: str, system: str, figure: dict[str, Any], outputs: Sequence[Any] | None = None) -> None:
         """Record ``figure`` for ``system`` under ``key`` (and what it answered, if given)."""
@@ -82,7 +86,10 @@ class Measurer:
         last: list[Any] = [None]
         warm = stream[: self.config.batch_size]
         figure = self.throughput(lambda: last.__setitem__(0, serve(stream)), len(stream), lambda: serve(warm))
-        self.recorder.add(f"w2.{operation}", system.name, figure, last[0] if operation == "classify" else None)
+        key = f"w2.{operation}"
+        self.recorder.add(key, system.name, figure, last[0] if operation == "classify" else None)
+        if operation == "embed":
+            self.recorder.vectors.setdefault(key, {})[system.name] = np.asarray(last[0], dtype=np.float32)
 
     def stream_as_requests(self, system: System, stream: list[str]) -> None:
         """W2 classification with the stream arriving as requests of one batch each, where

@@ -47,8 +47,11 @@ def write_plots(results: Mapping[str, Any], path: Path) -> Path:
     _physical(axes[1, 1], results.get("gemm") or {})
     _footprint(axes[1, 2], results.get("footprint") or {})
     machine = results.get("machine", {})
+    shown = ("avx512_vnni", "avx512_bf16", "amx")
+    features = ", ".join(f for f in machine.get("cpu_features", []) if f.startswith(shown))
     fig.suptitle(
         f"bertrt benchmark, {machine.get('cpu_model', '?')} ({machine.get('usable_cores', '?')} cores"
+        f"{'; ' + features if features else ''}"
         f"{', GPU ' + machine['gpu'] if machine.get('gpu') else ''}), {results.get('created', '')}"
         f"{'  [smoke run]' if results.get('smoke') else ''}"
     )
@@ -76,7 +79,7 @@ def _bars(
     width = 0.8 / max(len(systems), 1)
     for i, name in enumerate(systems):
         values = [figures[k].get(name, {}).get(field, 0.0) for k in keys]
-        ax.bar([x + i * width for x in range(len(keys))], values, width, label=name)
+        ax.bar([x + i * width for x in range(len(keys))], values, width, label=name, color=_color(name))
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(keys))], keys, fontsize=8)
     ax.set_yscale("log")
     ax.legend(fontsize=7)
@@ -91,7 +94,7 @@ def _curve(ax: Any, figures: Figures, prefix: str, axis: str, title: str) -> Non
     ax.set_title(title.format(seq=any_point.get("seq")), fontsize=10)
     for name in _systems(figures, keys):
         points = sorted((figures[k][name][axis], figures[k][name]["p50_ms"]) for k in keys if name in figures[k])
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name, color=_color(name))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel(axis)
@@ -129,6 +132,14 @@ def _footprint(ax: Any, footprint: Mapping[str, Any]) -> None:
         ax.text(
             0.02, 0.95, f"import bertrt: {footprint['import_bertrt_s'] * 1e3:.0f} ms", transform=ax.transAxes, va="top"
         )
+
+
+def _color(system: str) -> Any:
+    """One colour per system, the same on every panel (more systems than the default cycle)."""
+    import matplotlib
+
+    index = ALL_SYSTEMS.index(system) if system in ALL_SYSTEMS else len(ALL_SYSTEMS)
+    return matplotlib.colormaps["tab20"](index % 20)
 
 
 def _empty(ax: Any) -> None:

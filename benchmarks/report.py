@@ -1,5 +1,6 @@
 """Turning figures into claims: speed-ups against every baseline, agreement between
-systems, the targets of the benchmark issue, and the printed (Markdown) table.
+systems, the fidelity of sentence vectors, the targets of the benchmark issues, and the
+printed (Markdown) table.
 
 A figure's *cost* is its median latency (``p50_ms``) or, for a stream, the time per item
 (``1 / items_per_s``); the speed-up of system S over baseline B is ``cost(B) / cost(S)``,
@@ -19,11 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 # Figure-key prefixes shown in the printed table (scaling curves go to the plots).
 TABLE_PREFIXES = ("w1.", "w2.", "w3.", "peak_batch.")
 # The baselines whose speed-ups get a column in the table.
-TABLE_BASELINES = ("torch-pipeline", "optimum-pipeline", "torch", "ort")
+TABLE_BASELINES = ("torch-pipeline", "optimum-pipeline", "torch", "ort", "st-onnx", "st-int8", "torch-bf16")
 FOOTPRINT_STACKS = ("bertrt-fp32", "bertrt-int8", "torch")
+# Sentence vectors are compared with the first of these that ran: sentence-transformers'
+# PyTorch fp32 vectors are what its users get.
+FIDELITY_REFERENCES = ("st-torch", "torch")
 
 
 def cost(figure: Mapping[str, Any]) -> float:
@@ -67,6 +73,35 @@ def agreement(outputs: Mapping[str, Mapping[str, Sequence[Any]]], references: Se
             },
         }
     return shares
+
+
+def fidelity(vectors: Mapping[str, Mapping[str, np.ndarray]], references: Sequence[str]) -> dict[str, Any]:
+    """Min and mean cosine between each system's sentence vectors and those of the first of
+    ``references`` that produced the figure, text by text.
+
+    >>> vectors = {"w2.embed": {"st-torch": np.eye(2), "x": np.array([[1.0, 1.0], [0.0, 1.0]])}}
+    >>> fidelity(vectors, ("st-torch",))["w2.embed"]["systems"]["x"]
+    {'min_cosine': 0.7071067811865475, 'mean_cosine': 0.8535533905932737}
+    """
+    report: dict[str, Any] = {}
+    for key, by_system in vectors.items():
+        reference = next((r for r in references if r in by_system), None)
+        if reference is None:
+            continue
+        expected = _unit_rows(by_system[reference])
+        systems = {}
+        for name, got in by_system.items():
+            cosines = np.sum(_unit_rows(got) * expected, axis=1)
+            systems[name] = {"min_cosine": float(cosines.min()), "mean_cosine": float(cosines.mean())}
+        report[key] = {"reference": reference, "systems": systems}
+    return report
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    rows = np.asarray(matrix, dtype=np.float64)
+    norms: np.ndarray = np.linalg.norm(rows, axis=1, keepdims=True)
+    unit: np.ndarray = rows / np.maximum(norms, 1e-12)
+    return unit
 
 
 @dataclass(frozen=True)
@@ -134,7 +169,47 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             )
         )
     checks.append((Target("import bertrt, seconds", 0.3, at_least=False), footprint.get("import_bertrt_s")))
+    checks += peer_checks(results)
     return [target.judge(value) for target, value in checks]
+
+
+def peer_checks(results: Mapping[str, Any]) -> list[tuple[Target, float | None]]:
+    """The targets against the peers users pick (sentence-transformers, PyTorch bf16), the
+    forward ones on W2's biggest batch (32 x 256)."""
+
+    def ratio(key: str, system: str, baseline: str) -> float | None:
+        value = results.get("ratios", {}).get(key, {}).get(system, {}).get(baseline)
+        return None if value is None else float(value)
+
+    cosines = results.get("fidelity", {}).get("w2.embed", {}).get("systems", {})
+
+    def cosine_lead(stat: str) -> float | None:
+        ours, theirs = cosines.get("bertrt-int8", {}).get(stat), cosines.get("st-int8", {}).get(stat)
+        return None if ours is None or theirs is None else ours - theirs
+
+    figures = results.get("figures", {})
+    forward: Mapping[str, Any] = next((f for key, f in figures.items() if key.startswith("peak_batch.")), {})
+    int8_lead = (
+        cost(forward["bertrt-fp32"]) / cost(forward["bertrt-int8"])
+        if "bertrt-fp32" in forward and "bertrt-int8" in forward
+        else None
+    )
+    fastest = min((cost(f) for name, f in forward.items() if name.startswith("bertrt-")), default=None)
+    against_bf16 = fastest / cost(forward["torch-bf16"]) if fastest and "torch-bf16" in forward else None
+    return [
+        (
+            Target("W2 embed: bertrt-int8 speed-up over sentence-transformers' dynamic int8", 1.5),
+            ratio("w2.embed", "bertrt-int8", "st-int8"),
+        ),
+        (Target("W2 embed: bertrt-int8 min cosine to st-torch, less st-int8's", 0.0), cosine_lead("min_cosine")),
+        (Target("W2 embed: bertrt-int8 mean cosine to st-torch, less st-int8's", 0.0), cosine_lead("mean_cosine")),
+        (
+            Target("W2 embed: bertrt-fp32 speed-up over sentence-transformers' ONNX backend", 1.25),
+            ratio("w2.embed", "bertrt-fp32", "st-onnx"),
+        ),
+        (Target("32 x 256 forward: bertrt-int8 speed-up over bertrt-fp32", 2.5), int8_lead),
+        (Target("32 x 256 forward: fastest bertrt variant's time / torch-bf16's", 1.0, at_least=False), against_bf16),
+    ]
 
 
 def markdown_table(results: Mapping[str, Any]) -> str:
@@ -170,6 +245,13 @@ def _summary(results: Mapping[str, Any]) -> list[str]:
                 f"  {name} at {rate['batch']}x{rate['seq']}: {rate['gflops']:.1f} GFLOP/s at p50, "
                 f"{rate['best_gflops']:.1f} at best = {rate['share_of_peak']:.0%} of peak"
             )
+    for key, entry in results.get("fidelity", {}).items():
+        for name, stats in entry["systems"].items():
+            if name != entry["reference"]:
+                lines.append(
+                    f"{key} cosine to {entry['reference']}, {name}: "
+                    f"min {stats['min_cosine']:.4f}, mean {stats['mean_cosine']:.4f}"
+                )
     footprint = results.get("footprint")
     if footprint:
         for stack in FOOTPRINT_STACKS:

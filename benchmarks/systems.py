@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
-from bertrt.bench.config import TORCH_SYSTEMS
+from bertrt.bench.config import SENTENCE_TRANSFORMERS_SYSTEMS, TORCH_SYSTEMS
 from bertrt.bench.subjects import ModelInfo
 from tokenizers import Tokenizer
 
@@ -210,4 +210,13 @@ def make_system(name: str, models: Mapping[Task, ModelInfo], settings: SystemSet
                 f"The {name} baseline needs {exc.name}, which is not installed; pip install 'bertrt[export]'."
             ) from exc
         return torch_systems.make(name, models, settings)
+    if name in SENTENCE_TRANSFORMERS_SYSTEMS:
+        try:
+            from bertrt.bench import st_systems
+        except ImportError as exc:
+            raise ConfigError(
+                f"The {name} baseline needs {exc.name}, which is not installed; "
+                "pip install 'sentence-transformers[onnx]'."
+            ) from exc
+        return st_systems.make(name, models, settings)
     raise ConfigError(f"Unknown system {name!r}.")

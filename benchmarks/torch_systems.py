@@ -1,5 +1,7 @@
 """The baselines built on PyTorch: eager ``transformers`` models, ``transformers.pipeline``,
-and optimum's ``ORTModelFor*`` on the same ONNX file (model-only and through a pipeline).
+optimum's ``ORTModelFor*`` on the same ONNX file (model-only and through a pipeline), and
+``torch-bf16``: the eager models under ``torch.autocast("cpu", dtype=torch.bfloat16)``, the
+three lines that make PyTorch fast on CPUs with AMX or AVX-512 bf16.
 
 Importing this module imports torch and transformers; :func:`bertrt.bench.systems.make_system`
 imports it only when one of these baselines is requested.
@@ -24,10 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
+from bertrt.bench.machine import has_bf16_matmul
 from bertrt.bench.subjects import ModelInfo
-from bertrt.bench.systems import System, SystemSettings, mean_pool, ort_providers
+from bertrt.bench.systems import OPERATIONS, System, SystemSettings, mean_pool, ort_providers
 from transformers import AutoModel, AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
 
+from bertrt.errors import ConfigError
 from bertrt.types import Device, Precision, Task
 
 PIPELINE_TASKS = {Task.EMBED: "feature-extraction", Task.CLASSIFY: "text-classification", Task.QA: "question-answering"}
@@ -212,10 +216,48 @@ class OptimumPipelineSystem(TorchPipelineSystem):
         return pipeline(PIPELINE_TASKS[task], model=self.load_model(task), tokenizer=self.tokenizer(task))
 
 
+class TorchBf16System(TorchPipelineSystem):
+    """Eager PyTorch under bf16 autocast: the model-only path for labels, vectors and
+    forwards, the QA pipeline for answers. Timed on CPUs with bf16 matrix instructions only."""
+
+    name = "torch-bf16"
+    operations = frozenset(OPERATIONS)
+
+    def __init__(self, models: Mapping[Task, ModelInfo], settings: SystemSettings) -> None:
+        if settings.device is not Device.CPU:
+            raise ConfigError("torch-bf16 is the CPU autocast baseline; it is not timed on --device cuda.")
+        if not has_bf16_matmul():
+            raise ConfigError(
+                "torch-bf16 needs a CPU with AMX or AVX-512 bf16 (amx_bf16, avx512_bf16); this one has neither."
+            )
+        super().__init__(models, settings)
+
+    def classify(self, texts: Sequence[str]) -> list[str]:
+        with _bf16():
+            return TorchModelSystem.classify(self, texts)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        with _bf16():
+            return TorchModelSystem.embed(self, texts)
+
+    def answer(self, questions: Sequence[str], contexts: Sequence[str]) -> list[str]:
+        with _bf16():
+            return super().answer(questions, contexts)
+
+    def forward(self, task: Task, feeds: Mapping[str, np.ndarray]) -> None:
+        with _bf16():
+            TorchModelSystem.forward(self, task, feeds)
+
+
+def _bf16() -> Any:
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
 def make(name: str, models: Mapping[Task, ModelInfo], settings: SystemSettings) -> System:
     """The PyTorch-based baseline called ``name``."""
     classes: dict[str, type[TorchModelSystem]] = {
-        c.name: c for c in (TorchModelSystem, TorchPipelineSystem, OptimumModelSystem, OptimumPipelineSystem)
+        c.name: c
+        for c in (TorchModelSystem, TorchPipelineSystem, OptimumModelSystem, OptimumPipelineSystem, TorchBf16System)
     }
     return classes[name](models, settings)
 

@@ -87,6 +87,36 @@ def test_smoke_run_covers_every_baseline(tiny_bundle: Path) -> None:
     json.loads(json.dumps(results))  # JSON-ready as it stands
 
 
+def test_peers_embed_with_sentence_transformers_and_bf16(tiny_bundle: Path) -> None:
+    """sentence-transformers' three backends and PyTorch bf16 time W2 embeddings; the vectors of
+    every system are scored against sentence-transformers' fp32 ones; the CPU is described."""
+    from bertrt.bench.machine import has_bf16_matmul
+
+    systems = ("st-torch", "st-onnx", "st-int8", "torch-bf16", "bertrt-fp32", "bertrt-int8")
+    config = BenchConfig.preset("smoke", bundle=tiny_bundle, workloads=("w2", "scaling"), systems=systems)
+    results = run_benchmark(config, log=lambda _: None)
+    ran = {"st-torch", "st-onnx", "st-int8", "bertrt-fp32", "bertrt-int8"}
+    if has_bf16_matmul():
+        ran.add("torch-bf16")
+    else:
+        assert "avx512_bf16" in results["skipped"]["torch-bf16"]
+    assert set(results["figures"]["w2.embed"]) == ran
+    assert "st-int8" not in results["figures"]["w2.classify"]  # sentence-transformers only embeds
+    fidelity = results["fidelity"]["w2.embed"]
+    assert fidelity["reference"] == "st-torch"
+    cosines = fidelity["systems"]
+    # Same weights, same pooling: fp32 ONNX files match PyTorch; int8 files are close, not equal.
+    assert cosines["st-onnx"]["min_cosine"] > 0.9999 and cosines["bertrt-fp32"]["min_cosine"] > 0.9999
+    for name in ("st-int8", "bertrt-int8"):
+        assert 0.5 < cosines[name]["min_cosine"] <= cosines[name]["mean_cosine"] < 1.0
+    assert results["ratios"]["w2.embed"]["bertrt-int8"]["st-int8"] > 0
+    targets = {t["name"]: t for t in results["targets"]}
+    lead = targets["W2 embed: bertrt-int8 min cosine to st-torch, less st-int8's"]["value"]
+    assert lead == pytest.approx(cosines["bertrt-int8"]["min_cosine"] - cosines["st-int8"]["min_cosine"])
+    assert targets["32 x 256 forward: bertrt-int8 speed-up over bertrt-fp32"]["value"] > 0
+    assert "avx2" in results["machine"]["cpu_features"] or results["machine"]["cpu_features"] == []
+
+
 def test_bench_runs_without_torch(tiny_bundle: Path, tmp_path: Path) -> None:
     # `None` in sys.modules makes `import torch` fail, as on a runtime-only install.
     code = (
