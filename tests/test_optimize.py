@@ -206,6 +206,25 @@ def test_an_int8_file_whose_scales_are_not_fixed_is_refused(
     assert not dst.exists()
 
 
+def test_dequantization_is_fused_into_the_integer_matmuls(
+    fused: dict[Task, tuple[Path, dict]], int8_static: dict[Task, tuple[Path, dict]],
+    feeds: list[dict[str, np.ndarray]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No Cast/Mul scaffolding is left around the integer GEMMs, and folding it changes no bit."""
+    from bertrt.export import quantize
+
+    path, report = int8_static[Task.CLASSIFY]
+    nodes = onnx.load(str(path)).graph.node
+    assert report["quantized_ops"]["MatMulIntegerToFloat"] == report["fused_dequantization"] == 6  # 3 per layer
+    assert not {"MatMulInteger", "Mul"} & {n.op_type for n in nodes}
+    assert {n.input[0] for n in nodes if n.op_type == "Cast"} == {"input_ids", "attention_mask", "token_type_ids"}
+    monkeypatch.setattr(quantize, "fuse_dequantization", lambda model: 0)
+    unfused = tmp_path / "model.unfused.onnx"
+    quantize_int8(fused[Task.CLASSIFY][0], unfused, feeds)
+    assert "MatMulInteger" in {n.op_type for n in onnx.load(str(unfused)).graph.node}
+    assert max(max_abs_diff(unfused, path, feeds).values()) == 0.0
+
+
 @pytest.mark.parametrize("task", TASKS, ids=lambda t: t.value)
 def test_static_int8_stays_close_to_fp32(
     fused: dict[Task, tuple[Path, dict]], int8_static: dict[Task, tuple[Path, dict]],
@@ -242,7 +261,7 @@ def test_keep_groups_and_explicit_nodes_are_excluded(
     report = quantize_int8(src, dst, feeds, config)
     assert set(ffn_out) | set(attention) <= set(report["kept_fp32"])
     assert "QAttention" not in report["quantized_ops"]
-    assert report["quantized_ops"]["MatMulInteger"] == 4  # attention output + FFN input, 2 layers
+    assert report["quantized_ops"]["MatMulIntegerToFloat"] == 4  # attention output + FFN input, 2 layers
 
 
 def test_static_int8_needs_calibration(fused: dict[Task, tuple[Path, dict]], tmp_path: Path) -> None:
