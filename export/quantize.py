@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from bertrt.export.optimize import batch_invariance_gap, probe_feeds
+from bertrt.export.rewrite import fold_biases, fuse_dequantization, layer_norm_form
 from onnx import helper, numpy_helper
 
 from bertrt.errors import ConfigError, ExportError, ValidationFailed
@@ -102,7 +103,8 @@ def quantize_int8(
     model = _integer_graph(src, excluded, config)
     ranges, tokens = _activation_ranges(src, _dynamic_inputs(model), feeds)
     _fix_scales(model, ranges)
-    report["fused_dequantization"] = fuse_dequantization(model)
+    report["rewrites"] = {"fuse_dequantization": fuse_dequantization(model), "fold_biases": fold_biases(model)}
+    report["layer_norm"] = layer_norm_form(model)
     report["calibration"] = {"batches": len(feeds), "tokens": tokens, "tensors": len(ranges)}
     dst.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(dst))
@@ -268,70 +270,6 @@ def _fix_scales(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]
         nodes.append(helper.make_node("QuantizeLinear", inputs, [quantized], name=node.name))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-
-
-def fuse_dequantization(model: onnx.ModelProto) -> int:
-    """Fold each ``MatMulInteger -> Cast -> Mul(scale)`` chain into one ``MatMulIntegerToFloat``;
-    returns how many were folded.
-
-    ONNX Runtime's own fusion (``MatMulIntegerToFloatFusion``) looks for the scale as a
-    ``Mul(input_scale, weight_scale)`` node, which fixed scales turn into a constant that is
-    folded away before the fusion runs; so these chains stayed as three passes over each
-    product. The fused kernel applies the per-column scales in the GEMM's output stage, in the
-    same float arithmetic (the outputs are bit-identical).
-    """
-    producers = {out: node for node in model.graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    graph_outputs = {o.name for o in model.graph.output}
-    replaced: dict[int, onnx.NodeProto] = {}
-    removed: set[int] = set()
-    for node in model.graph.node:
-        chain = _dequantization_chain(node, producers, consumers, graph_outputs)
-        if chain is None:
-            continue
-        cast, mul, scales, input_scale = chain
-        weight_scale = next(name for name in scales.input if name != input_scale)
-        zero_points = [*node.input[2:4], "", ""][:2]
-        inputs = [node.input[0], node.input[1], input_scale, weight_scale, *zero_points]
-        replaced[id(node)] = helper.make_node(
-            "MatMulIntegerToFloat", inputs, [mul.output[0]], name=node.name, domain="com.microsoft"
-        )
-        removed |= {id(cast), id(mul), id(scales)}
-    nodes = [replaced.get(id(n), n) for n in model.graph.node if id(n) not in removed]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return len(replaced)
-
-
-def _dequantization_chain(
-    node: onnx.NodeProto,
-    producers: Mapping[str, onnx.NodeProto],
-    consumers: Mapping[str, Sequence[onnx.NodeProto]],
-    graph_outputs: set[str],
-) -> tuple[onnx.NodeProto, onnx.NodeProto, onnx.NodeProto, str] | None:
-    """The Cast, Mul and scale-product Mul after a MatMulInteger, when nothing else reads them,
-    and the name of the input's (fixed) scale."""
-    if node.op_type != "MatMulInteger":
-        return None
-    (cast, *others) = consumers.get(node.output[0], [None])
-    if others or cast is None or cast.op_type != "Cast":
-        return None
-    (mul, *others) = consumers.get(cast.output[0], [None])
-    if others or mul is None or mul.op_type != "Mul":
-        return None
-    scale = next((name for name in mul.input if name != cast.output[0]), "")
-    scales = producers.get(scale)
-    if scales is None or scales.op_type != "Mul" or len(consumers.get(scale, [])) != 1:
-        return None
-    if {node.output[0], cast.output[0], scale} & graph_outputs:
-        return None
-    quantize = producers.get(node.input[0])
-    if quantize is None or quantize.op_type != "QuantizeLinear" or quantize.input[1] not in scales.input:
-        return None
-    return cast, mul, scales, quantize.input[1]
 
 
 def _quantized_ops(model: onnx.ModelProto) -> dict[str, int]:

@@ -1,6 +1,8 @@
 """The CPU graph rewrites of ``bertrt.export.rewrite``: each keeps what the graph computes.
 
-Small hand-built graphs pin down each rewrite's wiring.
+Small hand-built graphs pin down each rewrite's wiring; a tiny BERT with random biases and
+layer-norm parameters (the stock tiny source has zero biases and unit gains, which a misplaced
+bias would not reveal) checks them on exported, fused and quantized files.
 
 Tolerance: float32 rounding. The rewrites reorder additions ((x + b) + s for (x + s) + b) and
 run the normalization in another kernel, so outputs of order one may differ by a few units in
@@ -16,6 +18,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from bertrt.export.optimize import convert_fp16, max_abs_diff, optimize_fp32, probe_feeds
+from bertrt.export.quantize import calibration_feeds, quantize_int8
 from bertrt.export.rewrite import (
     fold_biases,
     fuse_dequantization,
@@ -25,9 +29,19 @@ from bertrt.export.rewrite import (
 )
 from onnx import TensorProto, helper, numpy_helper
 
+from bertrt.types import Precision, Task
+
 FLOAT_ROUNDING = 1e-5
 HIDDEN = 16
 MS = "com.microsoft"
+TEXTS = [
+    "a very good film with great actors",
+    "the plot was bad and the story was old",
+    "i love this movie",
+    "what a film",
+    "they hate the actors but love the city of paris",
+    "no",
+]
 
 
 # --- hand-built graphs ---------------------------------------------------------------------
@@ -209,3 +223,131 @@ def test_a_dequantization_whose_scale_is_not_fixed_is_left_alone() -> None:
     quantize.CopyFrom(helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "x_scale_d", "x_zero_d"], name="q"))
     assert fuse_dequantization(model) == 0
     assert "MatMulInteger" in _ops(model)
+
+
+# --- a tiny exported BERT -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def busy_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT source whose biases, gains and shifts are all random and distinct."""
+    import torch
+    from bertrt.export.tiny import write_tiny_source
+    from transformers import BertModel
+
+    source = write_tiny_source(tmp_path_factory.mktemp("busy-source"))
+    torch.manual_seed(3)
+    model = BertModel.from_pretrained(source)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(0.0, 0.5)
+            elif "LayerNorm.weight" in name:
+                parameter.normal_(1.0, 0.3)
+    model.save_pretrained(source, safe_serialization=True)
+    return source
+
+
+@pytest.fixture(scope="module")
+def busy_raw(busy_source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[Task, Path]:
+    """Raw exports of the busy source as an encoder and a classifier (opset 17)."""
+    import torch
+    from bertrt.export.convert import export_onnx
+    from transformers import BertForSequenceClassification, BertModel
+
+    root = tmp_path_factory.mktemp("rewrite")
+    classes = {Task.EMBED: BertModel, Task.CLASSIFY: BertForSequenceClassification}
+    paths = {}
+    for task, cls in classes.items():
+        torch.manual_seed(1)
+        paths[task] = export_onnx(cls.from_pretrained(busy_source), task, root / task.value, opset=17)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def busy_fused(busy_raw: dict[Task, Path]) -> dict[tuple[Task, bool], tuple[Path, dict]]:
+    """Each task's fused fp32 file, with (True) and without (False) the layer-norm split."""
+    out = {}
+    for task, raw in busy_raw.items():
+        for split in (True, False):
+            dst = raw.with_name(f"model.{'split' if split else 'fused'}.onnx")
+            out[task, split] = (dst, optimize_fp32(raw, dst, num_heads=2, hidden_size=32, cpu_layer_norm=split))
+    return out
+
+
+@pytest.fixture(scope="module")
+def busy_feeds(busy_source: Path) -> list[dict[str, np.ndarray]]:
+    return calibration_feeds(busy_source / "tokenizer.json", TEXTS, max_length=64, batch_size=3)
+
+
+def _batches(path: Path) -> list[dict[str, np.ndarray]]:
+    return [probe_feeds(path, lengths, seed) for seed, lengths in enumerate([(9, 2, 5, 1), (40, 40), (17, 3)])]
+
+
+@pytest.mark.parametrize("task", [Task.EMBED, Task.CLASSIFY], ids=lambda t: t.value)
+def test_split_layer_norms_keep_the_fused_outputs(
+    busy_fused: dict[tuple[Task, bool], tuple[Path, dict]], task: Task, tmp_path: Path
+) -> None:
+    (split, report), (fused, unsplit_report) = busy_fused[task, True], busy_fused[task, False]
+    assert report["rewrites"] == {"split_skip_layer_norm": 4}  # two per layer
+    assert report["layer_norm"] == "Sum + LayerNormalization"
+    assert unsplit_report["layer_norm"] == "SkipLayerNormalization"
+    ops = _ops(onnx.load(str(split)))
+    assert "SkipLayerNormalization" not in ops and ops.count("LayerNormalization") == 4
+    assert max(max_abs_diff(fused, split, _batches(fused)).values()) < FLOAT_ROUNDING
+    assert "SkipLayerNormalization" not in _ops_after_session_creation(onnx.load(str(split)), tmp_path)
+
+
+def test_fp16_gets_the_fused_skip_layer_norm_back(
+    busy_fused: dict[tuple[Task, bool], tuple[Path, dict]], tmp_path: Path
+) -> None:
+    split, _ = busy_fused[Task.CLASSIFY, True]
+    dst = tmp_path / "model.fp16.onnx"
+    report = convert_fp16(split, dst)
+    assert report["rewrites"] == {"join_skip_layer_norm": 4}
+    assert report["layer_norm"] == "SkipLayerNormalization"
+    ops = _ops(onnx.load(str(dst)))
+    assert ops.count("SkipLayerNormalization") == 4 and "LayerNormalization" not in ops and "Sum" not in ops
+    assert report["cpu_check"]["ran"] is True
+    assert max(report["cpu_check"]["max_abs_diff"].values()) < 1e-2  # fp16 weights
+
+
+@pytest.mark.parametrize("task", [Task.EMBED, Task.CLASSIFY], ids=lambda t: t.value)
+def test_int8_rewrites_keep_the_integer_graph_outputs(
+    busy_fused: dict[tuple[Task, bool], tuple[Path, dict]], busy_feeds: list[dict[str, np.ndarray]],
+    task: Task, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The int8 file with every rewrite against one built with none of them (same scales)."""
+    from bertrt.export import quantize
+
+    split, _ = busy_fused[task, True]
+    rewritten = tmp_path / "model.int8.onnx"
+    report = quantize_int8(split, rewritten, busy_feeds)
+    assert report["rewrites"] == {"fuse_dequantization": 6, "fold_biases": 6}  # three GEMMs per layer
+    assert report["layer_norm"] == "Sum + LayerNormalization"
+    ops = _ops(onnx.load(str(rewritten)))
+    assert "BiasGelu" not in ops and "MatMulInteger" not in ops
+    monkeypatch.setattr(quantize, "fuse_dequantization", lambda model: 0)
+    monkeypatch.setattr(quantize, "fold_biases", lambda model: 0)
+    plain = tmp_path / "model.plain.onnx"
+    quantize_int8(split, plain, busy_feeds)
+    assert "MatMulInteger" in _ops(onnx.load(str(plain)))
+    diff = max_abs_diff(plain, rewritten, busy_feeds)
+    assert max(diff.values()) < FLOAT_ROUNDING, diff
+
+
+def test_the_bundle_manifest_records_each_variants_rewrites(tiny_bundle: Path) -> None:
+    from bertrt.manifest import ModelManifest
+
+    variants = ModelManifest.read(tiny_bundle / "classifier").variants
+    fp32 = variants[Precision.FP32].optimization
+    assert fp32["rewrites"] == {"split_skip_layer_norm": 4}
+    assert fp32["layer_norm"] == "Sum + LayerNormalization" and fp32["attention"] == "Attention"
+    if Precision.INT8 in variants:
+        int8 = variants[Precision.INT8].optimization
+        assert int8["rewrites"]["fuse_dequantization"] == 6
+        assert int8["layer_norm"] == "Sum + LayerNormalization"
+    if Precision.FP16 in variants:
+        fp16 = variants[Precision.FP16].optimization
+        assert fp16["rewrites"] == {"join_skip_layer_norm": 4}
+        assert fp16["layer_norm"] == "SkipLayerNormalization"
