@@ -351,3 +351,33 @@ def test_the_bundle_manifest_records_each_variants_rewrites(tiny_bundle: Path) -
         fp16 = variants[Precision.FP16].optimization
         assert fp16["rewrites"] == {"join_skip_layer_norm": 4}
         assert fp16["layer_norm"] == "SkipLayerNormalization"
+
+
+def test_the_rewrite_ladder_steps_from_the_old_files_to_the_exported_ones(
+    busy_fused: dict[tuple[Task, bool], tuple[Path, dict]], busy_feeds: list[dict[str, np.ndarray]],
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``bertrt.bench.rewrite_ladder`` rebuilds, from files exported without the rewrites, the
+    int8 graph the export now writes, each rung equal to the old file within rounding."""
+    import shutil
+
+    from bertrt.bench.rewrite_ladder import write_ladder
+    from bertrt.export import quantize
+
+    old = tmp_path / "old"
+    old.mkdir()
+    fused, _ = busy_fused[Task.EMBED, False]
+    split, _ = busy_fused[Task.EMBED, True]
+    shutil.copy(fused, old / "model.onnx")
+    shutil.copy(fused.parent / "config.json", old / "config.json")
+    exported = tmp_path / "exported.int8.onnx"
+    quantize_int8(split, exported, busy_feeds)
+    monkeypatch.setattr(quantize, "fuse_dequantization", lambda model: 0)
+    monkeypatch.setattr(quantize, "fold_biases", lambda model: 0)
+    quantize_int8(fused, old / "model.int8.onnx", busy_feeds)
+    report = write_ladder(old, tmp_path / "ladder")
+    assert list(report) == ["fp32-split.onnx", "int8-dq.onnx", "int8-dq-split.onnx", "int8-dq-split-fold.onnx"]
+    assert [r["rewritten"] for r in report.values()] == [4, 6, 4, 6]
+    assert all(max(r["max_abs_diff"].values()) < FLOAT_ROUNDING for r in report.values())  # type: ignore[attr-defined]
+    top = sorted(_ops(onnx.load(str(tmp_path / "ladder" / "int8-dq-split-fold.onnx"))))
+    assert top == sorted(_ops(onnx.load(str(exported))))
