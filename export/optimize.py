@@ -97,6 +97,7 @@ def optimize_fp32(
     counts = {op: stats.get(op, 0) for op in FUSED_OPERATORS} | {k: v for k, v in stats.items() if v}
     fully_fused = bool(optimized.is_fully_optimized(counts))
     split = split_skip_layer_norm(optimized.model) if cpu_layer_norm else 0
+    layer_norm = layer_norm_form(optimized.model)
     dst.parent.mkdir(parents=True, exist_ok=True)
     optimized.save_model_to_file(str(dst))
     if not fully_fused:
@@ -112,7 +113,7 @@ def optimize_fp32(
         "opt_level": PORTABLE_OPT_LEVEL,
         "attention_mask": "raw" if raw_attention_mask else "mask-index",
         "attention": "Attention",
-        "layer_norm": layer_norm_form(optimized.model),
+        "layer_norm": layer_norm,
         "rewrites": {"split_skip_layer_norm": split},
         "fused_operators": counts,
         "fully_fused": fully_fused,
@@ -150,14 +151,15 @@ def convert_fp16(
     dst.parent.mkdir(parents=True, exist_ok=True)
     model.save_model_to_file(str(dst))
     fp16_initializers = _count_initializers(model.model, onnx.TensorProto.FLOAT16)
+    layer_norm = layer_norm_form(model.model)
     # The CPU check opens two sessions; the converter's graph and shape-inference copies go first.
-    del model
+    del model, graph
     gc.collect()
     _check_io_types(src, dst)
     return {
         "converter": "onnxruntime.transformers.float16",
         "keep_io_types": True,
-        "layer_norm": layer_norm_form(model.model),
+        "layer_norm": layer_norm,
         "rewrites": {"join_skip_layer_norm": joined},
         "keep_fp32_op_types": sorted(set(keep_fp32_op_types)),
         "keep_fp32_nodes": sorted(set(keep_fp32_nodes)),
