@@ -31,7 +31,9 @@ def bench(
         typer.Option(
             "--system",
             help="System to time; repeat for several. Default: every one installed: torch, "
-            "torch-pipeline, optimum, optimum-pipeline, ort, bertrt-fp32, bertrt-int8, bertrt-fp16.",
+            "torch-pipeline, optimum, optimum-pipeline, ort, st-torch, st-onnx, st-int8 "
+            "(sentence-transformers, embedder only), torch-bf16 (CPUs with AMX or AVX-512 bf16), "
+            "bertrt-fp32, bertrt-int8, bertrt-fp16.",
         ),
     ] = None,
     workload: Annotated[
