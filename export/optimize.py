@@ -3,7 +3,7 @@
 The fp32 variant is the exporter's graph run through ONNX Runtime's transformer optimizer:
 attention, SkipLayerNorm, bias-GELU and the embedding layer norm become single fused
 operators; then each SkipLayerNorm is split into a sum and ONNX's LayerNormalization, whose
-CPU kernel is ~3x faster (:mod:`bertrt.export.rewrite`). The fp16 variant joins them again
+CPU kernel is faster (:mod:`bertrt.export.rewrite`). The fp16 variant joins them again
 (GPUs run the fused kernel fastest) and converts the graph to half precision while its
 inputs and outputs keep their types, so the runtime feeds every variant the same arrays.
 
@@ -59,8 +59,8 @@ def optimize_fp32(
 
     ``num_heads`` and ``hidden_size`` come from the model config (0 lets the optimizer guess).
     ``raw_attention_mask`` keeps the 2-D 0/1 mask as the attention input: the 1-D "mask
-    index" form (measured no faster on CPU) silently assumes right padding; ``Attention``
-    measured faster on CPU than ``MultiHeadAttention`` with its flash path (benchmarks/README.md).
+    index" form (measured no faster on CPU) silently assumes right padding. Attention stays the
+    fused ``Attention`` operator (the manifest's ``attention``).
     ``cpu_layer_norm`` splits each SkipLayerNormalization into a sum and a LayerNormalization
     (:func:`~bertrt.export.rewrite.split_skip_layer_norm`), the faster form on ORT's CPU provider.
     The written file is run against ``src`` on a padded mixed-length batch; a difference

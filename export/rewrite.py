@@ -1,10 +1,11 @@
 """Graph rewrites that put a fused BERT graph in the forms ONNX Runtime's CPU kernels run fastest.
 
-Each was chosen by timing the kernels one by one (``benchmarks/README.md``, "CPU graph"):
+Each one's kernel time before and after is profiled one rewrite at a time
+(``benchmarks/README.md``, "CPU graph rewrites"):
 
 - :func:`split_skip_layer_norm`: ``SkipLayerNormalization`` becomes ``Sum`` then ONNX
   ``LayerNormalization``. ORT's SkipLayerNormalization CPU kernel is a scalar loop (a float
-  reduction the compiler may not vectorize, a division per element) and runs ~3x slower than
+  reduction the compiler may not vectorize, a division per element) and runs slower than
   the vectorized LayerNormalization kernel plus an element-wise sum. ``Sum`` rather than
   ``Add``: ORT's own SkipLayerNormFusion would fuse ``Add`` + LayerNormalization straight back
   at session creation. :func:`join_skip_layer_norm` undoes it for GPU files, where the fused
