@@ -158,10 +158,15 @@ def _rows_by_pair(example_index: IntArray, n_pairs: int) -> list[IntArray]:
 
 
 def _logsumexp(logits: FloatArray, mask: BoolArray) -> FloatArray:
-    masked = np.where(mask, logits, -np.inf)
-    peak: FloatArray = masked.max(axis=1)
-    total: FloatArray = np.exp(masked - peak[:, None]).sum(axis=1)
-    return peak + np.log(total)
+    """Per row, log(sum(exp)) over the masked-in entries only: summing a row at the width of
+    its batch would let the padding change the summation order, and so the last bits of a
+    score, with what else shares the call."""
+    norms = np.empty(len(logits), dtype=logits.dtype)
+    for row, (values, keep) in enumerate(zip(logits, mask, strict=True)):
+        scored = values[keep]
+        peak = scored.max()
+        norms[row] = peak + np.log(np.exp(scored - peak).sum())
+    return norms
 
 
 def _best_spans(
