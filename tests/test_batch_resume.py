@@ -217,7 +217,15 @@ def _parts(out: Path) -> int:
 
 def _start_and_kill(command: list[str], out: Path, parts: int, sig: signal.Signals) -> subprocess.CompletedProcess[str]:
     """Start ``command``, send it ``sig`` once ``parts`` parts are written, wait for it."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A test run started in the background inherits SIGINT ignored, and Python then keeps it
+    # ignored: the job gets the default disposition back, as from a terminal.
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 300
     while _parts(out) < parts and process.poll() is None:
         assert time.monotonic() < deadline, "the job wrote no parts in time"
