@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import socket
 import warnings
@@ -57,6 +56,7 @@ from bertrt.bundle import Bundle
 from bertrt.errors import BertrtError, ConfigError, InputError
 from bertrt.model_files import open_model
 from bertrt.options import RuntimeOptions
+from bertrt.ray_cluster import init_ray, ray_target
 from bertrt.types import Device
 
 # What a read task asks for; an actor asks for its CPUs less this (see the module docstring).
@@ -248,19 +248,9 @@ def _connected(ray: Any, address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    # No address and no RAY_ADDRESS: a Ray instance of the job's own ("local"; plain
-    # ray.init() would join any cluster `ray start` left on this machine), with no dashboard.
-    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    target = ray_target(address)
     _check_reachable(target)
-    own = {"include_dashboard": False} if target == "local" else {}
-    try:
-        ray.init(address=target, logging_level=logging.WARNING, **own)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"Cannot join the Ray cluster at {target} ({message}); "
-            "check --address, or start one with `ray start --head`."
-        ) from None
+    init_ray(ray, target)
     try:
         yield
     finally:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from bertrt.errors import ConfigError
+from bertrt.ray_cluster import LOCAL, init_ray, ray_target
 from bertrt.serve.config import ServeConfig
 from bertrt.serve.ray_engine import (
     APP_NAME,
@@ -92,22 +92,10 @@ def _connected(ray: Any, address: str | None) -> Iterator[bool]:
     """Connected to the cluster at ``address`` (or ``$RAY_ADDRESS``), or to a Ray instance
     started here (never the last one ``ray start`` left on this machine); yields whether the
     instance is this command's own, which is stopped at the end."""
-    target = address or os.environ.get("RAY_ADDRESS") or "local"
-    own = target == "local"
+    target = ray_target(address)
+    init_ray(ray, target)
     try:
-        ray.init(
-            address=target,
-            logging_level=logging.WARNING,
-            **({"include_dashboard": False} if own else {}),
-        )
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"Cannot join the Ray cluster at {target} ({reason}); check --address, or start one with "
-            "`ray start --head`."
-        ) from None
-    try:
-        yield own
+        yield target == LOCAL
     finally:
         ray.shutdown()
 
