@@ -35,7 +35,7 @@ from typing import Any
 
 from bertrt.batch.job import BatchJob
 from bertrt.batch.outputs import ROW, Columns
-from bertrt.batch.writers import join_parts, write_part
+from bertrt.batch.writers import fsync_path, join_parts, write_part
 from bertrt.errors import ConfigError
 
 JOB_FILE = "job.json"
@@ -97,7 +97,7 @@ class JobFolder:
         tmp = self.path / (name + ".tmp")
         write_part(tmp, columns, self.job)
         os.replace(tmp, self.path / name)
-        _fsync_dir(self.path)
+        fsync_path(self.path)
         self.parts.append(self.path / name)
         self.done_rows = rows[-1]
 
@@ -109,7 +109,7 @@ class JobFolder:
         tmp = _output_tmp(output)
         join_parts(self.parts, tmp, self.job)
         os.replace(tmp, output)
-        _fsync_dir(output.parent)
+        fsync_path(output.parent)
         self.discard()
         return output
 
@@ -178,16 +178,7 @@ def _write_atomically(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` survive a power cut, not only a killed process."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path.parent)
 
 
 def _remove(path: Path) -> None:

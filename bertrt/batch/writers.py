@@ -31,7 +31,7 @@ def write_part(path: Path, columns: Columns, job: BatchJob) -> None:
         import pyarrow.parquet as pq
 
         pq.write_table(arrow_table(columns, job.task), path)
-        _fsync(path)
+        fsync_path(path)
         return
     names = [column.name for column in output_columns(job.task)]
     with path.open("w", encoding="utf-8") as handle:
@@ -51,7 +51,7 @@ def join_parts(parts: Sequence[Path], dest: Path, job: BatchJob) -> None:
             for part in parts:
                 with part.open("rb") as handle:
                     shutil.copyfileobj(handle, out)
-    _fsync(dest)
+    fsync_path(dest)
 
 
 def _join_parquet(parts: Sequence[Path], dest: Path, job: BatchJob) -> None:
@@ -72,7 +72,9 @@ def _join_parquet(parts: Sequence[Path], dest: Path, job: BatchJob) -> None:
             writer.write_table(table.set_column(index, ID, table.column(ID).cast(id_type)))
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder after a rename in it) to disk, so it survives a
+    power cut, not only a killed process."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
