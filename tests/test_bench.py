@@ -74,8 +74,35 @@ def test_smoke_cli_writes_results_and_plot(tiny_bundle: Path, tmp_path: Path) ->
     assert written["command"] == sys.argv  # the command line this process was started with
 
 
-def test_smoke_run_covers_every_baseline(tiny_bundle: Path) -> None:
-    config = BenchConfig.preset("smoke", bundle=tiny_bundle, workloads=("w1", "w3"), repeats=2, max_seconds=0.1)
+def _squad_file(tmp_path: Path) -> Path:
+    """The shared held-out SQuAD file, or four short questions where the shared data is absent."""
+    from bertrt.bench.config import DEFAULT_SQUAD
+
+    if DEFAULT_SQUAD.is_file():
+        return DEFAULT_SQUAD
+    context = "Paris is the capital of France. It lies on the Seine."
+    questions = [("Capital?", "Paris", 0), ("Country?", "France", 24), ("River?", "Seine", 47), ("City?", "Paris", 0)]
+    qas = [
+        {"id": str(i), "question": q, "answers": [{"text": a, "answer_start": start}]}
+        for i, (q, a, start) in enumerate(questions)
+    ]
+    path = tmp_path / "squad.json"
+    path.write_text(
+        json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": context, "qas": qas}]}]}),
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_smoke_run_covers_every_baseline(tiny_bundle: Path, tmp_path: Path) -> None:
+    config = BenchConfig.preset(
+        "smoke",
+        bundle=tiny_bundle,
+        workloads=("w1", "w3"),
+        repeats=2,
+        max_seconds=0.1,
+        squad_path=_squad_file(tmp_path),
+    )
     results = run_benchmark(config, log=lambda _: None)
     # Every variant the bundle holds that runs on the CPU is timed; fp16 is for GPUs.
     from bertrt.bench.machine import has_bf16_matmul
