@@ -38,6 +38,7 @@ from bertrt.manifest import ModelManifest, sha256_of
 from bertrt.types import Precision, Task
 
 LAYER_NODES = ("attention/output/dense", "intermediate/dense", "output/dense")
+SMOOTH_ALPHAS = (0.5, 0.8, 0.85, 0.9, 0.95)
 
 
 def configurations(layers: int) -> dict[str, Any]:
@@ -48,6 +49,16 @@ def configurations(layers: int) -> dict[str, Any]:
     configs |= {f"keep-{group}": Int8Config(keep_fp32=("head", group)) for group in KEEP_GROUPS if group != "head"}
     configs["keep-ffn"] = Int8Config(keep_fp32=("head", "ffn-input", "ffn-output"))
     configs["per-tensor"] = Int8Config(per_channel=False)
+    configs |= {f"smooth-{alpha}": Int8Config(smooth_alpha=alpha) for alpha in SMOOTH_ALPHAS}
+    configs["smooth-auto"] = Int8Config(smooth_alpha="auto")
+    configs["smooth-auto-keep-embeddings"] = Int8Config(keep_fp32=("head", "embeddings"), smooth_alpha="auto")
+    configs["smooth-auto-keep-ffn-output"] = Int8Config(keep_fp32=("head", "ffn-output"), smooth_alpha="auto")
+    for first in range(1, layers):
+        kept = tuple(f"/bert/encoder/layer.{i}/output/dense/MatMul" for i in range(first))
+        configs[f"smooth-auto-keep-ffn-output-0-{first - 1}"] = Int8Config(nodes_to_exclude=kept, smooth_alpha="auto")
+        configs[f"smooth-auto-keep-embeddings-ffn-output-0-{first - 1}"] = Int8Config(
+            keep_fp32=("head", "embeddings"), nodes_to_exclude=kept, smooth_alpha="auto"
+        )
     encoder = [f"Attention_{i}" for i in range(layers)]
     encoder += [f"/bert/encoder/layer.{i}/{part}/MatMul" for i in range(layers) for part in LAYER_NODES]
     for i in range(layers):
@@ -62,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="SQuAD v1.1 JSON the answers are compared on")
     parser.add_argument("--calibration", required=True, help="SQuAD v1.1 JSON whose first questions calibrate")
     parser.add_argument("--limit", type=int, default=400, help="questions compared")
+    parser.add_argument(
+        "--calibration-size", type=int, default=None, help="calibration questions (default: the export's 64)"
+    )
     parser.add_argument("--config", action="append", help="configuration(s) to run; default: all")
     parser.add_argument("--out", type=Path, required=True, help="results JSON (runs are added to it)")
     args = parser.parse_args(argv)
@@ -83,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         layers = int(model.config.num_hidden_layers)
         reference = predict_answers(model, tokenizer, examples, manifest.max_length, manifest.doc_stride or 128)
         del model
-        pairs = [(e.question, e.context) for e in load_squad(args.calibration, limit=CALIBRATION_SIZE)]
+        size = args.calibration_size or CALIBRATION_SIZE
+        pairs = [(e.question, e.context) for e in load_squad(args.calibration, limit=size)]
         feeds = calibration_feeds(qa_dir / "tokenizer.json", pairs, manifest.max_length, CALIBRATION_BATCH_SIZE)
         configs = configurations(layers)
         unknown = sorted(set(args.config or ()) - set(configs))
@@ -100,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             results["runs"][name] = {
                 "answer_agreement": agreement,
                 "kept_fp32": len(report["kept_fp32"]),
+                "calibration_questions": len(pairs),
                 "quantized_ops": report["quantized_ops"],
+                **({"smoothing": report["smoothing"]} if "smoothing" in report else {}),
                 "seconds": round(time.perf_counter() - started, 1),
             }
             print(f"{name:<22} agreement {agreement:.1%}  kept fp32 {len(report['kept_fp32'])}", flush=True)

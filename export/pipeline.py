@@ -255,7 +255,8 @@ def _build_and_check(job: _VariantJob, precision: Precision, peaks: StagePeaks, 
     int8 file whose outputs change with the batch) comes back as a failed report."""
     try:
         with peaks.stage(f"{precision.value} build"):
-            built = build_variant(job.raw, job.model_dir, precision, job.config, job.calibration, job.max_length)
+            int8 = export_spec(job.task).int8
+            built = build_variant(job.raw, job.model_dir, precision, job.config, job.calibration, job.max_length, int8)
     except ValidationFailed as exc:
         if precision is Precision.FP32:
             raise

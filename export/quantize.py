@@ -30,6 +30,7 @@ import onnx
 import onnxruntime as ort
 from bertrt.export.optimize import batch_invariance_gap, probe_feeds
 from bertrt.export.rewrite import fold_biases, fuse_dequantization, layer_norm_form
+from bertrt.export.smooth import smooth
 from onnx import helper, numpy_helper
 
 from bertrt.errors import ConfigError, ExportError, ValidationFailed
@@ -61,18 +62,24 @@ class Int8Config:
     ``keep_fp32`` names groups of :data:`KEEP_GROUPS` left in fp32 (the task head by default:
     it is a sliver of the compute and its outputs are the answer). ``per_channel`` gives each
     weight column its own scale. ``reduce_range`` uses 7-bit weights, which avoids overflow
-    on x86 CPUs without VNNI.
+    on x86 CPUs without VNNI. ``smooth_alpha`` moves activation outliers into the weights
+    before quantizing (:mod:`bertrt.export.smooth`), one strength or ``"auto"`` (chosen per
+    product); ``None`` leaves the graph as it is.
     """
 
     keep_fp32: tuple[str, ...] = ("head",)
     nodes_to_exclude: tuple[str, ...] = ()
     per_channel: bool = True
     reduce_range: bool = False
+    smooth_alpha: float | str | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.keep_fp32) - set(KEEP_GROUPS))
         if unknown:
             raise ConfigError(f"Unknown keep_fp32 group(s) {unknown}; choose from {list(KEEP_GROUPS)}.")
+        alpha = self.smooth_alpha
+        if alpha is not None and alpha != "auto" and not (isinstance(alpha, float) and 0.0 < alpha < 1.0):
+            raise ConfigError(f"smooth_alpha must be 'auto' or lie strictly between 0 and 1, not {alpha!r}.")
 
 
 def quantize_int8(
@@ -100,8 +107,15 @@ def quantize_int8(
         "per_channel": config.per_channel,
         "reduce_range": config.reduce_range,
     }
-    model = _integer_graph(src, excluded, config)
-    ranges, tokens = _activation_ranges(src, _dynamic_inputs(model), feeds)
+    with tempfile.TemporaryDirectory() as tmp:
+        if config.smooth_alpha is not None:
+            smoothed = onnx.load(str(src))
+            report["smoothing"] = smooth(smoothed, feeds, config.smooth_alpha, excluded)
+            src = Path(tmp) / "smoothed.onnx"
+            onnx.save(smoothed, str(src))
+            del smoothed
+        model = _integer_graph(src, excluded, config)
+        ranges, tokens = _activation_ranges(src, _dynamic_inputs(model), feeds)
     _fix_scales(model, ranges)
     report["rewrites"] = {"fuse_dequantization": fuse_dequantization(model), "fold_biases": fold_biases(model)}
     report["layer_norm"] = layer_norm_form(model)

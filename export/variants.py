@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bertrt.export.optimize import convert_fp16, optimize_fp32
-from bertrt.export.quantize import calibration_feeds, quantize_int8
+from bertrt.export.quantize import Int8Config, calibration_feeds, quantize_int8
 
 from bertrt.manifest import VARIANT_FILES
 from bertrt.providers import cuda_failure, cuda_unavailable
@@ -45,12 +45,13 @@ def build_variant(
     config: Any,
     calibration: Sequence[CalibrationText],
     max_length: int,
+    int8: Int8Config | None = None,
 ) -> BuiltVariant:
     """Write ``model_dir/<variant file>`` for ``precision``.
 
     ``config`` is the transformers config (heads, hidden size); ``calibration`` holds real
     texts (or question/context pairs for QA) that fix the int8 activation scales, tokenized
-    with the model folder's ``tokenizer.json``.
+    with the model folder's ``tokenizer.json``; ``int8`` says how the int8 file is quantized.
     """
     target = model_dir / VARIANT_FILES[precision]
     fused = model_dir / VARIANT_FILES[Precision.FP32]
@@ -60,7 +61,7 @@ def build_variant(
         report = convert_fp16(fused, target)
     else:
         feeds = calibration_feeds(model_dir / "tokenizer.json", list(calibration), max_length, CALIBRATION_BATCH_SIZE)
-        report = quantize_int8(fused, target, feeds)
+        report = quantize_int8(fused, target, feeds, int8 or Int8Config())
     return BuiltVariant(target.name, report)
 
 

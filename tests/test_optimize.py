@@ -270,6 +270,51 @@ def test_keep_groups_and_explicit_nodes_are_excluded(
     assert report["quantized_ops"]["MatMulIntegerToFloat"] == 4  # attention output + FFN input, 2 layers
 
 
+def test_smoothing_leaves_the_fp32_outputs_unchanged(
+    fused: dict[Task, tuple[Path, dict]], feeds: list[dict[str, np.ndarray]], tmp_path: Path
+) -> None:
+    """Smoothing rescales channels, never what the graph computes: value projections absorb
+    the attention-output factors, a Mul carries the others."""
+    from bertrt.export.smooth import activation_statistics, smooth
+
+    src, _ = fused[Task.QA]
+    model = onnx.load(str(src))
+    head = select_nodes(src, ["head"])
+    report = smooth(model, feeds, alpha=0.8, excluded=head)
+    assert (report["products"], report["folded"], report["inserted"]) == (8, 2, 6)  # 2 layers x 4 products
+    assert set(report["chosen"].values()) == {0.8} and len(report["errors"]) == 8
+    smoothed = tmp_path / "model.smoothed.onnx"
+    onnx.save(model, str(smoothed))
+    assert max(max_abs_diff(src, smoothed, feeds).values()) < 1e-4
+    # The inputs the Muls produce are flatter than the originals: the largest channel moved closer to the rest.
+    muls = [n for n in model.graph.node if n.op_type == "Mul" and n.name.endswith("/smooth")]
+    before = activation_statistics(onnx.load(str(src)), [m.input[0] for m in muls], feeds)
+    after = activation_statistics(model, [m.output[0] for m in muls], feeds)
+    spread = [after[m.output[0]].peak.max() / after[m.output[0]].peak.mean() for m in muls]
+    original = [before[m.input[0]].peak.max() / before[m.input[0]].peak.mean() for m in muls]
+    assert np.mean(spread) < np.mean(original)
+
+
+def test_smoothed_int8_is_batch_invariant_and_reports_its_smoothing(
+    fused: dict[Task, tuple[Path, dict]], feeds: list[dict[str, np.ndarray]], tmp_path: Path
+) -> None:
+    from bertrt.export.smooth import ALPHA_GRID
+
+    src, _ = fused[Task.QA]
+    dst = tmp_path / "model.int8.onnx"
+    kept = select_nodes(src, ["head"])[0], "/bert/encoder/layer.0/output/dense/MatMul"
+    report = quantize_int8(src, dst, feeds, Int8Config(nodes_to_exclude=kept, smooth_alpha="auto"))
+    smoothing = report["smoothing"]
+    assert report["batch_invariance_gap"] == 0.0
+    assert 0.0 < max(max_abs_diff(src, dst, feeds).values()) < 0.1
+    # A product kept in fp32 is neither smoothed nor quantized; "auto" chose from the grid or left one alone.
+    assert set(kept) <= set(report["kept_fp32"]) and kept[1] not in smoothing["chosen"]
+    assert kept[1] in {n.name for n in onnx.load(str(dst)).graph.node if n.op_type == "MatMul"}
+    assert len(smoothing["chosen"]) == 7 and set(smoothing["chosen"].values()) <= {None, *ALPHA_GRID}
+    with pytest.raises(ConfigError, match="alpha"):
+        Int8Config(smooth_alpha=1.5)
+
+
 def test_static_int8_needs_calibration(fused: dict[Task, tuple[Path, dict]], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="calibration"):
         quantize_int8(fused[Task.EMBED][0], tmp_path / "model.int8.onnx")
