@@ -6,11 +6,14 @@ the training data as the export does), keeping a different set of nodes in fp32,
 answers SQuAD questions with it through the runtime. The figure is the share of questions
 whose answer text equals PyTorch's (the `bertrt eval --task qa` answer agreement).
 
-Configurations: ``default`` (the export's: the span head in fp32), ``keep-GROUP`` (the head
-and one group of :data:`~bertrt.export.quantize.KEEP_GROUPS` in fp32), ``keep-ffn`` (both
-feed-forward matrices of every layer), ``only-layerN`` (only layer N and the embeddings
-quantized), ``per-tensor`` (one weight scale per matrix). The bundle is copied; its files
-are never changed.
+Configurations: ``default`` (the sentence models' scheme: the span head in fp32),
+``qa-export`` (what the export builds for QA: :data:`bertrt.export.tasks.SPAN_INT8`),
+``keep-GROUP`` (the head and one group of :data:`~bertrt.export.quantize.KEEP_GROUPS` in
+fp32), ``keep-ffn`` (both feed-forward matrices of every layer), ``only-layerN`` (only layer N
+and the embeddings quantized), ``per-tensor`` (one weight scale per matrix), ``smooth-A``
+(smoothing at strength A, :mod:`bertrt.export.smooth`), ``smooth-auto`` (strength chosen per
+product) and its combinations with fp32 embeddings and FFN outputs. The bundle is copied; its
+files are never changed.
 
 Example::
 
@@ -44,8 +47,10 @@ SMOOTH_ALPHAS = (0.5, 0.8, 0.85, 0.9, 0.95)
 def configurations(layers: int) -> dict[str, Any]:
     """Every configuration by name, as an ``Int8Config``."""
     from bertrt.export.quantize import KEEP_GROUPS, Int8Config
+    from bertrt.export.tasks import export_spec
 
-    configs: dict[str, Any] = {"default": Int8Config()}
+    # ``default``: the sentence models' scheme; ``qa-export``: what the export builds for QA.
+    configs: dict[str, Any] = {"default": Int8Config(), "qa-export": export_spec(Task.QA).int8}
     configs |= {f"keep-{group}": Int8Config(keep_fp32=("head", group)) for group in KEEP_GROUPS if group != "head"}
     configs["keep-ffn"] = Int8Config(keep_fp32=("head", "ffn-input", "ffn-output"))
     configs["per-tensor"] = Int8Config(per_channel=False)

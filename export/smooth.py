@@ -188,18 +188,21 @@ def activation_statistics(
 ) -> dict[str, ChannelStatistics]:
     """Channel extremes of ``tensors`` over the real (unpadded) tokens of ``feeds``, with up
     to :data:`SAMPLE_ROWS` of those tokens kept for the ``"auto"`` search."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    present = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(
+    # The probe outputs are added to ``model`` itself only while it is written out: a copy of
+    # a large model's graph would double the export's peak memory.
+    outputs = len(model.graph.output)
+    present = {o.name for o in model.graph.output}
+    model.graph.output.extend(
         helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors if t not in present
     )
     options = ort.SessionOptions()
     options.log_severity_level = 3
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "smooth-probe.onnx"
-        onnx.save(probe, str(path))
-        del probe
+        try:
+            onnx.save(model, str(path))
+        finally:
+            del model.graph.output[outputs:]
         session = ort.InferenceSession(str(path), options, providers=_CPU)
     wanted = {i.name for i in session.get_inputs()}
     per_batch = max(1, SAMPLE_ROWS // max(1, len(feeds)))
