@@ -6,7 +6,7 @@ the training data as the export does), keeping a different set of nodes in fp32,
 answers SQuAD questions with it through the runtime. The figure is the share of questions
 whose answer text equals PyTorch's (the `bertrt eval --task qa` answer agreement).
 
-Configurations: ``default`` (the sentence models' scheme: the span head in fp32),
+Configurations: ``default`` (the embedder's scheme: no smoothing, the head in fp32),
 ``qa-export`` (what the export builds for QA: :data:`bertrt.export.tasks.SPAN_INT8`),
 ``keep-GROUP`` (the head and one group of :data:`~bertrt.export.quantize.KEEP_GROUPS` in
 fp32), ``keep-ffn`` (both feed-forward matrices of every layer), ``only-layerN`` (only layer N
@@ -49,7 +49,7 @@ def configurations(layers: int) -> dict[str, Any]:
     from bertrt.export.quantize import KEEP_GROUPS, Int8Config
     from bertrt.export.tasks import export_spec
 
-    # ``default``: the sentence models' scheme; ``qa-export``: what the export builds for QA.
+    # ``default``: the embedder's scheme (no smoothing); ``qa-export``: what the export builds for QA.
     configs: dict[str, Any] = {"default": Int8Config(), "qa-export": export_spec(Task.QA).int8}
     configs |= {f"keep-{group}": Int8Config(keep_fp32=("head", group)) for group in KEEP_GROUPS if group != "head"}
     configs["keep-ffn"] = Int8Config(keep_fp32=("head", "ffn-input", "ffn-output"))

@@ -69,17 +69,23 @@ class ExportSpec:
 
 
 # Span answers flip on small logit changes, so the QA int8 file is built more carefully than
-# the sentence models' (benchmarks/README.md, "int8 QA"): activation outliers are smoothed
+# the embedder's (benchmarks/README.md, "int8 QA"): activation outliers are smoothed
 # into the weights with a strength chosen per product, the embedding tables stay fp32 (a
 # gather: no compute to save), and so do the feed-forward output products of the first two
 # layers, where the per-layer sensitivity pass found quantization costs the most agreement
 # (an error that enters early passes through every later layer). On MiniLM: answer agreement
-# with PyTorch 81.7% -> 93.3% on SQuAD heldout8, at 1.72x fp32's W3 speed.
+# with PyTorch 81.7% -> 93.3% on SQuAD heldout8, at 1.60-1.72x fp32's W3 speed (two bench runs).
 SPAN_INT8 = Int8Config(
     keep_fp32=("head", "embeddings"),
     nodes_to_exclude=tuple(f"/bert/encoder/layer.{i}/output/dense/MatMul" for i in range(2)),
     smooth_alpha="auto",
 )
+
+# The classifier's int8 file is smoothed too: its label agreement with PyTorch went from 98.5%
+# (IMDB) and 98.2% (Rotten Tomatoes) to 99.2% and 99.1%, over the 98.5% that --precision auto
+# asks for. The embedder's is left as it is: it meets its budget and W2 embedding speed is
+# where bertrt meets sentence-transformers' int8.
+LABEL_INT8 = Int8Config(smooth_alpha="auto")
 
 EXPORTS: Mapping[str, ExportSpec] = MappingProxyType({
     spec.task: spec
@@ -101,6 +107,7 @@ EXPORTS: Mapping[str, ExportSpec] = MappingProxyType({
             train=heads.train_sentiment,
             labels=heads.SENTIMENT_LABELS,
             check=heads.label_agreement,
+            int8=LABEL_INT8,
         ),
         ExportSpec(
             Task.QA,
