@@ -7,6 +7,9 @@ behaviours are still options, so one process can time every combination on the s
 with the same threads, calls alternating system by system:
 
 * ``ort``: plain ONNX Runtime as ``bertrt bench`` runs it (:class:`bertrt.bench.systems.PlainOrtSystem`);
+* ``ort-twin``: a second, identical plain ONNX Runtime system with sessions of its own: what
+  separates it from ``ort`` is not overhead but how far two identical systems drift apart on
+  this machine, the yardstick for every other ratio;
 * ``before``: ``cpu_arena="shrink", io_binding=True`` (the defaults before the change);
 * ``arena``: ``cpu_arena="adaptive", io_binding=True`` (the arena policy alone);
 * ``plain-run``: ``cpu_arena="shrink", io_binding=False`` (plain run alone);
@@ -14,9 +17,11 @@ with the same threads, calls alternating system by system:
 
 Figures: W1 requests end to end (classify and embed, 11 and 128 tokens) and model-level
 forwards of the classifier (token ids in, logits out), each as the median wall time per call
-with the ratio to ``ort`` (above 1: faster than plain ONNX Runtime) and the page faults per
-call (a count, so it does not drift with the machine's load: every fault is memory handed
-back and mapped again). Systems take turns as in ``bertrt bench``: in each round every
+with the ratio to ``ort`` (above 1: faster than plain ONNX Runtime), the same ratio taken
+round by round (the median over rounds of ``ort``'s median in that round over the system's,
+so a slow stretch that spans a round cancels out) and the page faults per call (a count, so
+it does not drift with the machine's load: every fault is memory handed back and mapped
+again). Systems take turns as in ``bertrt bench``: in each round every
 system makes one untimed call, then ``--per-turn`` timed calls back to back. Then the Python
 around the model (tokenizing, feeds, results) with the model replaced by its stored
 outputs, in microseconds per W1 request.
@@ -75,6 +80,7 @@ def measure(models: Path, threads: int, rounds: int, per_turn: int, forward_seco
     """Every figure for every system, and the Python-side costs."""
     infos = bundle_models(models)
     ort_system = PlainOrtSystem(infos, SystemSettings(threads=threads))
+    twin = PlainOrtSystem(infos, SystemSettings(threads=threads))
     bundles = {
         name: bertrt.load(
             models,
@@ -88,16 +94,20 @@ def measure(models: Path, threads: int, rounds: int, per_turn: int, forward_seco
     figures: dict[str, dict[str, Any]] = {}
     for label, text in (("short", texts["short"]), ("long", texts["long"])):
         calls: dict[str, Callable[[], object]] = {"ort": partial(ort_system.classify, [text])}
+        calls["ort-twin"] = partial(twin.classify, [text])
         calls |= {name: partial(b.classifier, [text]) for name, b in bundles.items()}
         figures[f"w1.classify.{label}"] = in_turns(calls, rounds, per_turn)
-        calls = {"ort": partial(ort_system.embed, [text])}
+        calls = {"ort": partial(ort_system.embed, [text]), "ort-twin": partial(twin.embed, [text])}
         calls |= {name: partial(_embed, b, text) for name, b in bundles.items()}
         figures[f"w1.embed.{label}"] = in_turns(calls, rounds, per_turn)
     vocab, longest = infos[Task.CLASSIFY].vocab_size, infos[Task.CLASSIFY].max_length
     # A model with a shorter window (the test bundles') runs each shape cut to its window.
     for batch, seq in dict.fromkeys((batch, min(seq, longest)) for batch, seq in FORWARDS):
         feeds = workloads.token_batch(batch, seq, vocab, seed=0)
-        calls = {"ort": partial(ort_system.forward, Task.CLASSIFY, feeds)}
+        calls = {
+            "ort": partial(ort_system.forward, Task.CLASSIFY, feeds),
+            "ort-twin": partial(twin.forward, Task.CLASSIFY, feeds),
+        }
         calls |= {name: partial(b.classifier.session.run, feeds) for name, b in bundles.items()}
         once = _seconds(calls["ort"])
         timed = int(forward_seconds / max(once * len(calls) * rounds, 1e-6))
@@ -114,22 +124,29 @@ def measure(models: Path, threads: int, rounds: int, per_turn: int, forward_seco
 
 def in_turns(calls: Mapping[str, Callable[[], object]], rounds: int, per_turn: int) -> dict[str, Any]:
     """In each of ``rounds``, every system makes one untimed call and ``per_turn`` timed ones;
-    per system the median wall ms, the ratio of ``ort``'s median to it, and the minor page
-    faults per timed call."""
+    per system the median wall ms, the ratio of ``ort``'s median to it (overall, and the median
+    of the per-round ratios) and the minor page faults per timed call."""
     seconds: dict[str, list[float]] = {name: [] for name in calls}
     faults: dict[str, list[int]] = {name: [] for name in calls}
+    by_round: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
             call()
+            turn = []
             for _ in range(per_turn):
                 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-                seconds[name].append(_seconds(call))
+                turn.append(_seconds(call))
                 faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+            seconds[name] += turn
+            by_round[name].append(statistics.median(turn))
     base = statistics.median(seconds["ort"])
     return {
         name: {
             "p50_ms": round(statistics.median(values) * 1e3, 3),
             "vs_ort": round(base / statistics.median(values), 3),
+            "vs_ort_by_round": round(
+                statistics.median(o / s for o, s in zip(by_round["ort"], by_round[name], strict=True)), 3
+            ),
             "faults_per_call": statistics.median(faults[name]),
             "calls": len(values),
         }
@@ -212,11 +229,12 @@ def _best_us(call: Callable[[], object], repeats: int) -> float:
 
 def render(results: Mapping[str, Any]) -> str:
     """The figures as a table: median ms per call (x plain ONNX Runtime), page faults per call."""
-    systems = ["ort", *CONFIGS]
+    systems = ["ort", "ort-twin", *CONFIGS]
     lines = ["| figure | " + " | ".join(systems) + " |", "|---" * (len(systems) + 1) + "|"]
     for figure, by_system in results["figures"].items():
         cells = [
-            f"{s['p50_ms']:.2f} ms ({s['vs_ort']:.2f}x, {s['faults_per_call']:.0f} faults)"
+            f"{s['p50_ms']:.2f} ms ({s['vs_ort']:.2f}x; by round {s['vs_ort_by_round']:.2f}x; "
+            f"{s['faults_per_call']:.0f} faults)"
             for s in (by_system[name] for name in systems)
         ]
         lines.append(f"| {figure} | " + " | ".join(cells) + " |")
