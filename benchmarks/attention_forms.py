@@ -41,6 +41,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from bertrt.bench.machine import machine_info
+from bertrt.export.optimize import vocab_size
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 FORMS = ("fused", "mha", "mha-no-mask", "plain")
@@ -144,24 +145,15 @@ def _plain_core(
     return nodes
 
 
-def feeds(batch: int, seq: int, padded: bool, vocab_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+def feeds(batch: int, seq: int, padded: bool, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random token ids; ``padded`` gives the rows lengths between ``seq / 2`` and ``seq``."""
     rng = np.random.default_rng(seed)
     mask = np.ones((batch, seq), np.int64)
     if padded:
         for row, length in enumerate(rng.integers(seq // 2, seq + 1, batch)):
             mask[row, length:] = 0
-    ids = rng.integers(1, vocab_size, (batch, seq)).astype(np.int64) * mask
+    ids = rng.integers(1, vocab, (batch, seq)).astype(np.int64) * mask
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros((batch, seq), np.int64)}
-
-
-def vocab_size(model: ModelProto) -> int:
-    """Rows of the word-embedding table of a fused BERT graph."""
-    tables = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type in ("EmbedLayerNormalization", "QEmbedLayerNormalization"):
-            return int(tables[node.input[2]].dims[0])
-    raise ValueError("No EmbedLayerNormalization in the graph; pass a file fused by bertrt export.")
 
 
 def compare_forms(
@@ -172,17 +164,17 @@ def compare_forms(
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.log_severity_level = 3
-    model = onnx.load(str(path))
-    sessions = {}
+    vocab = vocab_size(onnx.load(str(path), load_external_data=False))
     with tempfile.TemporaryDirectory() as tmp:
-        for form in FORMS:
-            file = Path(tmp) / f"{form}.onnx"
-            onnx.save(rewrite_attention(model, form), str(file))
-            sessions[form] = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+        files = save_forms(path, Path(tmp))
+        sessions = {
+            form: ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+            for form, file in zip(FORMS, files, strict=True)
+        }
     rows = []
     for batch, seq in shapes:
         for padded in (False, True):
-            batch_feeds = feeds(batch, seq, padded, vocab_size(model))
+            batch_feeds = feeds(batch, seq, padded, vocab)
             forms = [f for f in FORMS if not (padded and f in _MASK_FREE)]
             real = batch_feeds["attention_mask"].astype(bool)
             reference = sessions["fused"].run(None, batch_feeds)[0]

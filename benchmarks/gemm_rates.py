@@ -21,14 +21,13 @@ import ctypes
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from bertrt.bench.machine import machine_info
-from bertrt.bench.physical import BertShape
+from bertrt.bench.physical import BertShape, best_seconds
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 _ARCH_PRCTL = 158  # x86-64 syscall number
@@ -72,13 +71,7 @@ def gemm_rate(rows: int, k: int, n: int, integer: bool, threads: int = 2, repeat
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    session.run(None, {"a": a})
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        session.run(None, {"a": a})
-        best = min(best, time.perf_counter() - started)
-    return 2.0 * rows * k * n / best / 1e9
+    return 2.0 * rows * k * n / best_seconds(lambda: session.run(None, {"a": a}), repeats) / 1e9
 
 
 def amx_permission() -> bool | None:

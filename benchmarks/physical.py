@@ -66,7 +66,7 @@ def gemm_rate(size: int, *, threads: int, repeats: int = 5) -> dict[str, Any]:
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)
     flops = 2.0 * size**3
-    numpy_rate = flops / _best_seconds(lambda: a @ b, repeats) / 1e9
+    numpy_rate = flops / best_seconds(lambda: a @ b, repeats) / 1e9
     ort_rate = _ort_gemm_rate(a, b, threads, repeats, flops)
     return {
         "size": size,
@@ -95,10 +95,11 @@ def _ort_gemm_rate(a: np.ndarray, b: np.ndarray, threads: int, repeats: int, flo
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     feeds = {"a": a, "b": b}
-    return flops / _best_seconds(lambda: session.run(None, feeds), repeats) / 1e9
+    return flops / best_seconds(lambda: session.run(None, feeds), repeats) / 1e9
 
 
-def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
+def best_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``fn``, after one untimed call."""
     fn()  # warm-up: thread pools start, pages fault in
     best = float("inf")
     for _ in range(repeats):

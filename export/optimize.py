@@ -180,7 +180,7 @@ def probe_feeds(
     if not lengths or min(lengths) < 1:
         raise ConfigError(f"Probe lengths must be positive integers, got {tuple(lengths)}.")
     rng = np.random.default_rng(seed)
-    vocab = _vocab_size(onnx.load(str(model), load_external_data=False))
+    vocab = vocab_size(onnx.load(str(model), load_external_data=False))
     rows = [rng.integers(1, vocab, size=n).tolist() for n in lengths]
     return _pad(rows, max(lengths), _input_names(model))
 
@@ -301,7 +301,7 @@ def _count_initializers(model: onnx.ModelProto, elem_type: int) -> int:
     return sum(1 for t in model.graph.initializer if t.data_type == elem_type)
 
 
-def _vocab_size(model: onnx.ModelProto) -> int:
+def vocab_size(model: onnx.ModelProto) -> int:
     """Rows of the word-embedding table, found from the node that consumes ``input_ids``."""
     casts = (n for n in model.graph.node if n.op_type == "Cast" and n.input[0] == "input_ids")
     ids = {"input_ids", *(n.output[0] for n in casts)}
