@@ -44,8 +44,14 @@ def run_in_batches(
     batch_size: int,
     fn: Callable[[list[T]], Sequence[R]],
     group_by_length: bool = True,
+    map_batches: Callable[[list[list[T]]], Sequence[Sequence[R]]] | None = None,
 ) -> list[R]:
-    """Apply ``fn`` (one result per item) batch by batch; results in the order of ``items``."""
+    """Apply ``fn`` (one result per item) batch by batch; results in the order of ``items``.
+
+    ``map_batches``, where given, runs a call's batches instead of ``fn`` one after the
+    other (it may run them at once, see :mod:`bertrt.lanes`) and returns each batch's
+    results in batch order; a single item is always ``fn``'s.
+    """
     if len(items) != len(lengths):
         raise ConfigError(f"{len(items)} items but {len(lengths)} lengths; pass one length per item.")
     if len(items) == 1 and batch_size >= 1:
@@ -53,9 +59,11 @@ def run_in_batches(
         [output] = fn([items[0]])
         return [output]
     results: list[R | None] = [None] * len(items)
-    for batch in plan_batches(lengths, batch_size, group_by_length):
-        outputs = fn([items[i] for i in batch])
+    plan = plan_batches(lengths, batch_size, group_by_length)
+    batches = [[items[i] for i in batch] for batch in plan]
+    outputs = map_batches(batches) if map_batches else [fn(batch) for batch in batches]
+    for batch, batch_outputs in zip(plan, outputs, strict=True):
         # strict: a batch function that drops or adds results is a bug, not a user error.
-        for index, output in zip(batch, outputs, strict=True):
+        for index, output in zip(batch, batch_outputs, strict=True):
             results[index] = output
     return results  # type: ignore[return-value]  # every slot is filled above

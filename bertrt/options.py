@@ -48,6 +48,11 @@ class RuntimeOptions:
     ``keep`` holds every peak for reuse (the process keeps its largest request's memory);
     ``off`` allocates every tensor afresh (slowest).
 
+    ``batch_lanes`` says how a CPU call with several batches runs them (see
+    :mod:`bertrt.lanes`): 0 (the default, auto) runs a call with at least one batch per
+    intra-op thread on as many single-threaded lanes, side by side; 1 runs every batch in
+    turn on all threads; ``n`` runs ``n`` lanes whenever a call has two batches or more.
+
     Request limits make an oversized call fail fast with an InputError instead of eating
     memory (see :mod:`bertrt.limits`): ``max_texts_per_call`` (texts, or QA pairs, per
     call), ``max_chars_per_text`` (characters of each text or question; longer texts are
@@ -62,6 +67,7 @@ class RuntimeOptions:
     io_binding: bool | None = None
     batch_size: int = 32
     group_by_length: bool = True
+    batch_lanes: int = 0
     cuda_device_id: int = 0
     cpu_arena: str = "adaptive"
     max_texts_per_call: int = 10_000
@@ -77,7 +83,7 @@ class RuntimeOptions:
             )
         if self.cpu_arena not in CPU_ARENA_MODES:
             raise ConfigError(f"cpu_arena must be one of {', '.join(CPU_ARENA_MODES)}, got {self.cpu_arena!r}.")
-        for name in ("intra_op_threads", "inter_op_threads", "cuda_device_id"):
+        for name in ("intra_op_threads", "inter_op_threads", "cuda_device_id", "batch_lanes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}.")
         for name in ("batch_size", *LIMITS):

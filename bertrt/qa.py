@@ -26,6 +26,7 @@ from bertrt.qa_decode import DecodeOptions, decode_answers
 from bertrt.qa_windows import QAWindows, check_pairs, encode_qa
 from bertrt.results import QAResult
 from bertrt.runner import TaskRunner
+from bertrt.session import OrtSession
 from bertrt.types import Task
 
 START, END = "start_logits", "end_logits"
@@ -170,11 +171,14 @@ class QuestionAnswerer(TaskRunner):
         start = np.zeros(windows.input_ids.shape, dtype=np.float32)
         end = np.zeros(windows.input_ids.shape, dtype=np.float32)
 
-        batches = plan_batches(lengths.tolist(), self.options.batch_size, self.options.group_by_length)
-        for rows in batches:
+        def run_batch(rows: list[int], session: OrtSession) -> None:
             width = int(lengths[rows].max())
             pairs = (first_pair + windows.example_index[rows]).tolist()
-            outputs = self._run_session({k: v[rows, :width] for k, v in inputs.items()}, pairs)
+            outputs = self._run_session({k: v[rows, :width] for k, v in inputs.items()}, pairs, session)
+            # Batches hold disjoint rows, so lanes never write the same cells.
             start[rows, :width] = outputs[START]
             end[rows, :width] = outputs[END]
+
+        batches = plan_batches(lengths.tolist(), self.options.batch_size, self.options.group_by_length)
+        self._map_batches(run_batch, batches)
         return start, end

@@ -3,14 +3,18 @@ tokenizer, and run texts through them batch by batch.
 
 Task classes (:mod:`bertrt.embed`, :mod:`bertrt.classify`, :mod:`bertrt.qa`) add only their
 pre- and post-processing. A runner is safe to call from many threads at once: the session
-keeps per-thread IO bindings and the tokenizer is configured once, then only read.
+keeps per-thread IO bindings and the tokenizer is configured once, then only read. On the
+CPU, a call with at least one batch per intra-op thread runs its batches side by side on
+single-threaded lanes (:mod:`bertrt.lanes`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
@@ -18,9 +22,11 @@ import numpy as np
 
 from bertrt.batching import run_in_batches
 from bertrt.errors import BundleError, NonFiniteOutput
+from bertrt.lanes import LanePool, lane_count, usable_cores
 from bertrt.model_files import ModelFiles, open_model
 from bertrt.options import RuntimeOptions, coerce_enum
 from bertrt.precision import VariantChoice
+from bertrt.providers import CPU_PROVIDER
 from bertrt.session import OrtSession
 from bertrt.tokenizer import Encoding, TextTokenizer
 from bertrt.types import Device, Precision, PrecisionChoice
@@ -28,6 +34,7 @@ from bertrt.types import Device, Precision, PrecisionChoice
 if TYPE_CHECKING:
     from bertrt.tasks import TaskSpec
 
+B = TypeVar("B")
 R = TypeVar("R")
 logger = logging.getLogger("bertrt")
 
@@ -68,6 +75,10 @@ class TaskRunner:
                 f"model needs (it has {', '.join(self.session.outputs)}); re-export the bundle."
             )
         self.tokenizer = TextTokenizer.from_dir(self.model.directory, self.manifest.max_length)
+        # Lanes (bertrt.lanes): their one-thread session and worker threads, made on first use.
+        self._lanes_lock = threading.Lock()
+        self._lane_session: OrtSession | None = None
+        self._lane_pool: LanePool | None = None
         if not self.manifest.trained:
             warnings.warn(
                 f"The {self.task} head in {self.model.directory} was never trained, so "
@@ -107,27 +118,51 @@ class TaskRunner:
         """Tokenize, batch by length, run, and post-process each batch; caller's order."""
         encodings = self.tokenizer.encode(texts)
 
-        def run_batch(batch: list[tuple[int, Encoding]]) -> list[R]:
+        def run_batch(batch: list[tuple[int, Encoding]], session: OrtSession) -> list[R]:
             rows = [encoding for _, encoding in batch]
-            outputs = self._run_session(self.tokenizer.pad(rows).feeds(), [index for index, _ in batch])
+            outputs = self._run_session(self.tokenizer.pad(rows).feeds(), [index for index, _ in batch], session)
             return postprocess(outputs, rows)
 
         return run_in_batches(
             list(enumerate(encodings)),
             [len(e) for e in encodings],
             self.options.batch_size,
-            run_batch,
+            lambda batch: run_batch(batch, self.session),
             self.options.group_by_length,
+            map_batches=lambda batches: self._map_batches(run_batch, batches),
         )
 
-    def _run_session(self, feeds: Mapping[str, np.ndarray], inputs: Sequence[int]) -> dict[str, np.ndarray]:
-        """Run one batch; ``inputs[row]`` is the call's input that batch row ``row`` belongs to.
+    def _map_batches(self, run_batch: Callable[[B, OrtSession], R], batches: Sequence[B]) -> list[R]:
+        """``run_batch(batch, session)`` for every batch of one call, in order: in turn on the
+        main session, or side by side on the lanes where the call has enough batches."""
+        lanes = lane_count(self.options.batch_lanes, len(batches), self.options.intra_op_threads)
+        if lanes == 1 or self.session.provider != CPU_PROVIDER:
+            return [run_batch(batch, self.session) for batch in batches]
+        session, pool = self._lanes()
+        return pool.map(lambda batch: run_batch(batch, session), batches)
+
+    def _lanes(self) -> tuple[OrtSession, LanePool]:
+        """The lanes' one-thread session and worker pool, opened on first use."""
+        with self._lanes_lock:
+            if self._lane_session is None or self._lane_pool is None:
+                setting, threads = self.options.batch_lanes, self.options.intra_op_threads
+                size = setting if setting > 1 else threads if threads > 0 else usable_cores()
+                one_thread = replace(self.options, intra_op_threads=1, inter_op_threads=1)
+                self._lane_session = OrtSession(self.model.onnx_path, Device.CPU, one_thread, self.model.precision)
+                self._lane_pool = LanePool(size)
+            return self._lane_session, self._lane_pool
+
+    def _run_session(
+        self, feeds: Mapping[str, np.ndarray], inputs: Sequence[int], session: OrtSession | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run one batch on ``session`` (the runner's own by default); ``inputs[row]`` is the
+        call's input that batch row ``row`` belongs to.
 
         Raises :class:`~bertrt.errors.NonFiniteOutput` naming the model file and the input when
         an output holds NaN or inf (an fp16 overflow, a broken file): such values would reach
         the caller as scores, and NaN is not even valid JSON.
         """
-        outputs = self.session.run(feeds)
+        outputs = (session or self.session).run(feeds)
         check_finite(outputs, inputs, self.model.onnx_path)
         return outputs
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from bertrt.batcher import BatcherOptions
 from bertrt.errors import ConfigError
+from bertrt.lanes import usable_cores
 from bertrt.options import RuntimeOptions, coerce_enum
 from bertrt.serve.keys import check_key
 from bertrt.types import Device, PrecisionChoice, Task
@@ -48,8 +48,7 @@ def serving_threads(workers: int = 1) -> int:
     >>> serving_threads(workers=1) >= 1
     True
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // workers - 1)
+    return max(1, usable_cores() // workers - 1)
 
 
 def serving_runtime(
