@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bertrt.lanes import usable_cores
+
 # CPU flags that decide which kernels run: AVX-512 and VNNI for int8 GEMMs, bf16 and AMX
 # for PyTorch's bf16 autocast and ONNX Runtime's AMX int8 GEMMs, fp16 arithmetic.
 FEATURE_FLAGS = (
@@ -59,7 +61,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cpu_features": list(cpu_features()),
         "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": usable_cores(),
         "memory_gb": _memory_gb(),
         "gpu": gpu_name(),
         "os": platform.platform(),

@@ -64,6 +64,8 @@ from bertrt.bench.serve_bench import (  # noqa: E402
     summarize,
 )
 
+from bertrt.lanes import usable_cores  # noqa: E402
+
 TASK = "classify"
 CONCURRENCIES = (1, 32)
 # Ray's processes by what they are, matched against their process titles and commands.
@@ -110,7 +112,7 @@ class RayBenchConfig:
 
 def cores() -> int:
     """CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cores()
 
 
 def run_ray_serve_bench(config: RayBenchConfig, log: Any = print) -> dict[str, Any]:

@@ -78,11 +78,18 @@ class System(ABC):
 
 
 class BertrtSystem(System):
-    """bertrt itself at one precision: the public runners of :func:`bertrt.load`."""
+    """bertrt itself at one precision: the public runners of :func:`bertrt.load`.
 
-    def __init__(self, models: Mapping[Task, ModelInfo], settings: SystemSettings, precision: Precision) -> None:
+    ``batch_lanes`` is the runtime option (0, the default, is bertrt's own default); another
+    value names the system ``bertrt-<precision>-lanes-<n>``, and 1, batches run in turn,
+    ``bertrt-<precision>-in-turn``."""
+
+    def __init__(
+        self, models: Mapping[Task, ModelInfo], settings: SystemSettings, precision: Precision, batch_lanes: int = 0
+    ) -> None:
         super().__init__(models, settings)
-        self.name = f"bertrt-{precision.value}"
+        suffix = {0: "", 1: "-in-turn"}.get(batch_lanes, f"-lanes-{batch_lanes}")
+        self.name = f"bertrt-{precision.value}{suffix}"
         if (precision is Precision.FP16) == (settings.device is Device.CPU) and precision is not Precision.FP32:
             raise ConfigError(
                 f"{self.name} is not timed on --device {settings.device.value}: fp16 files are for CUDA GPUs "
@@ -91,7 +98,12 @@ class BertrtSystem(System):
         for info in models.values():
             info.onnx_file(precision)  # fail now, with the variants present, if one is missing
         path = next(iter(models.values())).directory.parent
-        options = RuntimeOptions(intra_op_threads=settings.threads, inter_op_threads=1, batch_size=settings.batch_size)
+        options = RuntimeOptions(
+            intra_op_threads=settings.threads,
+            inter_op_threads=1,
+            batch_size=settings.batch_size,
+            batch_lanes=batch_lanes,
+        )
         self.bundle: Bundle | None = Bundle(path, device=settings.device, precision=precision, options=options)
 
     def _bundle(self) -> Bundle:

@@ -5,17 +5,19 @@ the threads meet at a barrier after each one. For the small operators of a BERT 
 (layer norms, GELU, the attention of short texts) the split costs more than it saves. A
 call that brings several batches can skip the barriers: each of ``T`` lanes runs whole
 batches on one thread of its own, so ``T`` batches run at once on the ``T`` threads the
-session was given. A call with fewer batches than threads runs them in turn, each on
-every thread, as a single request does.
+session was given. Each lane takes batches of ``batch_size / T`` texts, so the tokens in
+flight, and the working memory they take, stay those of one full batch. A call with fewer
+full batches than threads runs them in turn, each on every thread, as a single request does.
 
 The lanes share one extra session of the same file, opened with one intra-op thread on
 first use (ONNX Runtime runs a one-thread session on the calling thread, and its
 ``run`` may be called from many threads at once). That costs a second copy of the
 weights, made only by processes that run multi-batch calls.
 
-Measured on the W2 stream (1,000 mixed reviews, batches of 32 sorted by length, 2-core
-Xeon, MiniLM): two lanes took 0.90-0.94x the time of the same batches run in turn on two
-threads, fp32 and int8 alike (``benchmarks/README.md``, "Batch lanes").
+Measured with ``python -m bertrt.bench.lanes`` on the MiniLM bundle (2-core Xeon, W2's 500
+mixed reviews and W3's 500 SQuAD questions in one call each, batches of 32): two lanes ran
+1.00-1.11x as fast as the same batches in turn on two threads (best of four calls), 1.02-1.13x
+by the median of per-round ratios, int8 gaining most (``benchmarks/README.md``, "Batch lanes").
 
 Example::
 
@@ -46,11 +48,12 @@ def usable_cores() -> int:
 def lane_count(setting: int, batches: int, threads: int) -> int:
     """How many lanes a call of ``batches`` batches runs on (1: in turn, on every thread).
 
-    ``setting`` is :attr:`bertrt.RuntimeOptions.batch_lanes`: 0 (auto) gives one lane per
-    intra-op thread of the session (``threads``; 0 means ONNX Runtime's own pick, one per
-    core), and only to a call with at least that many batches, so lanes never leave a
-    thread idle that would otherwise work; 1 turns lanes off; ``n`` asks for ``n`` lanes
-    whenever the call has two batches or more.
+    ``batches`` counts the call's batches at the full batch size. ``setting`` is
+    :attr:`bertrt.RuntimeOptions.batch_lanes`: 0 (auto) gives one lane per intra-op thread
+    of the session (``threads``; 0 means ONNX Runtime's own pick, one per core), and only to
+    a call with at least that many batches, so lanes never leave a thread idle that would
+    otherwise work; 1 turns lanes off; ``n`` asks for ``n`` lanes whenever the call has two
+    batches or more.
     """
     if setting == 1 or batches < 2:
         return 1
@@ -58,6 +61,16 @@ def lane_count(setting: int, batches: int, threads: int) -> int:
         return min(setting, batches)
     lanes = threads if threads > 0 else usable_cores()
     return lanes if lanes >= 2 and batches >= lanes else 1
+
+
+def lane_batch_size(batch_size: int, lanes: int) -> int:
+    """The batch size of each of ``lanes`` lanes: their batches together hold one batch of
+    ``batch_size`` (rounded up), so lanes add no working memory.
+
+    >>> lane_batch_size(32, 2), lane_batch_size(32, 1), lane_batch_size(3, 2)
+    (16, 32, 2)
+    """
+    return -(-batch_size // lanes)
 
 
 class LanePool:

@@ -50,8 +50,10 @@ class RuntimeOptions:
 
     ``batch_lanes`` says how a CPU call with several batches runs them (see
     :mod:`bertrt.lanes`): 0 (the default, auto) runs a call with at least one batch per
-    intra-op thread on as many single-threaded lanes, side by side; 1 runs every batch in
-    turn on all threads; ``n`` runs ``n`` lanes whenever a call has two batches or more.
+    intra-op thread on as many single-threaded lanes, side by side, each lane's batches
+    ``batch_size / lanes`` long (the same tokens in flight as one batch); 1 runs every
+    batch in turn on all threads; ``n`` runs ``n`` lanes whenever a call has two batches or
+    more.
 
     Request limits make an oversized call fail fast with an InputError instead of eating
     memory (see :mod:`bertrt.limits`): ``max_texts_per_call`` (texts, or QA pairs, per

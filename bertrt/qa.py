@@ -21,6 +21,7 @@ import numpy as np
 
 from bertrt.batching import plan_batches
 from bertrt.errors import BundleError, InputError
+from bertrt.lanes import lane_batch_size
 from bertrt.limits import check_texts, check_top_k
 from bertrt.qa_decode import DecodeOptions, decode_answers
 from bertrt.qa_windows import QAWindows, check_pairs, encode_qa
@@ -179,6 +180,7 @@ class QuestionAnswerer(TaskRunner):
             start[rows, :width] = outputs[START]
             end[rows, :width] = outputs[END]
 
-        batches = plan_batches(lengths.tolist(), self.options.batch_size, self.options.group_by_length)
-        self._map_batches(run_batch, batches)
+        lanes = self._lane_plan(len(lengths))
+        batch_size = lane_batch_size(self.options.batch_size, lanes)
+        self._map_batches(run_batch, plan_batches(lengths.tolist(), batch_size, self.options.group_by_length), lanes)
         return start, end

@@ -22,7 +22,7 @@ import numpy as np
 
 from bertrt.batching import run_in_batches
 from bertrt.errors import BundleError, NonFiniteOutput
-from bertrt.lanes import LanePool, lane_count, usable_cores
+from bertrt.lanes import LanePool, lane_batch_size, lane_count, usable_cores
 from bertrt.model_files import ModelFiles, open_model
 from bertrt.options import RuntimeOptions, coerce_enum
 from bertrt.precision import VariantChoice
@@ -123,20 +123,28 @@ class TaskRunner:
             outputs = self._run_session(self.tokenizer.pad(rows).feeds(), [index for index, _ in batch], session)
             return postprocess(outputs, rows)
 
+        lanes = self._lane_plan(len(encodings))
         return run_in_batches(
             list(enumerate(encodings)),
             [len(e) for e in encodings],
-            self.options.batch_size,
+            lane_batch_size(self.options.batch_size, lanes),
             lambda batch: run_batch(batch, self.session),
             self.options.group_by_length,
-            map_batches=lambda batches: self._map_batches(run_batch, batches),
+            map_batches=lambda batches: self._map_batches(run_batch, batches, lanes),
         )
 
-    def _map_batches(self, run_batch: Callable[[B, OrtSession], R], batches: Sequence[B]) -> list[R]:
+    def _lane_plan(self, items: int) -> int:
+        """How many lanes a call of ``items`` texts (or QA windows) runs on; 1: in turn on
+        the main session (always so on CUDA)."""
+        if self.session.provider != CPU_PROVIDER:
+            return 1
+        full_batches = -(-items // self.options.batch_size)
+        return lane_count(self.options.batch_lanes, full_batches, self.options.intra_op_threads)
+
+    def _map_batches(self, run_batch: Callable[[B, OrtSession], R], batches: Sequence[B], lanes: int) -> list[R]:
         """``run_batch(batch, session)`` for every batch of one call, in order: in turn on the
-        main session, or side by side on the lanes where the call has enough batches."""
-        lanes = lane_count(self.options.batch_lanes, len(batches), self.options.intra_op_threads)
-        if lanes == 1 or self.session.provider != CPU_PROVIDER:
+        main session, or side by side on the lanes' one-thread session."""
+        if lanes == 1:
             return [run_batch(batch, self.session) for batch in batches]
         session, pool = self._lanes()
         return pool.map(lambda batch: run_batch(batch, session), batches)

@@ -16,7 +16,7 @@ from graph_edits import edit_bundle_file
 import bertrt
 from bertrt import RuntimeOptions
 from bertrt.errors import ConfigError, NonFiniteOutput
-from bertrt.lanes import LanePool, lane_count
+from bertrt.lanes import LanePool, lane_batch_size, lane_count
 from bertrt.types import Precision
 
 pytestmark = pytest.mark.filterwarnings("ignore:The (qa|classify) head")
@@ -92,15 +92,21 @@ def test_a_failing_item_raises_and_cancels_the_items_not_started() -> None:
     pool.close()
 
 
-def _load(bundle: Path, lanes: int, precision: Precision | str = "fp32") -> bertrt.Bundle:
-    # Batches of 2 make every call below several batches, so lanes have work to share.
-    options = RuntimeOptions(batch_size=2, intra_op_threads=2, batch_lanes=lanes)
+def _load(bundle: Path, lanes: int, precision: Precision | str = "fp32", batch_size: int = 4) -> bertrt.Bundle:
+    # Batches of 4 make every call below two full batches or more, so two lanes have work.
+    options = RuntimeOptions(batch_size=batch_size, intra_op_threads=2, batch_lanes=lanes)
     return bertrt.load(bundle, device="cpu", precision=precision, options=options)
+
+
+def test_each_lane_takes_a_share_of_the_batch_size() -> None:
+    assert [lane_batch_size(32, lanes) for lanes in (1, 2, 3, 4)] == [32, 16, 11, 8]
+    assert lane_batch_size(1, 2) == 1
 
 
 @pytest.mark.parametrize("precision", [Precision.FP32, Precision.INT8])
 def test_lanes_give_the_results_of_batches_run_in_turn(tiny_bundle: Path, precision: Precision) -> None:
-    in_turn, lanes = _load(tiny_bundle, 1, precision), _load(tiny_bundle, 2, precision)
+    # Two lanes run batches of 2 (half the batch size of 4): the same batches as in turn at 2.
+    in_turn, lanes = _load(tiny_bundle, 1, precision, batch_size=2), _load(tiny_bundle, 2, precision)
     contexts = ["the actors", "paris is the capital of france " * 30, "it rained all day"]
     questions = ["who?", "what is the capital?", "when?"]
     for bundle in (in_turn, lanes):
@@ -122,7 +128,7 @@ def test_lanes_give_the_results_of_batches_run_in_turn(tiny_bundle: Path, precis
 def test_a_single_batch_runs_on_the_main_session(tiny_bundle: Path) -> None:
     bundle = _load(tiny_bundle, 0)
     bundle.embedder(["one text"])
-    bundle.embedder(["two", "texts"])  # one batch of 2
+    bundle.embedder(["four", "short", "texts", "here"])  # one full batch of 4: every thread on it
     assert bundle.embedder._lane_session is None
 
 
@@ -132,8 +138,8 @@ def test_a_lane_that_meets_nan_names_the_input(tiny_bundle: Path, tmp_path: Path
     # input of the call's first batch, as the same batches run in turn do.
     edit_bundle_file(bundle_dir / "classifier", "model.onnx", "logits", [((0, 0), math.nan)])
     errors = {}
-    for lanes in (1, 2):
-        classifier = _load(bundle_dir, lanes).classifier
+    for lanes, batch_size in ((1, 2), (2, 4)):  # the same batches of 2 both ways
+        classifier = _load(bundle_dir, lanes, batch_size=batch_size).classifier
         with pytest.raises(NonFiniteOutput) as error:
             classifier(TEXTS)
         errors[lanes] = (error.value.output, error.value.index)
