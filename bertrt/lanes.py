@@ -15,9 +15,9 @@ first use (ONNX Runtime runs a one-thread session on the calling thread, and its
 weights, made only by processes that run multi-batch calls.
 
 Measured with ``python -m bertrt.bench.lanes`` on the MiniLM bundle (2-core Xeon, W2's 500
-mixed reviews and W3's 500 SQuAD questions in one call each, batches of 32): two lanes ran
-1.00-1.11x as fast as the same batches in turn on two threads (best of four calls), 1.02-1.13x
-by the median of per-round ratios, int8 gaining most (``benchmarks/README.md``, "Batch lanes").
+mixed reviews and W3's 200 SQuAD questions in one call each): two lanes of 16 ran 1.08-1.47x
+as fast as batches of 32 in turn on two threads, int8 gaining most, with the same results
+(``benchmarks/README.md``, "Batch lanes").
 
 Example::
 
