@@ -28,7 +28,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -41,6 +40,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from bertrt.bench.machine import machine_info
+from bertrt.bench.report import write_json
 from bertrt.export.optimize import vocab_size
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
@@ -229,9 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         save_forms(args.model, args.save)
     rows = compare_forms(args.model, rounds=args.rounds, threads=args.threads)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         result = {"model": str(args.model), "command": sys.argv, "machine": machine_info(), "rows": rows}
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(result, args.out)
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import platform
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import onnxruntime as ort
 from bertrt.bench.machine import machine_info
 from bertrt.bench.physical import BertShape, best_seconds
+from bertrt.bench.report import write_json
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 _ARCH_PRCTL = 158  # x86-64 syscall number
@@ -122,9 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"AMX tile permission held: {amx}")
     rows = measure(BertShape.from_config(config), args.batch * args.seq, args.threads)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         result = {"command": sys.argv, "machine": machine_info(), "amx_permission": amx, "products": rows}
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(result, args.out)
     return 0
 
 

@@ -19,7 +19,6 @@ vectors may differ in float rounding (within 1e-5), labels and answer spans not 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ import numpy as np
 from bertrt.bench import workloads
 from bertrt.bench.config import DEFAULT_SQUAD
 from bertrt.bench.machine import machine_info
+from bertrt.bench.report import write_json
 
 import bertrt
 
@@ -140,9 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         args.questions, args.threads, args.rounds, args.squad or DEFAULT_SQUAD,
     )  # fmt: skip
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         result = {"command": sys.argv, "machine": machine_info(), "threads": args.threads, "rows": rows}
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(result, args.out)
     return 0 if all(row["same_results"] for row in rows) else 1
 
 

@@ -21,7 +21,6 @@ batch size and W2 stream (capped at 256 tokens).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ from typing import Any
 
 from bertrt.bench import workloads
 from bertrt.bench.machine import machine_info
+from bertrt.bench.report import write_json
 from bertrt.bench.subjects import bundle_models
 from bertrt.bench.systems import BertrtSystem, System, SystemSettings, make_system
 
@@ -106,12 +106,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['median_round_ratio']:.3f} (median of rounds)"
         )
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         result = {
             "command": sys.argv, "machine": machine_info(), "texts": args.texts, "threads": args.threads,
             "seconds": {name: [round(s, 4) for s in values] for name, values in seconds.items()}, "ratios": rows,
         }  # fmt: skip
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(result, args.out)
     for system in systems:
         system.close()
     return 0

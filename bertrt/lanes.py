@@ -59,8 +59,16 @@ def lane_count(setting: int, batches: int, threads: int) -> int:
         return 1
     if setting > 1:
         return min(setting, batches)
-    lanes = threads if threads > 0 else usable_cores()
+    lanes = most_lanes(setting, threads)
     return lanes if lanes >= 2 and batches >= lanes else 1
+
+
+def most_lanes(setting: int, threads: int) -> int:
+    """The most lanes any call gets (the size of a runner's lane pool): ``setting`` when it
+    names a number, else one per intra-op thread (``threads``, or the usable cores for 0)."""
+    if setting > 1:
+        return setting
+    return threads if threads > 0 else usable_cores()
 
 
 def lane_batch_size(batch_size: int, lanes: int) -> int:

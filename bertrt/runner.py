@@ -22,7 +22,7 @@ import numpy as np
 
 from bertrt.batching import run_in_batches
 from bertrt.errors import BundleError, NonFiniteOutput
-from bertrt.lanes import LanePool, lane_batch_size, lane_count, usable_cores
+from bertrt.lanes import LanePool, lane_batch_size, lane_count, most_lanes
 from bertrt.model_files import ModelFiles, open_model
 from bertrt.options import RuntimeOptions, coerce_enum
 from bertrt.precision import VariantChoice
@@ -153,11 +153,9 @@ class TaskRunner:
         """The lanes' one-thread session and worker pool, opened on first use."""
         with self._lanes_lock:
             if self._lane_session is None or self._lane_pool is None:
-                setting, threads = self.options.batch_lanes, self.options.intra_op_threads
-                size = setting if setting > 1 else threads if threads > 0 else usable_cores()
                 one_thread = replace(self.options, intra_op_threads=1, inter_op_threads=1)
                 self._lane_session = OrtSession(self.model.onnx_path, Device.CPU, one_thread, self.model.precision)
-                self._lane_pool = LanePool(size)
+                self._lane_pool = LanePool(most_lanes(self.options.batch_lanes, self.options.intra_op_threads))
             return self._lane_session, self._lane_pool
 
     def _run_session(

@@ -16,7 +16,7 @@ from graph_edits import edit_bundle_file
 import bertrt
 from bertrt import RuntimeOptions
 from bertrt.errors import ConfigError, NonFiniteOutput
-from bertrt.lanes import LanePool, lane_batch_size, lane_count
+from bertrt.lanes import LanePool, lane_batch_size, lane_count, most_lanes
 from bertrt.types import Precision
 
 pytestmark = pytest.mark.filterwarnings("ignore:The (qa|classify) head")
@@ -54,6 +54,11 @@ def test_auto_lanes_with_threads_left_to_onnx_runtime_use_the_usable_cores(monke
     monkeypatch.setattr("bertrt.lanes.usable_cores", lambda: 4)
     assert lane_count(0, 4, 0) == 4
     assert lane_count(0, 3, 0) == 1
+
+
+def test_a_runner_pool_holds_the_most_lanes_a_call_gets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("bertrt.lanes.usable_cores", lambda: 4)
+    assert [most_lanes(0, 2), most_lanes(0, 0), most_lanes(3, 1), most_lanes(1, 2)] == [2, 4, 3, 2]
 
 
 def test_negative_lanes_are_refused() -> None:
