@@ -10,6 +10,9 @@ with the same threads, calls alternating system by system:
 * ``ort-twin``: a second, identical plain ONNX Runtime system with sessions of its own: what
   separates it from ``ort`` is not overhead but how far two identical systems drift apart on
   this machine, the yardstick for every other ratio;
+* ``ort-shared``: the same plain loop on ``after``'s own sessions (no run options): the two
+  share every byte of model memory, so what separates them is only the code bertrt runs
+  around ``session.run``, with none of the drift between sessions;
 * ``before``: ``cpu_arena="shrink", io_binding=True`` (the defaults before the change);
 * ``arena``: ``cpu_arena="adaptive", io_binding=True`` (the arena policy alone);
 * ``plain-run``: ``cpu_arena="shrink", io_binding=False`` (plain run alone);
@@ -17,7 +20,8 @@ with the same threads, calls alternating system by system:
 
 Figures: W1 requests end to end (classify and embed, 11 and 128 tokens) and model-level
 forwards of the classifier (token ids in, logits out), each as the median wall time per call
-with the ratio to ``ort`` (above 1: faster than plain ONNX Runtime), the same ratio taken
+with the ratio to ``ort`` (above 1: faster than plain ONNX Runtime) and to ``ort-shared``
+(``vs_shared``: bertrt's own cost, overall and round by round), the ratio to ``ort`` taken
 round by round (the median over rounds of ``ort``'s median in that round over the system's,
 so a slow stretch that spans a round cancels out) and the page faults per call (a count, so
 it does not drift with the machine's load: every fault is memory handed back and mapped
@@ -89,15 +93,23 @@ def measure(models: Path, threads: int, rounds: int, per_turn: int, forward_seco
         )
         for name, changes in CONFIGS.items()
     }
+    after = bundles["after"]
+    after_sessions = {task: after.runner(task).session.inference_session for task in (Task.CLASSIFY, Task.EMBED)}
+    shared = PlainOrtSystem(infos, SystemSettings(threads=threads), sessions=after_sessions)
     load_before = load_average()
     texts = workloads.w1_texts(workloads.load_tokenizer(infos[Task.CLASSIFY].directory), 128)
     figures: dict[str, dict[str, Any]] = {}
     for label, text in (("short", texts["short"]), ("long", texts["long"])):
         calls: dict[str, Callable[[], object]] = {"ort": partial(ort_system.classify, [text])}
         calls["ort-twin"] = partial(twin.classify, [text])
+        calls["ort-shared"] = partial(shared.classify, [text])
         calls |= {name: partial(b.classifier, [text]) for name, b in bundles.items()}
         figures[f"w1.classify.{label}"] = in_turns(calls, rounds, per_turn)
-        calls = {"ort": partial(ort_system.embed, [text]), "ort-twin": partial(twin.embed, [text])}
+        calls = {
+            "ort": partial(ort_system.embed, [text]),
+            "ort-twin": partial(twin.embed, [text]),
+            "ort-shared": partial(shared.embed, [text]),
+        }
         calls |= {name: partial(_embed, b, text) for name, b in bundles.items()}
         figures[f"w1.embed.{label}"] = in_turns(calls, rounds, per_turn)
     vocab, longest = infos[Task.CLASSIFY].vocab_size, infos[Task.CLASSIFY].max_length
@@ -107,6 +119,7 @@ def measure(models: Path, threads: int, rounds: int, per_turn: int, forward_seco
         calls = {
             "ort": partial(ort_system.forward, Task.CLASSIFY, feeds),
             "ort-twin": partial(twin.forward, Task.CLASSIFY, feeds),
+            "ort-shared": partial(shared.forward, Task.CLASSIFY, feeds),
         }
         calls |= {name: partial(b.classifier.session.run, feeds) for name, b in bundles.items()}
         once = _seconds(calls["ort"])
@@ -139,19 +152,23 @@ def in_turns(calls: Mapping[str, Callable[[], object]], rounds: int, per_turn: i
                 faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
             seconds[name] += turn
             by_round[name].append(statistics.median(turn))
-    base = statistics.median(seconds["ort"])
-    return {
-        name: {
+
+    def ratios(base: str, name: str) -> tuple[float, float]:
+        overall = statistics.median(seconds[base]) / statistics.median(seconds[name])
+        per_round = statistics.median(b / s for b, s in zip(by_round[base], by_round[name], strict=True))
+        return round(overall, 3), round(per_round, 3)
+
+    figure: dict[str, Any] = {}
+    for name, values in seconds.items():
+        figure[name] = {
             "p50_ms": round(statistics.median(values) * 1e3, 3),
-            "vs_ort": round(base / statistics.median(values), 3),
-            "vs_ort_by_round": round(
-                statistics.median(o / s for o, s in zip(by_round["ort"], by_round[name], strict=True)), 3
-            ),
             "faults_per_call": statistics.median(faults[name]),
             "calls": len(values),
         }
-        for name, values in seconds.items()
-    }
+        figure[name]["vs_ort"], figure[name]["vs_ort_by_round"] = ratios("ort", name)
+        if "ort-shared" in seconds:
+            figure[name]["vs_shared"], figure[name]["vs_shared_by_round"] = ratios("ort-shared", name)
+    return figure
 
 
 def python_costs(
@@ -229,12 +246,12 @@ def _best_us(call: Callable[[], object], repeats: int) -> float:
 
 def render(results: Mapping[str, Any]) -> str:
     """The figures as a table: median ms per call (x plain ONNX Runtime), page faults per call."""
-    systems = ["ort", "ort-twin", *CONFIGS]
+    systems = ["ort", "ort-twin", "ort-shared", *CONFIGS]
     lines = ["| figure | " + " | ".join(systems) + " |", "|---" * (len(systems) + 1) + "|"]
     for figure, by_system in results["figures"].items():
         cells = [
             f"{s['p50_ms']:.2f} ms ({s['vs_ort']:.2f}x; by round {s['vs_ort_by_round']:.2f}x; "
-            f"{s['faults_per_call']:.0f} faults)"
+            f"vs shared {s['vs_shared']:.2f}x / {s['vs_shared_by_round']:.2f}x; {s['faults_per_call']:.0f} faults)"
             for s in (by_system[name] for name in systems)
         ]
         lines.append(f"| {figure} | " + " | ".join(cells) + " |")

@@ -115,6 +115,12 @@ class OrtSession:
         return threads
 
     @property
+    def inference_session(self) -> ort.InferenceSession:
+        """The ONNX Runtime session underneath, for callers that time or drive it directly
+        (the overhead benchmark runs a plain ``session.run`` loop on this very session)."""
+        return self._session
+
+    @property
     def io_binding(self) -> bool:
         """Whether runs go through IO binding (on CUDA, unless options say otherwise) or plain
         ``session.run`` (on the CPU)."""

@@ -268,3 +268,20 @@ def test_bf16_probe_finds_no_cpu_gemm_kernel() -> None:
     for op in ("MatMul", "Gemm", "Attention", "MultiHeadAttention"):
         reason = found[op]
         assert reason is not None and "NOT_IMPLEMENTED" in reason, op
+
+
+def test_plain_onnx_runtime_can_drive_bertrts_own_session(tiny_bundle: Path) -> None:
+    """The overhead benchmark's `ort-shared` runs bertrt's session through a plain loop: the
+    same session object, so both systems share the model's memory, and the same labels."""
+    from bertrt.bench.subjects import bundle_models
+    from bertrt.bench.systems import PlainOrtSystem, SystemSettings
+
+    import bertrt
+    from bertrt.types import Task
+
+    bundle = bertrt.load(tiny_bundle, device="cpu")
+    session = bundle.classifier.session.inference_session
+    shared = PlainOrtSystem(bundle_models(tiny_bundle), SystemSettings(threads=1), sessions={Task.CLASSIFY: session})
+    texts = ["a fine film", "dull and long, far too long"]
+    assert shared._load(Task.CLASSIFY)[0] is session
+    assert shared.classify(texts) == [result.label for result in bundle.classifier(texts)]

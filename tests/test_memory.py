@@ -190,8 +190,9 @@ def test_overhead_benchmark_times_every_part_against_plain_onnx_runtime(
     results = json.loads(out.read_text())
     assert "w1.classify.short" in results["figures"] and "forward.32x64" in results["figures"]
     for figure in results["figures"].values():
-        assert set(figure) == {"ort", "ort-twin", "before", "arena", "plain-run", "after"}
+        assert set(figure) == {"ort", "ort-twin", "ort-shared", "before", "arena", "plain-run", "after"}
         assert figure["ort"]["vs_ort"] == 1.0 and figure["ort"]["vs_ort_by_round"] == 1.0
+        assert figure["ort-shared"]["vs_shared"] == 1.0 and figure["after"]["vs_shared_by_round"] > 0
         assert all(s["p50_ms"] > 0 and s["calls"] == 2 and s["vs_ort_by_round"] > 0 for s in figure.values())
     assert results["python_us"]["w1.classify.short"]["bertrt"] > 0
     assert "| forward.32x64 |" in capsys.readouterr().out
