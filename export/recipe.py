@@ -80,7 +80,11 @@ class QATraining:
     epochs: float = 1.0
     learning_rate: float = 1e-4
     batch_size: int = 16
-    max_examples: int | None = 4000
+    # All of train40 (8,231 questions): the head trained on 4,000 of them scored F1 48.2 on
+    # heldout8, on all of them 63.4, and its int8 file agrees more often with fp32 because
+    # its span scores are less often near-ties. The cap bounds training time on larger data
+    # (SQuAD train: 87,599 questions).
+    max_examples: int | None = 10_000
     eval_size: int | None = None
     seed: int = 42
 
