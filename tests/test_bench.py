@@ -285,3 +285,16 @@ def test_plain_onnx_runtime_can_drive_bertrts_own_session(tiny_bundle: Path) -> 
     texts = ["a fine film", "dull and long, far too long"]
     assert shared._load(Task.CLASSIFY)[0] is session
     assert shared.classify(texts) == [result.label for result in bundle.classifier(texts)]
+
+
+def test_session_alternation_times_each_mode_against_calls_alone(tiny_bundle: Path, tmp_path: Path) -> None:
+    from bertrt.bench import session_alternation
+
+    out = tmp_path / "alternation.json"
+    argv = ["--models", str(tiny_bundle), "--threads", "1", "--calls", "2", "--rounds", "1", "--out", str(out)]
+    assert session_alternation.main(argv) == 0
+    figures = json.loads(out.read_text())["figures"]
+    assert "1x11" in figures and len(figures) == 2
+    for modes in figures.values():
+        assert set(modes) == {"alone", "after-other", "after-other-and-pause"}
+        assert modes["alone"]["vs_alone"] == 1.0 and all(m["p50_ms"] > 0 and m["calls"] == 2 for m in modes.values())
