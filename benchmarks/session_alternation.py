@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="turns of every mode")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if min(args.threads, args.calls, args.rounds) < 1:
+        parser.error("--threads, --calls and --rounds must be 1 or more.")
     results = measure(bundle_models(args.models)[Task.CLASSIFY], args.threads, args.calls, args.rounds)
     results["command"] = sys.argv
     for shape, modes in results["figures"].items():
