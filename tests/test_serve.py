@@ -352,6 +352,20 @@ def test_workers_rebuild_the_config_from_the_environment(config: ServeConfig, mo
     assert app.state.host.tasks == (bertrt.Task.QA,) and app.state.host.config == tuned
 
 
+def test_uvicorn_takes_every_option_and_waits_for_slow_workers(config: ServeConfig) -> None:
+    import uvicorn
+
+    from bertrt.serve.server import WORKER_START_TIMEOUT_S, uvicorn_options
+
+    options = uvicorn_options(replace(config, workers=2))
+    # uvicorn's Config refuses a keyword it does not know, so this checks every name.
+    built = uvicorn.Config("bertrt.serve.app:app_from_environment", factory=True, workers=2, **options)
+    # On SIGHUP a replacement worker must answer within this or the old workers stay (uvicorn's
+    # own default of 5 s is shorter than a worker's start on a busy machine).
+    assert built.timeout_worker_healthcheck == WORKER_START_TIMEOUT_S >= 30
+    assert built.timeout_graceful_shutdown == int(config.shutdown_timeout_s)
+
+
 def test_serve_command_builds_one_config_and_opens_the_bundle_once(tiny_bundle: Path, monkeypatch: Any) -> None:
     from typer.testing import CliRunner
 

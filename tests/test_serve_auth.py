@@ -103,10 +103,13 @@ def rewrite_in_place(path: Path, *keys: str) -> None:
     assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
 
 
-def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
+def eventually(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
+    """Poll ``check`` until it holds; past ``timeout``, fail with ``what`` and the tail of ``log``."""
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, f"{what} within {timeout} s"
+        if time.monotonic() >= deadline:
+            tail = "\n".join(log.read_text().splitlines()[-60:]) if log is not None else ""
+            pytest.fail(f"{what} within {timeout} s\n{tail}")
         time.sleep(0.1)
 
 
@@ -333,7 +336,7 @@ def test_every_worker_rereads_the_key_file(tiny_bundle: Path, tmp_path: Path) ->
             scrape = httpx.get(f"{server.url}/metrics", headers=bearer("worker-key_1"), timeout=10)
             return scrape.status_code == 200 and metric(scrape.text, "bertrt_ready") == 1
 
-        eventually(lambda: _quietly(both_ready), 120, "two workers did not become ready")
+        eventually(lambda: _quietly(both_ready), 120, "two workers did not become ready", server.log_path)
         metrics_dir = next(tmp_path.glob("bertrt-metrics-*"))
 
         def served_by_both(name: str, **labels: str) -> Callable[[], bool]:
@@ -367,7 +370,12 @@ def test_every_worker_rereads_the_key_file(tiny_bundle: Path, tmp_path: Path) ->
             with ThreadPoolExecutor(8) as pool:
                 return list(pool.map(lambda _: status_with(server.url, "worker-key_3"), range(16))) == [200] * 16
 
-        eventually(lambda: _quietly(all_take_the_newest_key), 120, "the replaced workers did not take the newest key")
+        eventually(
+            lambda: _quietly(all_take_the_newest_key),
+            120,
+            "the replaced workers did not take the newest key",
+            server.log_path,
+        )
         assert output_of(server).count("Received SIGHUP, restarting processes") == 1
         assert status_with(server.url, "worker-key_2") == 401
         code = server.stop()

@@ -9,6 +9,12 @@ uvicorn handles SIGINT and SIGTERM: it stops accepting connections, lets request
 flight finish (at most ``shutdown_timeout_s``), then the app's lifespan closes its
 batchers, so a stopped server leaves no request unanswered and no thread running.
 
+With workers, SIGHUP to the main process makes uvicorn start a replacement for each worker
+and retire the old one once the new one answers; a replacement that does not answer within
+uvicorn's worker health-check timeout is killed and the old workers are kept. uvicorn's
+default (5 s) is shorter than a worker's start (imports included) on a busy machine, so
+:data:`WORKER_START_TIMEOUT_S` is passed instead.
+
 Example::
 
     run(ServeConfig(models=Path("models/minilm"), port=8000, workers=2))
@@ -24,6 +30,10 @@ from typing import Any
 from bertrt.errors import ConfigError
 from bertrt.serve.config import ServeConfig
 from bertrt.serve.keys import ApiKeys
+
+# How long uvicorn waits for a worker to answer its health check (at start, on SIGHUP and
+# while serving) before it counts the worker as hung.
+WORKER_START_TIMEOUT_S = 60
 
 
 def run(config: ServeConfig) -> None:
@@ -42,15 +52,7 @@ def run(config: ServeConfig) -> None:
     bundle = open_bundle(config)
     check_security(config)
     drop_created_series()  # this process belongs to `bertrt serve`
-    common = {
-        "log_config": log_config(),
-        "host": config.host,
-        "port": config.port,
-        "log_level": config.log_level,
-        "access_log": config.access_log,
-        "timeout_graceful_shutdown": int(config.shutdown_timeout_s),
-        **config.ssl_options(),
-    }
+    common = uvicorn_options(config)
     if config.workers == 1:
         uvicorn.run(create_app(config, bundle=bundle, metrics=ServeMetrics()), **common)  # type: ignore[arg-type]
         return
@@ -58,6 +60,20 @@ def run(config: ServeConfig) -> None:
     os.environ[CONFIG_ENV] = config.to_json()
     with worker_metrics_dir():
         uvicorn.run("bertrt.serve.app:app_from_environment", factory=True, workers=config.workers, **common)  # type: ignore[arg-type]
+
+
+def uvicorn_options(config: ServeConfig) -> dict[str, Any]:
+    """The keyword arguments ``uvicorn.run`` gets for ``config``, whatever the worker count."""
+    return {
+        "log_config": log_config(),
+        "host": config.host,
+        "port": config.port,
+        "log_level": config.log_level,
+        "access_log": config.access_log,
+        "timeout_graceful_shutdown": int(config.shutdown_timeout_s),
+        "timeout_worker_healthcheck": WORKER_START_TIMEOUT_S,
+        **config.ssl_options(),
+    }
 
 
 def check_security(config: ServeConfig) -> None:
