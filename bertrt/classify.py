@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from bertrt.tokenizer import Encoding
 from bertrt.types import Task
 
 LOGITS = "logits"
+# Up to this many logits per batch, probabilities are computed in Python floats (see
+# ``Classifier.__call__``); beyond, with NumPy.
+PYTHON_SOFTMAX_MAX = 256
 
 
 class Classifier(TaskRunner):
@@ -51,12 +55,18 @@ class Classifier(TaskRunner):
         k = min(check_top_k(top_k, self.options), len(self.labels))
 
         def postprocess(outputs: Mapping[str, np.ndarray], batch: list[Encoding]) -> list[Classification]:
-            probabilities = softmax(outputs[LOGITS])
-            # Stable sort on negated probabilities: ties keep label order. One sort and one
-            # conversion to Python floats per batch, not per text: a single request is
-            # mostly this bookkeeping once the model has run.
-            tops = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k].tolist()
-            rows = probabilities.tolist()
+            logits = outputs[LOGITS]
+            if logits.size <= PYTHON_SOFTMAX_MAX:
+                # A few logits: plain Python floats. Right after a model run the caches hold
+                # the model's weights, and each NumPy call costs tens of microseconds to
+                # bring its code back, more than the arithmetic of a few labels.
+                rows = [softmax_row(row) for row in logits.tolist()]
+                tops = [top_indices(row, k) for row in rows]
+            else:
+                probabilities = softmax(logits)
+                # Stable sort on negated probabilities: ties keep label order.
+                tops = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k].tolist()
+                rows = probabilities.tolist()
             return [self._result(row, top, e.truncated) for row, top, e in zip(rows, tops, batch, strict=True)]
 
         return self._run_texts(texts, postprocess)
@@ -70,6 +80,28 @@ class Classifier(TaskRunner):
             probabilities=dict(zip(self.labels, probabilities, strict=True)),
             truncated=truncated,
         )
+
+
+def softmax_row(logits: list[float]) -> list[float]:
+    """One row's softmax in Python floats (float64; the maximum is subtracted first), equal
+    to :func:`softmax` on that row up to the last bit of ``exp``.
+
+    >>> softmax_row([0.0, 0.0])
+    [0.5, 0.5]
+    """
+    largest = max(logits)
+    exp = [math.exp(value - largest) for value in logits]
+    total = sum(exp)
+    return [value / total for value in exp]
+
+
+def top_indices(probabilities: list[float], k: int) -> list[int]:
+    """The indices of the ``k`` largest probabilities, largest first; ties keep index order.
+
+    >>> top_indices([0.2, 0.4, 0.4], 2)
+    [1, 2]
+    """
+    return sorted(range(len(probabilities)), key=lambda index: -probabilities[index])[:k]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

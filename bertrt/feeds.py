@@ -73,6 +73,11 @@ def pad_rows(
         raise InputError(f"Cannot pad rows of up to {longest} tokens to width {width}; pass {longest} or more.")
     if type_ids is not None and len(type_ids) != len(ids):
         raise InputError(f"Got {len(ids)} rows of token ids but {len(type_ids)} of type ids; pass one per row.")
+    if len(ids) == 1 and lengths[0] == width and isinstance(ids[0], np.ndarray) and ids[0].dtype == np.int64:
+        # One int64 row of full width (a single request): views of it, nothing copied.
+        single = ids[0].reshape(1, width)
+        types = np.zeros_like(single) if type_ids is None else np.asarray(type_ids[0], dtype=np.int64).reshape(1, width)
+        return TokenBatch(single, np.ones_like(single), types)
     if ids and all(n == width for n in lengths):
         # Nothing to pad (a single text, equal lengths): stack the rows.
         types = np.zeros((len(ids), width), dtype=np.int64) if type_ids is None else _stack(type_ids)

@@ -29,7 +29,6 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,15 +44,30 @@ TOKENIZER_FILE = "tokenizer.json"
 HEAD_CHARS_PER_TOKEN = 32
 
 
-@dataclass(frozen=True)
 class Encoding:
     """One text's tokens, unpadded: ids and type ids (int64), token strings, and whether
-    the text was cut at ``max_length``."""
+    the text was cut at ``max_length``.
 
-    ids: np.ndarray
-    type_ids: np.ndarray
-    tokens: tuple[str, ...]
-    truncated: bool
+    The token strings are built on first use: most callers (classification, pooled
+    vectors, QA) never read them, and a single request should not pay for them.
+    """
+
+    __slots__ = ("_raw", "_tokens", "ids", "truncated", "type_ids")
+
+    def __init__(self, raw: RawEncoding) -> None:
+        self._raw = raw
+        self._tokens: tuple[str, ...] | None = None
+        self.ids = np.asarray(raw.ids, dtype=np.int64)
+        self.type_ids = np.asarray(raw.type_ids, dtype=np.int64)
+        # `overflowing` holds the cut-off pieces; it is empty when nothing was cut.
+        self.truncated = bool(raw.overflowing)
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        """The token strings, special tokens included."""
+        if self._tokens is None:
+            self._tokens = tuple(self._raw.tokens)
+        return self._tokens
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -99,7 +113,12 @@ class TextTokenizer:
         """Tokenize ``texts`` (with special tokens), truncating each at ``max_length``."""
         if not texts:
             return []
-        encodings = self._tokenizer.encode_batch([text[: self.head_chars] for text in texts])
+        if len(texts) == 1:
+            # One text: `encode` skips the batch call's hand-off to the library's worker
+            # threads, which costs a single request more than its tokenization.
+            encodings = [self._tokenizer.encode(texts[0][: self.head_chars])]
+        else:
+            encodings = self._tokenizer.encode_batch([text[: self.head_chars] for text in texts])
         undecided = [
             i for i, (text, e) in enumerate(zip(texts, encodings, strict=True))
             if len(text) > self.head_chars and not _head_decides(e)
@@ -108,23 +127,13 @@ class TextTokenizer:
             full = self._tokenizer.encode_batch([texts[i] for i in undecided])
             for index, encoding in zip(undecided, full, strict=True):
                 encodings[index] = encoding
-        return [_encoding(e) for e in encodings]
+        return [Encoding(e) for e in encodings]
 
     def pad(self, encodings: Sequence[Encoding]) -> TokenBatch:
         """Pad ``encodings`` on the right to the longest of them."""
         if not encodings:
             raise InputError("Cannot pad an empty batch; pass at least one encoding.")
         return pad_rows([e.ids for e in encodings], self.pad_id, [e.type_ids for e in encodings])
-
-
-def _encoding(encoding: RawEncoding) -> Encoding:
-    return Encoding(
-        ids=np.asarray(encoding.ids, dtype=np.int64),
-        type_ids=np.asarray(encoding.type_ids, dtype=np.int64),
-        tokens=tuple(encoding.tokens),
-        # `overflowing` holds the cut-off pieces; it is empty when nothing was cut.
-        truncated=bool(encoding.overflowing),
-    )
 
 
 def _head_decides(head: RawEncoding) -> bool:

@@ -91,6 +91,11 @@ class Spy:
         self.longest = max([self.longest, *(len(text) for text in inputs)])
         return self.tokenizer.encode_batch(inputs, *args, **kwargs)
 
+    def encode(self, text: str, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        self.longest = max(self.longest, len(text))
+        return self.tokenizer.encode(text, *args, **kwargs)
+
 
 def spy_on(runner: Any, monkeypatch: pytest.MonkeyPatch) -> Spy:
     spy = Spy(runner.tokenizer._tokenizer)

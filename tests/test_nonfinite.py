@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from graph_edits import edit_bundle_file, edit_output
 from typer.testing import CliRunner
@@ -148,3 +149,16 @@ def test_the_runtime_names_the_file_and_input_instead_of_printing_nan(nan_bundle
     with pytest.raises(NonFiniteOutput) as error:
         bertrt.load(nan_bundle, device="cpu").qa(["who?", "what?"], ["the actors", "paris is the capital " * 20])
     assert error.value.output == "start_logits" and error.value.index == 1
+
+
+@pytest.mark.parametrize("size", [2, 300])  # summed in Python floats, and with NumPy
+def test_the_runtime_check_finds_the_bad_row_and_passes_finite_sums_that_overflow(size: int) -> None:
+    from bertrt.runner import check_finite
+
+    huge = np.full((3, size), 1e308)  # finite, but its sum is inf
+    check_finite({"logits": huge}, [4, 5, 6], Path("model.onnx"))
+    for bad in (np.nan, np.inf, -np.inf):
+        values = huge.copy()
+        values[1, -1] = bad
+        with pytest.raises(NonFiniteOutput, match="for input #5"):
+            check_finite({"logits": values}, [4, 5, 6], Path("model.onnx"))

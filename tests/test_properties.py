@@ -231,3 +231,16 @@ def test_same_answers_tolerates_only_ties() -> None:
     swapped = QAResult((Answer("y", 2, 3, 0.5), Answer("x", 0, 1, 0.5)), 1)
     other = QAResult((Answer("z", 4, 5, 0.5), Answer("x", 0, 1, 0.5)), 1)
     assert same_answers(a, swapped) and not same_answers(a, other)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-1e4, 1e4, width=32), min_size=1, max_size=12), st.integers(1, 12))
+def test_python_softmax_and_top_k_equal_the_numpy_path(logits: list[float], k: int) -> None:
+    from bertrt.classify import softmax, softmax_row, top_indices
+
+    row = np.asarray([logits], dtype=np.float32)
+    expected = softmax(row)
+    assert softmax_row(row.tolist()[0]) == pytest.approx(expected[0].tolist(), rel=1e-12, abs=1e-300)
+    # The same order as the NumPy path's stable sort on the same probabilities (ties by index).
+    probabilities = expected[0].tolist()
+    assert top_indices(probabilities, k) == np.argsort(-expected[0], kind="stable")[:k].tolist()

@@ -103,3 +103,17 @@ def test_empty_batch_cannot_be_padded(tokenizer: TextTokenizer) -> None:
     assert tokenizer.encode([]) == []
     with pytest.raises(InputError):
         tokenizer.pad([])
+
+
+def test_a_single_text_encodes_and_pads_as_in_a_batch(tokenizer: TextTokenizer) -> None:
+    # One text takes a shorter path (`encode`, and views instead of a padded copy).
+    texts = ["I love Paris.", "word " * 400, "", "naïve café, 東京"]
+    in_batch = tokenizer.encode(texts)
+    for text, expected in zip(texts, in_batch, strict=True):
+        [alone] = tokenizer.encode([text])
+        assert alone.tokens == expected.tokens and alone.truncated == expected.truncated
+        np.testing.assert_array_equal(alone.ids, expected.ids)
+        single, padded = tokenizer.pad([alone]), tokenizer.pad([expected, expected])
+        for name, array in single.feeds().items():
+            assert array.dtype == np.int64 and array.shape == (1, len(alone))
+            np.testing.assert_array_equal(array[0], padded.feeds()[name][0])
