@@ -49,7 +49,11 @@ class BenchConfig:
     :data:`WORKLOADS`); systems whose libraries or variant files are absent are skipped
     with a note. ``threads`` is the intra-op thread count given to every engine.
     Latency figures take ``warmup`` untimed calls, then up to ``repeats`` timed calls,
-    stopping early (after at least ``min_repeats``) once ``max_seconds`` have passed.
+    stopping early (after at least ``min_repeats``) once ``max_seconds`` have passed. They
+    are measured in ``latency_rounds`` rounds, the systems taking turns in each (the order
+    reversed every other round), and each round has its share of the repeats and seconds
+    (and its own warm-up): a slow stretch of a shared machine then falls on every system
+    rather than on whichever held the figure at the time.
     """
 
     bundle: Path
@@ -62,6 +66,7 @@ class BenchConfig:
     repeats: int = 200
     min_repeats: int = 3
     max_seconds: float = 3.0
+    latency_rounds: int = 3
     stream_texts: int = 2000
     # W2's truncation length (tokens, special tokens included), as the workload specifies it.
     stream_max_tokens: int = 256
@@ -83,6 +88,7 @@ class BenchConfig:
             "batch_size",
             "repeats",
             "min_repeats",
+            "latency_rounds",
             "stream_texts",
             "stream_max_tokens",
             "stream_passes",
@@ -111,6 +117,7 @@ class BenchConfig:
                 repeats=3,
                 min_repeats=2,
                 max_seconds=0.5,
+                latency_rounds=2,
                 stream_texts=48,
                 qa_questions=4,
                 batch_sizes=(1, 4),

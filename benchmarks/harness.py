@@ -97,9 +97,14 @@ def measure_all(
     measurer = Measurer(config, recorder)
     for step in plan_steps(config, models, inputs):
         results["load_average"][step.label] = load_average()
-        for system in systems:
-            if system.supports(step.operation):
-                log(f"{step.label}: {system.name}")
+        runnable = [system for system in systems if system.supports(step.operation)]
+        rounds = config.latency_rounds if step.latency else 1
+        for round_index in range(rounds):
+            measurer.round = round_index
+            # Every other round in reverse, so no system always follows the same one.
+            for system in runnable if round_index % 2 == 0 else runnable[::-1]:
+                suffix = f" (round {round_index + 1} of {rounds})" if rounds > 1 else ""
+                log(f"{step.label}: {system.name}{suffix}")
                 step.run(measurer, system)
     for system in systems:
         system.close()

@@ -32,7 +32,7 @@ from bertrt.bench import workloads
 from bertrt.bench.config import BenchConfig
 from bertrt.bench.subjects import ModelInfo
 from bertrt.bench.systems import System
-from bertrt.bench.timing import LatencyStats, measure_latency, measure_throughput
+from bertrt.bench.timing import LatencyStats, measure_throughput, time_calls
 
 from bertrt.types import Task
 
@@ -65,20 +65,26 @@ class Recorder:
 
 
 class Measurer:
-    """Times one system on one step and records the figure."""
+    """Times one system on one step and records the figure.
+
+    A latency step is run once per round (``round`` says which, see
+    :attr:`BenchConfig.latency_rounds`); each round's calls join those of the rounds before,
+    and the figure recorded is over all of them, with each round's median beside it.
+    """
 
     def __init__(self, config: BenchConfig, recorder: Recorder) -> None:
         self.config = config
         self.recorder = recorder
+        self.round = 0
+        self._samples: dict[tuple[str, str], list[list[float]]] = {}
 
     def single_request(self, system: System, operation: str, case: str, text: str) -> None:
         """W1: one text per call, end to end, per-call latency."""
         serve = _serving(system, operation)
         last: list[Any] = [None]
-        stats = self.latency(lambda: last.__setitem__(0, serve([text])))
-        self.recorder.add(
-            f"w1.{operation}.{case}", system.name, stats.to_dict(), last[0] if operation == "classify" else None
-        )
+        key = f"w1.{operation}.{case}"
+        figure = self.latency(key, system.name, lambda: last.__setitem__(0, serve([text])))
+        self.recorder.add(key, system.name, figure, last[0] if operation == "classify" else None)
 
     def stream(self, system: System, operation: str, stream: list[str]) -> None:
         """W2: the whole mixed stream in one call; the system batches it."""
@@ -123,19 +129,29 @@ class Measurer:
     def forward(self, system: System, prefix: str, model: ModelInfo, batch: int, seq: int) -> None:
         """One model-level forward latency on synthetic ``batch`` x ``seq`` token ids."""
         feeds = workloads.token_batch(batch, seq, model.vocab_size, self.config.seed)
-        stats = self.latency(lambda: system.forward(model.task, feeds), warmup=min(2, self.config.warmup))
-        self.recorder.add(f"{prefix}.{batch}x{seq}", system.name, {**stats.to_dict(), "batch": batch, "seq": seq})
+        key = f"{prefix}.{batch}x{seq}"
+        figure = self.latency(key, system.name, lambda: system.forward(model.task, feeds), min(2, self.config.warmup))
+        self.recorder.add(key, system.name, {**figure, "batch": batch, "seq": seq})
 
-    def latency(self, fn: Callable[[], object], warmup: int | None = None) -> LatencyStats:
-        """Per-call latency of ``fn`` with the config's warm-up and repetition limits."""
+    def latency(self, key: str, system: str, fn: Callable[[], object], warmup: int | None = None) -> dict[str, Any]:
+        """This round's calls of ``fn`` (the config's warm-up, and its repetition limits
+        shared out over the rounds) joined to the earlier rounds'; the figure over all of
+        them, with ``rounds_p50_ms``, each round's median."""
         config = self.config
-        return measure_latency(
+        rounds = config.latency_rounds
+        samples = time_calls(
             fn,
             warmup=config.warmup if warmup is None else warmup,
-            repeats=config.repeats,
-            min_repeats=config.min_repeats,
-            max_seconds=config.max_seconds,
+            repeats=-(-config.repeats // rounds),
+            min_repeats=-(-config.min_repeats // rounds),
+            max_seconds=config.max_seconds / rounds,
         )
+        if self.round == 0:
+            self._samples[key, system] = []
+        per_round = self._samples.setdefault((key, system), [])
+        per_round.append(samples)
+        stats = LatencyStats.from_seconds([seconds for batch in per_round for seconds in batch])
+        return {**stats.to_dict(), "rounds_p50_ms": [float(np.median(batch)) * 1e3 for batch in per_round]}
 
     def throughput(self, fn: Callable[[], object], items: int, warmup: Callable[[], object]) -> dict[str, Any]:
         """Items per second of ``fn`` over the config's passes, after ``warmup()``."""
@@ -149,6 +165,8 @@ class Step:
     label: str
     operation: str
     run: Callable[[Measurer, System], None]
+    # Latency steps run once per round (BenchConfig.latency_rounds), the others once.
+    latency: bool = False
 
 
 def plan_steps(config: BenchConfig, models: Mapping[Task, ModelInfo], inputs: Inputs) -> list[Step]:
@@ -159,7 +177,7 @@ def plan_steps(config: BenchConfig, models: Mapping[Task, ModelInfo], inputs: In
         for operation in operations:
             for case, text in inputs.w1.items():
                 run = partial(Measurer.single_request, operation=operation, case=case, text=text)
-                steps.append(Step(f"W1 {operation} {case}", operation, run))
+                steps.append(Step(f"W1 {operation} {case}", operation, run, latency=True))
     if inputs.stream is not None:
         stream = inputs.stream
         for operation in operations:
@@ -179,7 +197,7 @@ def plan_steps(config: BenchConfig, models: Mapping[Task, ModelInfo], inputs: In
         shapes.append(("peak_batch", config.batch_size, min(config.stream_max_tokens, model.max_length)))
         for prefix, batch, seq in shapes:
             run = partial(Measurer.forward, prefix=prefix, model=model, batch=batch, seq=seq)
-            steps.append(Step(f"forward {batch} x {seq}", "forward", run))
+            steps.append(Step(f"forward {batch} x {seq}", "forward", run, latency=True))
     return steps
 
 

@@ -78,6 +78,19 @@ def measure_latency(
 ) -> LatencyStats:
     """Time ``fn()`` per call: ``warmup`` untimed calls, then up to ``repeats`` timed ones,
     stopping after ``min_repeats`` once ``max_seconds`` of timed calls have passed."""
+    samples = time_calls(fn, warmup=warmup, repeats=repeats, min_repeats=min_repeats, max_seconds=max_seconds)
+    return LatencyStats.from_seconds(samples)
+
+
+def time_calls(
+    fn: Callable[[], object],
+    *,
+    warmup: int,
+    repeats: int,
+    min_repeats: int = 3,
+    max_seconds: float = float("inf"),
+) -> list[float]:
+    """The seconds of each timed call of :func:`measure_latency` (same arguments)."""
     for _ in range(warmup):
         fn()
     samples: list[float] = []
@@ -88,7 +101,7 @@ def measure_latency(
         seconds = (time.perf_counter_ns() - start) / 1e9
         samples.append(seconds)
         spent += seconds
-    return LatencyStats.from_seconds(samples)
+    return samples
 
 
 def measure_throughput(

@@ -298,3 +298,30 @@ def test_session_alternation_times_each_mode_against_calls_alone(tiny_bundle: Pa
     for modes in figures.values():
         assert set(modes) == {"alone", "after-other", "after-other-and-pause"}
         assert modes["alone"]["vs_alone"] == 1.0 and all(m["p50_ms"] > 0 and m["calls"] == 2 for m in modes.values())
+
+
+def test_latency_figures_are_measured_in_rounds_that_take_turns(tiny_bundle: Path) -> None:
+    systems = ("ort", "bertrt-fp32")
+    config = BenchConfig.preset(
+        "smoke", bundle=tiny_bundle, workloads=("w1", "scaling"), systems=systems, latency_rounds=3, max_seconds=0.05
+    )
+    lines: list[str] = []
+    results = run_benchmark(config, log=lines.append)
+    turns = [line for line in lines if line.startswith("W1 classify short:")]
+    # Three rounds, the order reversed every other round.
+    assert turns == [
+        "W1 classify short: ort (round 1 of 3)",
+        "W1 classify short: bertrt-fp32 (round 1 of 3)",
+        "W1 classify short: bertrt-fp32 (round 2 of 3)",
+        "W1 classify short: ort (round 2 of 3)",
+        "W1 classify short: ort (round 3 of 3)",
+        "W1 classify short: bertrt-fp32 (round 3 of 3)",
+    ]
+    for key in ("w1.classify.short", "scaling.batch.4x32"):
+        for system in systems:
+            figure = results["figures"][key][system]
+            assert len(figure["rounds_p50_ms"]) == 3
+            # The figure is over every round's calls: at least the smallest round median is in.
+            assert figure["count"] >= 3 and figure["min_ms"] <= min(figure["rounds_p50_ms"])
+    # W2 and W3 are throughput figures, measured once.
+    assert not any("W2" in line and "round" in line for line in lines)

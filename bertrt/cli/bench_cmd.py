@@ -57,6 +57,14 @@ def bench(
     repeats: Annotated[
         int | None, typer.Option("--repeats", min=1, help="Most timed calls per latency figure (default 200).")
     ] = None,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            "--rounds",
+            min=1,
+            help="Rounds per latency figure, the systems taking turns in each (default 3; 2 with --smoke).",
+        ),
+    ] = None,
 ) -> None:
     """Time every system on the same inputs and threads; print a table (or --json), with ratios to the baselines.
 
@@ -67,7 +75,13 @@ def bench(
         from bertrt.bench.harness import run_benchmark
         from bertrt.bench.report import markdown_table, write_json
 
-        sizes = {"squad_path": squad, "stream_texts": stream_texts, "qa_questions": qa_questions, "repeats": repeats}
+        sizes = {
+            "squad_path": squad,
+            "stream_texts": stream_texts,
+            "qa_questions": qa_questions,
+            "repeats": repeats,
+            "latency_rounds": rounds,
+        }
         overrides: dict[str, object] = {key: value for key, value in sizes.items() if value is not None}
         if system:
             overrides["systems"] = tuple(system)
