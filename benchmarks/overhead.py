@@ -30,7 +30,16 @@ system makes one untimed call, then ``--per-turn`` timed calls back to back. The
 around the model (tokenizing, feeds, results) with the model replaced by its stored
 outputs, in microseconds per W1 request.
 
+``--pairs N`` (alone, or with ``--paired-only`` to skip the rest) measures that Python in the
+state a real request finds it, right after a model run: ``after`` and ``ort-shared`` alternate
+call by call on the same session, N pairs per W1 figure (a quarter of that for 128 tokens),
+and the median of the per-pair differences is bertrt's extra time per request. Stored
+outputs leave the caches warm, and they are not after a run that streamed the model's
+weights through them, so this is larger than the stored-output figure.
+
     python -m bertrt.bench.overhead --models models/minilm --out benchmarks/results/overhead-minilm.json
+    python -m bertrt.bench.overhead --models models/minilm --pairs 2000 --paired-only \
+        --out benchmarks/results/overhead-paired-minilm.json
 """
 
 from __future__ import annotations
@@ -71,10 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="turns of every system per figure")
     parser.add_argument("--per-turn", type=int, default=10, help="timed calls per turn (W1; fewer for large forwards)")
     parser.add_argument("--forward-seconds", type=float, default=30.0, help="time budget per model-level figure")
+    parser.add_argument("--pairs", type=int, default=0, help="call pairs per W1 figure on one session (0: none)")
+    parser.add_argument("--paired-only", action="store_true", help="measure only the pairs (needs --pairs)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
-    results = measure(args.models, args.threads, args.rounds, args.per_turn, args.forward_seconds)
-    print(render(results))
+    if args.pairs < 0 or (args.paired_only and args.pairs == 0):
+        parser.error("--pairs must be 0 or more, and above 0 with --paired-only.")
+    if args.paired_only:
+        results = measure_pairs(args.models, args.threads, args.pairs)
+        print(render_pairs(results["paired"]))
+    else:
+        results = measure(args.models, args.threads, args.rounds, args.per_turn, args.forward_seconds)
+        if args.pairs:
+            results["paired"] = measure_pairs(args.models, args.threads, args.pairs)["paired"]
+        print(render(results))
+        if args.pairs:
+            print(render_pairs(results["paired"]))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
@@ -132,6 +153,55 @@ def measure(models: Path, threads: int, rounds: int, per_turn: int, forward_seco
         "load_average": {"before": load_before, "after": load_average()},
         "figures": figures,
         "python_us": python_costs(bundles["after"], ort_system, texts, 2000),
+    }
+
+
+def measure_pairs(models: Path, threads: int, pairs: int) -> dict[str, Any]:
+    """bertrt's extra time per W1 request next to a plain loop on the same session, the two
+    alternating call by call (see the module notes)."""
+    infos = bundle_models(models)
+    options = bertrt.RuntimeOptions(intra_op_threads=threads, inter_op_threads=1)
+    bundle = bertrt.load(models, device="cpu", options=options)
+    sessions = {task: bundle.runner(task).session.inference_session for task in (Task.CLASSIFY, Task.EMBED)}
+    shared = PlainOrtSystem(infos, SystemSettings(threads=threads), sessions=sessions)
+    texts = workloads.w1_texts(workloads.load_tokenizer(infos[Task.CLASSIFY].directory), 128)
+    load_before = load_average()
+    paired: dict[str, dict[str, float]] = {}
+    for label, text in texts.items():
+        count = pairs if label == "short" else max(1, pairs // 4)
+        classify = in_pairs(partial(bundle.classifier, [text]), partial(shared.classify, [text]), count)
+        paired[f"w1.classify.{label}"] = classify
+        paired[f"w1.embed.{label}"] = in_pairs(partial(_embed, bundle, text), partial(shared.embed, [text]), count)
+    return {
+        "machine": machine_info(),
+        "command": sys.argv,
+        "threads": threads,
+        "load_average": {"before": load_before, "after": load_average()},
+        "paired": paired,
+    }
+
+
+def in_pairs(bertrt_call: Callable[[], object], plain_call: Callable[[], object], pairs: int) -> dict[str, float]:
+    """``pairs`` pairs of calls, who goes first alternating; the medians of each side and of
+    the per-pair differences (bertrt minus plain)."""
+    for _ in range(3):
+        bertrt_call()
+        plain_call()
+    ours: list[float] = []
+    theirs: list[float] = []
+    for index in range(pairs):
+        if index % 2:
+            theirs.append(_seconds(plain_call))
+            ours.append(_seconds(bertrt_call))
+        else:
+            ours.append(_seconds(bertrt_call))
+            theirs.append(_seconds(plain_call))
+    return {
+        "pairs": pairs,
+        "bertrt_ms": round(statistics.median(ours) * 1e3, 3),
+        "plain_ms": round(statistics.median(theirs) * 1e3, 3),
+        "extra_us": round(statistics.median(o - t for o, t in zip(ours, theirs, strict=True)) * 1e6, 1),
+        "vs_plain": round(statistics.median(theirs) / statistics.median(ours), 3),
     }
 
 
@@ -260,6 +330,17 @@ def render(results: Mapping[str, Any]) -> str:
     lines += ["", "Python around the model (µs per request, the model's outputs stored):"]
     for figure, costs in results["python_us"].items():
         lines.append(f"  {figure}: plain ONNX Runtime {costs['ort']:.0f} µs, bertrt {costs['bertrt']:.0f} µs")
+    return "\n".join(lines)
+
+
+def render_pairs(paired: Mapping[str, Mapping[str, float]]) -> str:
+    """The paired figures, one line each."""
+    lines = ["bertrt against a plain loop on the same session, calls alternating:"]
+    for figure, p in paired.items():
+        lines.append(
+            f"  {figure}: bertrt {p['bertrt_ms']:.2f} ms, plain {p['plain_ms']:.2f} ms ({p['vs_plain']:.3f}x), "
+            f"bertrt's extra per request {p['extra_us']:+.0f} µs over {p['pairs']:.0f} pairs"
+        )
     return "\n".join(lines)
 
 

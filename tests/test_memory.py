@@ -196,3 +196,13 @@ def test_overhead_benchmark_times_every_part_against_plain_onnx_runtime(
         assert all(s["p50_ms"] > 0 and s["calls"] == 2 and s["vs_ort_by_round"] > 0 for s in figure.values())
     assert results["python_us"]["w1.classify.short"]["bertrt"] > 0
     assert "| forward.32x64 |" in capsys.readouterr().out
+    # The paired measurement alone: bertrt and a plain loop on bertrt's own session.
+    assert overhead.main(["--models", str(tiny_bundle), "--threads", "1", "--pairs", "8", "--paired-only"]) == 0
+    printed = capsys.readouterr().out
+    assert "w1.embed.long" in printed and "| forward" not in printed
+    with pytest.raises(SystemExit):
+        overhead.main(["--models", str(tiny_bundle), "--paired-only"])  # no pairs asked for
+    paired = overhead.measure_pairs(tiny_bundle, threads=1, pairs=4)["paired"]
+    assert set(paired) == {f"w1.{op}.{length}" for op in ("classify", "embed") for length in ("short", "long")}
+    assert paired["w1.classify.short"]["pairs"] == 4 and paired["w1.classify.long"]["pairs"] == 1
+    assert all(p["bertrt_ms"] > 0 and p["plain_ms"] > 0 and p["vs_plain"] > 0 for p in paired.values())
