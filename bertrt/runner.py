@@ -36,10 +36,10 @@ if TYPE_CHECKING:
     from bertrt.tasks import TaskSpec
 
 B = TypeVar("B")
-# Outputs of at most this many values are checked with a Python sum (see check_finite).
-PYTHON_SUM_MAX = 256
 R = TypeVar("R")
 logger = logging.getLogger("bertrt")
+# Outputs of at most this many values are checked with a Python sum (see check_finite).
+PYTHON_SUM_MAX = 256
 
 
 class TaskRunner:
