@@ -100,9 +100,10 @@ def quantize_int8(
     feeds = list(calibration_feeds or [])
     if not feeds:
         raise ConfigError("int8 quantization needs calibration_feeds (tokenized real texts); pass some.")
+    nodes = onnx.load(str(src), load_external_data=False).graph.node
     # Named nodes a smaller model lacks (a layer it does not have) are left out of the report.
-    present = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node}
-    excluded = sorted(set(select_nodes(src, config.keep_fp32)) | (set(config.nodes_to_exclude) & present))
+    present = {n.name for n in nodes}
+    excluded = sorted(set(select_nodes(src, config.keep_fp32, nodes)) | (set(config.nodes_to_exclude) & present))
     report: dict[str, Any] = {
         "scheme": SCHEME,
         "kept_fp32": excluded,
@@ -168,8 +169,9 @@ def calibration_feeds(
     return batches
 
 
-def select_nodes(model: Path, groups: Iterable[str]) -> list[str]:
-    """Names of the quantizable nodes of ``model`` in the given :data:`KEEP_GROUPS`.
+def select_nodes(model: Path, groups: Iterable[str], nodes: Sequence[onnx.NodeProto] | None = None) -> list[str]:
+    """Names of the quantizable nodes of ``model`` in the given :data:`KEEP_GROUPS`;
+    ``nodes`` are its graph's nodes where the caller has already read them.
 
     >>> select_nodes(Path("model.onnx"), ["head"])
     ['/qa_outputs/MatMul']
@@ -178,7 +180,8 @@ def select_nodes(model: Path, groups: Iterable[str]) -> list[str]:
     unknown = sorted(wanted - set(KEEP_GROUPS))
     if unknown:
         raise ConfigError(f"Unknown node group(s) {unknown}; choose from {list(KEEP_GROUPS)}.")
-    nodes = onnx.load(str(model), load_external_data=False).graph.node
+    if nodes is None:
+        nodes = onnx.load(str(model), load_external_data=False).graph.node
     if wanted and not any("/encoder/" in n.name for n in nodes):
         raise ConfigError(
             f"{model.name} does not name its nodes the way optimum's exporter does; "
