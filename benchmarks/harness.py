@@ -101,9 +101,9 @@ def measure_all(
         rounds = config.latency_rounds if step.latency else 1
         for round_index in range(rounds):
             measurer.round = round_index
+            suffix = f" (round {round_index + 1} of {rounds})" if rounds > 1 else ""
             # Every other round in reverse, so no system always follows the same one.
             for system in runnable if round_index % 2 == 0 else runnable[::-1]:
-                suffix = f" (round {round_index + 1} of {rounds})" if rounds > 1 else ""
                 log(f"{step.label}: {system.name}{suffix}")
                 step.run(measurer, system)
     for system in systems:

@@ -148,7 +148,7 @@ class Measurer:
         )
         if self.round == 0:
             self._samples[key, system] = []
-        per_round = self._samples.setdefault((key, system), [])
+        per_round = self._samples[key, system]
         per_round.append(samples)
         stats = LatencyStats.from_seconds([seconds for batch in per_round for seconds in batch])
         return {**stats.to_dict(), "rounds_p50_ms": [float(np.median(batch)) * 1e3 for batch in per_round]}

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 from bertrt.bench import workloads
 from bertrt.bench.machine import load_average, machine_info
-from bertrt.bench.subjects import bundle_models
+from bertrt.bench.subjects import ModelInfo, bundle_models
 from bertrt.bench.systems import PlainOrtSystem, SystemSettings
 
 import bertrt
@@ -90,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         results = measure_pairs(args.models, args.threads, args.pairs)
         print(render_pairs(results["paired"]))
     else:
-        results = measure(args.models, args.threads, args.rounds, args.per_turn, args.forward_seconds)
-        if args.pairs:
-            results["paired"] = measure_pairs(args.models, args.threads, args.pairs)["paired"]
+        results = measure(args.models, args.threads, args.rounds, args.per_turn, args.forward_seconds, args.pairs)
         print(render(results))
         if args.pairs:
             print(render_pairs(results["paired"]))
@@ -101,22 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure(models: Path, threads: int, rounds: int, per_turn: int, forward_seconds: float) -> dict[str, Any]:
-    """Every figure for every system, and the Python-side costs."""
+def measure(
+    models: Path, threads: int, rounds: int, per_turn: int, forward_seconds: float, pairs: int = 0
+) -> dict[str, Any]:
+    """Every figure for every system, the Python-side costs and, with ``pairs``, the paired
+    figures of :func:`paired_costs` on ``after``."""
     infos = bundle_models(models)
     ort_system = PlainOrtSystem(infos, SystemSettings(threads=threads))
     twin = PlainOrtSystem(infos, SystemSettings(threads=threads))
-    bundles = {
-        name: bertrt.load(
-            models,
-            device="cpu",
-            options=bertrt.RuntimeOptions(intra_op_threads=threads, inter_op_threads=1, **changes),
-        )
-        for name, changes in CONFIGS.items()
-    }
-    after = bundles["after"]
-    after_sessions = {task: after.runner(task).session.inference_session for task in (Task.CLASSIFY, Task.EMBED)}
-    shared = PlainOrtSystem(infos, SystemSettings(threads=threads), sessions=after_sessions)
+    bundles = {name: _load(models, threads, **changes) for name, changes in CONFIGS.items()}
+    shared = _plain_loop_on(bundles["after"], infos, threads)
     load_before = load_average()
     texts = workloads.w1_texts(workloads.load_tokenizer(infos[Task.CLASSIFY].directory), 128)
     figures: dict[str, dict[str, Any]] = {}
@@ -146,38 +138,56 @@ def measure(models: Path, threads: int, rounds: int, per_turn: int, forward_seco
         once = _seconds(calls["ort"])
         timed = int(forward_seconds / max(once * len(calls) * rounds, 1e-6))
         figures[f"forward.{batch}x{seq}"] = in_turns(calls, rounds, max(2, min(per_turn, timed)))
-    return {
-        "machine": machine_info(),
-        "command": sys.argv,
-        "threads": threads,
-        "load_average": {"before": load_before, "after": load_average()},
-        "figures": figures,
-        "python_us": python_costs(bundles["after"], ort_system, texts, 2000),
-    }
+    results = _run_record(threads, load_before, figures=figures)
+    results["python_us"] = python_costs(bundles["after"], ort_system, texts, 2000)
+    if pairs:
+        results["paired"] = paired_costs(bundles["after"], shared, texts, pairs)
+    return results
 
 
 def measure_pairs(models: Path, threads: int, pairs: int) -> dict[str, Any]:
-    """bertrt's extra time per W1 request next to a plain loop on the same session, the two
-    alternating call by call (see the module notes)."""
+    """Only the paired figures of :func:`paired_costs`, on a bundle with the default options."""
     infos = bundle_models(models)
-    options = bertrt.RuntimeOptions(intra_op_threads=threads, inter_op_threads=1)
-    bundle = bertrt.load(models, device="cpu", options=options)
-    sessions = {task: bundle.runner(task).session.inference_session for task in (Task.CLASSIFY, Task.EMBED)}
-    shared = PlainOrtSystem(infos, SystemSettings(threads=threads), sessions=sessions)
+    bundle = _load(models, threads)
+    shared = _plain_loop_on(bundle, infos, threads)
     texts = workloads.w1_texts(workloads.load_tokenizer(infos[Task.CLASSIFY].directory), 128)
     load_before = load_average()
+    return _run_record(threads, load_before, paired=paired_costs(bundle, shared, texts, pairs))
+
+
+def paired_costs(
+    bundle: bertrt.Bundle, shared: PlainOrtSystem, texts: Mapping[str, str], pairs: int
+) -> dict[str, dict[str, float]]:
+    """bertrt's extra time per W1 request next to ``shared``, a plain loop on ``bundle``'s
+    own sessions, the two alternating call by call (see the module notes)."""
     paired: dict[str, dict[str, float]] = {}
     for label, text in texts.items():
         count = pairs if label == "short" else max(1, pairs // 4)
         classify = in_pairs(partial(bundle.classifier, [text]), partial(shared.classify, [text]), count)
         paired[f"w1.classify.{label}"] = classify
         paired[f"w1.embed.{label}"] = in_pairs(partial(_embed, bundle, text), partial(shared.embed, [text]), count)
+    return paired
+
+
+def _load(models: Path, threads: int, **changes: Any) -> bertrt.Bundle:
+    options = bertrt.RuntimeOptions(intra_op_threads=threads, inter_op_threads=1, **changes)
+    return bertrt.load(models, device="cpu", options=options)
+
+
+def _plain_loop_on(bundle: bertrt.Bundle, infos: Mapping[Task, ModelInfo], threads: int) -> PlainOrtSystem:
+    """The plain ONNX Runtime loop running ``bundle``'s own classifier and embedder sessions."""
+    sessions = {task: bundle.runner(task).session.inference_session for task in (Task.CLASSIFY, Task.EMBED)}
+    return PlainOrtSystem(infos, SystemSettings(threads=threads), sessions=sessions)
+
+
+def _run_record(threads: int, load_before: Any, **figures: Any) -> dict[str, Any]:
+    """What every results file of this module holds besides its figures."""
     return {
         "machine": machine_info(),
         "command": sys.argv,
         "threads": threads,
         "load_average": {"before": load_before, "after": load_average()},
-        "paired": paired,
+        **figures,
     }
 
 
