@@ -286,7 +286,7 @@ class _Stored:
     def run(self, names: object, feeds: object) -> Any:
         return self.outputs
 
-    def outputs_of(self, feeds: object) -> Any:
+    def outputs_of(self, feeds: object, outputs: object = None) -> Any:
         return self.outputs
 
     def get_inputs(self) -> list[_Named]:

@@ -101,6 +101,8 @@ def top_indices(probabilities: list[float], k: int) -> list[int]:
     >>> top_indices([0.2, 0.4, 0.4], 2)
     [1, 2]
     """
+    if k == 1:
+        return [probabilities.index(max(probabilities))]  # the first of equal maxima
     return sorted(range(len(probabilities)), key=lambda index: -probabilities[index])[:k]
 
 

@@ -74,7 +74,8 @@ class Embedder(TaskRunner):
                 for row, encoding in enumerate(batch)
             ]
 
-        return self._run_texts(texts, postprocess)
+        # Only the outputs the pooling reads are fetched and checked.
+        return self._run_texts(texts, postprocess, [HIDDEN, POOLER] if mode is Pooling.POOLER else [HIDDEN])
 
 
 def _pool(
@@ -85,8 +86,11 @@ def _pool(
         return hidden[:, 0].copy()
     if mode is Pooling.POOLER:
         return outputs[POOLER].astype(np.float32)
-    if all(length == hidden.shape[1] for length in lengths):
-        plain: np.ndarray = hidden.mean(axis=1)  # no padding (a single text, equal lengths)
+    width = hidden.shape[1]
+    if min(lengths) == width:
+        # No padding (a single text, equal lengths): the plain mean, as add.reduce and a
+        # division, which is what ndarray.mean computes (bit for bit) without its Python layer.
+        plain: np.ndarray = np.add.reduce(hidden, axis=1) / width
         return plain
     # Mask-aware mean: padding rows must not dilute the average.
     mask = (np.arange(hidden.shape[1])[None, :] < np.asarray(lengths)[:, None]).astype(hidden.dtype)

@@ -31,7 +31,9 @@ def as_texts(texts: str | Sequence[str], what: str = "text") -> list[str]:
     """
     if isinstance(texts, str):
         return [texts]
-    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
+    # A list or tuple passes without the Sequence ABC check, the costlier one.
+    plain_sequence = isinstance(texts, (list, tuple))
+    if not plain_sequence and (isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence)):
         raise InputError(f"Expected a {what} string or a list of them, got {type(texts).__name__}.")
     for index, text in enumerate(texts):
         if not isinstance(text, str):

@@ -132,6 +132,13 @@ class ArenaPolicy:
         """Whether the arena may hold memory that a large run kept."""
         return self._held
 
+    def settled(self, tokens: int) -> bool:
+        """Whether a run of ``tokens`` tokens has nothing to decide: a small run while no large
+        run is remembered keeps the arena and changes no state, so it may skip
+        :meth:`before_run` and :meth:`after_run` (and their lock). Read without the lock: a
+        large run starting at the same moment only blurs the order, as concurrent runs do."""
+        return tokens <= self.small_run_tokens and not self._previous_large and not self._held
+
     def before_run(self, tokens: int) -> bool:
         """Call as a run of ``tokens`` tokens starts; whether it should shrink the arena when
         it ends. Pair every call with :meth:`after_run`."""

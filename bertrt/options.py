@@ -114,6 +114,8 @@ def coerce_enum(enum_type: type[E], value: E | str, what: str) -> E:
     >>> coerce_enum(Device, "cpu", "device")
     <Device.CPU: 'cpu'>
     """
+    if isinstance(value, enum_type):
+        return value  # already a member: skips Enum's own lookup, which runs in Python
     try:
         return enum_type(value)
     except ValueError:

@@ -126,26 +126,29 @@ class OrtSession:
         ``session.run`` (on the CPU)."""
         return self._io_binding
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the graph on host arrays; returns every output as a host array the caller owns.
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the graph on host arrays; returns the ``outputs`` named (every output by
+        default) as host arrays the caller owns.
 
         Feeds the graph does not declare are ignored; a declared input that is missing
         raises BundleError (the graph and the runtime disagree).
         """
         inputs = self._prepare(feeds)
+        names = self._output_names if outputs is None else outputs
         policy = self.arena_policy
-        if policy is None:
-            return self._run(inputs, self._keep_options)
-        shrink = policy.before_run(_tokens(inputs))
+        tokens = _tokens(inputs)
+        if policy is None or policy.settled(tokens):
+            return self._run(inputs, names, self._keep_options)
+        shrink = policy.before_run(tokens)
         try:
-            return self._run(inputs, self._shrink_options if shrink else self._keep_options)
+            return self._run(inputs, names, self._shrink_options if shrink else self._keep_options)
         finally:
             policy.after_run()
 
-    def _run(self, inputs: dict[str, np.ndarray], options: ort.RunOptions) -> dict[str, np.ndarray]:
+    def _run(self, inputs: dict[str, np.ndarray], names: list[str], options: ort.RunOptions) -> dict[str, np.ndarray]:
         if self._io_binding:
-            return self._run_bound(inputs, options)
-        return dict(zip(self._output_names, self._session.run(self._output_names, inputs, options), strict=True))
+            return self._run_bound(inputs, names, options)
+        return dict(zip(names, self._session.run(names, inputs, options), strict=True))
 
     def _shrink_arena(self) -> None:
         """Hand the arena's free regions back with the smallest run the graph takes (the
@@ -170,15 +173,18 @@ class OrtSession:
             prepared[name] = np.ascontiguousarray(feeds[name], dtype=info.dtype)
         return prepared
 
-    def _run_bound(self, inputs: dict[str, np.ndarray], options: ort.RunOptions) -> dict[str, np.ndarray]:
+    def _run_bound(
+        self, inputs: dict[str, np.ndarray], names: list[str], options: ort.RunOptions
+    ) -> dict[str, np.ndarray]:
         state = self._thread_state()
         binding = state.binding
-        # Cleared each call so copy_outputs_to_cpu returns outputs in self.outputs order.
+        # Cleared each call so copy_outputs_to_cpu returns outputs in the order of `names`.
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
         for name, array in inputs.items():
             binding.bind_cpu_input(name, array)
-        for name, info in self.outputs.items():
+        for name in names:
+            info = self.outputs[name]
             shape = self._output_shape(info, inputs)
             if shape is None:
                 binding.bind_output(name, self._device_type, self._device_id)
@@ -191,7 +197,7 @@ class OrtSession:
         arrays = binding.copy_outputs_to_cpu()
         # `inputs` stays referenced until here: bound host arrays must outlive the run.
         binding.clear_binding_inputs()
-        return dict(zip(self.outputs, arrays, strict=True))
+        return dict(zip(names, arrays, strict=True))
 
     def _output_shape(self, info: TensorInfo, inputs: Mapping[str, np.ndarray]) -> tuple[int, ...] | None:
         """The concrete output shape for these inputs, or None where an axis is unknown."""
@@ -242,7 +248,9 @@ class _BoundBuffers:
 
 def _tokens(inputs: Mapping[str, np.ndarray]) -> int:
     """A run's size for the arena policy: the elements of its first input (batch x sequence)."""
-    return next((array.size for array in inputs.values()), 0)
+    for array in inputs.values():
+        return int(array.size)
+    return 0
 
 
 def _tensor_info(node: ort.NodeArg) -> TensorInfo:

@@ -46,21 +46,31 @@ HEAD_CHARS_PER_TOKEN = 32
 
 class Encoding:
     """One text's tokens, unpadded: ids and type ids (int64), token strings, and whether
-    the text was cut at ``max_length``.
+    the text was cut at ``max_length`` (the window it was tokenized for).
 
-    The token strings are built on first use: most callers (classification, pooled
-    vectors, QA) never read them, and a single request should not pay for them.
+    Only the ids are converted up front. The type ids and token strings are built on first
+    use: a single request reads neither (its type ids are a shared row of zeros, see
+    :meth:`TextTokenizer.feeds_one`), and right after a model run every conversion costs
+    more than the few values it converts.
     """
 
-    __slots__ = ("_raw", "_tokens", "ids", "truncated", "type_ids")
+    __slots__ = ("_raw", "_tokens", "_type_ids", "ids", "truncated")
 
-    def __init__(self, raw: RawEncoding) -> None:
+    def __init__(self, raw: RawEncoding, max_length: int) -> None:
         self._raw = raw
         self._tokens: tuple[str, ...] | None = None
-        self.ids = np.asarray(raw.ids, dtype=np.int64)
-        self.type_ids = np.asarray(raw.type_ids, dtype=np.int64)
-        # `overflowing` holds the cut-off pieces; it is empty when nothing was cut.
-        self.truncated = bool(raw.overflowing)
+        self._type_ids: np.ndarray | None = None
+        ids = raw.ids
+        self.ids = np.array(ids, dtype=np.int64)
+        # `overflowing` holds the cut-off pieces; there are none unless the window is full.
+        self.truncated = len(ids) >= max_length and bool(raw.overflowing)
+
+    @property
+    def type_ids(self) -> np.ndarray:
+        """The segment ids (int64), one per token."""
+        if self._type_ids is None:
+            self._type_ids = np.array(self._raw.type_ids, dtype=np.int64)
+        return self._type_ids
 
     @property
     def tokens(self) -> tuple[str, ...]:
@@ -88,6 +98,13 @@ class TextTokenizer:
         self._tokenizer = tokenizer
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length)
+        # Read-only rows of ones and zeros: a single text's attention mask is a view of the
+        # ones, and so are its type ids of the zeros where the tokenizer gives a lone text
+        # type id 0 throughout (its template gives every piece a fixed type id, so one probe
+        # decides for every text).
+        self._ones = _constant_row(1, max_length)
+        self._zeros = _constant_row(0, max_length)
+        self._single_types_zero = not any(self._tokenizer.encode("a").type_ids)
 
     @classmethod
     def from_dir(cls, model_dir: Path, max_length: int) -> TextTokenizer:
@@ -114,11 +131,8 @@ class TextTokenizer:
         if not texts:
             return []
         if len(texts) == 1:
-            # One text: `encode` skips the batch call's hand-off to the library's worker
-            # threads, which costs a single request more than its tokenization.
-            encodings = [self._tokenizer.encode(texts[0][: self.head_chars])]
-        else:
-            encodings = self._tokenizer.encode_batch([text[: self.head_chars] for text in texts])
+            return [self.encode_one(texts[0])]
+        encodings = self._tokenizer.encode_batch([text[: self.head_chars] for text in texts])
         undecided = [
             i for i, (text, e) in enumerate(zip(texts, encodings, strict=True))
             if len(text) > self.head_chars and not _head_decides(e)
@@ -127,13 +141,41 @@ class TextTokenizer:
             full = self._tokenizer.encode_batch([texts[i] for i in undecided])
             for index, encoding in zip(undecided, full, strict=True):
                 encodings[index] = encoding
-        return [Encoding(e) for e in encodings]
+        return [Encoding(e, self.max_length) for e in encodings]
+
+    def encode_one(self, text: str) -> Encoding:
+        """Tokenize one text as :meth:`encode` does. ``encode`` skips the batch call's hand-off
+        to the library's worker threads, which costs a single request more than its
+        tokenization."""
+        encoding = self._tokenizer.encode(text[: self.head_chars])
+        if len(text) > self.head_chars and not _head_decides(encoding):
+            encoding = self._tokenizer.encode(text)
+        return Encoding(encoding, self.max_length)
+
+    def feeds_one(self, encoding: Encoding) -> dict[str, np.ndarray]:
+        """The model feeds of one encoding, equal to ``pad([encoding]).feeds()``: views of its
+        rows and of shared constant rows, nothing allocated."""
+        width = len(encoding.ids)
+        if width > self.max_length:  # not from this tokenizer, which never exceeds max_length
+            return self.pad([encoding]).feeds()
+        types = self._zeros[:, :width] if self._single_types_zero else encoding.type_ids.reshape(1, width)
+        return {
+            "input_ids": encoding.ids.reshape(1, width),
+            "attention_mask": self._ones[:, :width],
+            "token_type_ids": types,
+        }
 
     def pad(self, encodings: Sequence[Encoding]) -> TokenBatch:
         """Pad ``encodings`` on the right to the longest of them."""
         if not encodings:
             raise InputError("Cannot pad an empty batch; pass at least one encoding.")
         return pad_rows([e.ids for e in encodings], self.pad_id, [e.type_ids for e in encodings])
+
+
+def _constant_row(value: int, width: int) -> np.ndarray:
+    row = np.full((1, width), value, dtype=np.int64)
+    row.flags.writeable = False
+    return row
 
 
 def _head_decides(head: RawEncoding) -> bool:

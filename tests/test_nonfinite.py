@@ -151,6 +151,27 @@ def test_the_runtime_names_the_file_and_input_instead_of_printing_nan(nan_bundle
     assert error.value.output == "start_logits" and error.value.index == 1
 
 
+def test_a_single_text_is_checked_too(nan_bundle: Path) -> None:
+    """One text takes the single-request path; its row is checked all the same."""
+    with pytest.raises(NonFiniteOutput) as error:
+        bertrt.load(nan_bundle, device="cpu").classifier("a")
+    assert error.value.output == "logits" and error.value.index == 0
+
+
+def test_the_embedder_fetches_and_checks_only_the_outputs_its_pooling_reads(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "tiny"))
+    edit_bundle_file(bundle / "embedder", "model.onnx", "pooler_output", [((0, 0), math.nan)])
+    embedder = bertrt.load(bundle, device="cpu").embedder
+    for texts in ("a", ["a", "the plot of the movie"]):
+        for pooling in ("mean", "cls"):
+            assert all(np.isfinite(e.vector).all() for e in embedder(texts, pooling=pooling))
+        with pytest.raises(NonFiniteOutput) as error:
+            embedder(texts, pooling="pooler")
+        assert error.value.output == "pooler_output"
+
+
 @pytest.mark.parametrize("size", [2, 300])  # summed in Python floats, and with NumPy
 def test_the_runtime_check_finds_the_bad_row_and_passes_finite_sums_that_overflow(size: int) -> None:
     from bertrt.runner import check_finite

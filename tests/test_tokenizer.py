@@ -117,3 +117,25 @@ def test_a_single_text_encodes_and_pads_as_in_a_batch(tokenizer: TextTokenizer) 
         for name, array in single.feeds().items():
             assert array.dtype == np.int64 and array.shape == (1, len(alone))
             np.testing.assert_array_equal(array[0], padded.feeds()[name][0])
+        # The single-request feeds: the same arrays, as read-only views (shared rows).
+        for name, array in tokenizer.feeds_one(alone).items():
+            assert array.dtype == np.int64 and array.shape == (1, len(alone))
+            np.testing.assert_array_equal(array, single.feeds()[name])
+
+
+def test_single_text_feeds_keep_a_template_s_own_type_ids(minilm_dir: Path, tmp_path: Path) -> None:
+    """Where the tokenizer's template gives a lone text type id 1, the single-request feeds
+    carry those ids, not the shared row of zeros."""
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    raw = Tokenizer.from_file(str(minilm_dir / TOKENIZER_FILE))
+    specials = [(token, raw.token_to_id(token)) for token in ("[CLS]", "[SEP]")]
+    raw.post_processor = TemplateProcessing(single="[CLS]:1 $A:1 [SEP]:1", special_tokens=specials)
+    shutil.copy(minilm_dir / "vocab.txt", tmp_path / "vocab.txt")
+    raw.save(str(tmp_path / TOKENIZER_FILE))
+    tokenizer = TextTokenizer.from_dir(tmp_path, max_length=32)
+    feeds = tokenizer.feeds_one(tokenizer.encode_one("I love Paris."))
+    assert feeds["token_type_ids"].tolist() == [[1] * feeds["input_ids"].shape[1]]
+    in_batch = tokenizer.pad(tokenizer.encode(["I love Paris.", "a"]))
+    np.testing.assert_array_equal(feeds["token_type_ids"], in_batch.token_type_ids[:1])
