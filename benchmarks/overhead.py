@@ -33,7 +33,10 @@ outputs, in microseconds per W1 request.
 ``--pairs N`` (alone, or with ``--paired-only`` to skip the rest) measures that Python in the
 state a real request finds it, right after a model run: ``after`` and ``ort-shared`` alternate
 call by call on the same session, N pairs per W1 figure (a quarter of that for 128 tokens),
-and the median of the per-pair differences is bertrt's extra time per request. Stored
+and the median of the per-pair differences is bertrt's extra time per request. The
+model-level forwards are paired the same way (bertrt's ``OrtSession.run`` against
+``session.run`` on the session underneath, N x 11 / tokens-per-call pairs, at least 3): on
+one session the drift between sessions is gone, so what remains is bertrt's own cost. Stored
 outputs leave the caches warm, and they are not after a run that streamed the model's
 weights through them, so this is larger than the stored-output figure.
 
@@ -50,7 +53,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -71,6 +74,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "after": {},
 }
 FORWARDS = ((1, 11), (1, 128), (8, 128), (1, 512), (32, 256))
+# Paired forwards get pairs in proportion to an 11-token call's, and at least this many.
+SHORT_TOKENS = 11
+FORWARD_PAIRS_MIN = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,9 +131,8 @@ def measure(
         }
         calls |= {name: partial(_embed, b, text) for name, b in bundles.items()}
         figures[f"w1.embed.{label}"] = in_turns(calls, rounds, per_turn)
-    vocab, longest = infos[Task.CLASSIFY].vocab_size, infos[Task.CLASSIFY].max_length
-    # A model with a shorter window (the test bundles') runs each shape cut to its window.
-    for batch, seq in dict.fromkeys((batch, min(seq, longest)) for batch, seq in FORWARDS):
+    vocab = infos[Task.CLASSIFY].vocab_size
+    for batch, seq in _forward_shapes(infos):
         feeds = workloads.token_batch(batch, seq, vocab, seed=0)
         calls = {
             "ort": partial(ort_system.forward, Task.CLASSIFY, feeds),
@@ -141,8 +146,15 @@ def measure(
     results = _run_record(threads, load_before, figures=figures)
     results["python_us"] = python_costs(bundles["after"], ort_system, texts, 2000)
     if pairs:
-        results["paired"] = paired_costs(bundles["after"], shared, texts, pairs)
+        results["paired"] = paired_costs(bundles["after"], shared, texts, pairs, _forward_shapes(infos), vocab)
     return results
+
+
+def _forward_shapes(infos: Mapping[Task, ModelInfo]) -> list[tuple[int, int]]:
+    """FORWARDS for the classifier; a model with a shorter window (the test bundles') runs
+    each shape cut to its window."""
+    longest = infos[Task.CLASSIFY].max_length
+    return list(dict.fromkeys((batch, min(seq, longest)) for batch, seq in FORWARDS))
 
 
 def measure_pairs(models: Path, threads: int, pairs: int) -> dict[str, Any]:
@@ -152,20 +164,35 @@ def measure_pairs(models: Path, threads: int, pairs: int) -> dict[str, Any]:
     shared = _plain_loop_on(bundle, infos, threads)
     texts = workloads.w1_texts(workloads.load_tokenizer(infos[Task.CLASSIFY].directory), 128)
     load_before = load_average()
-    return _run_record(threads, load_before, paired=paired_costs(bundle, shared, texts, pairs))
+    paired = paired_costs(bundle, shared, texts, pairs, _forward_shapes(infos), infos[Task.CLASSIFY].vocab_size)
+    return _run_record(threads, load_before, paired=paired)
 
 
 def paired_costs(
-    bundle: bertrt.Bundle, shared: PlainOrtSystem, texts: Mapping[str, str], pairs: int
+    bundle: bertrt.Bundle,
+    shared: PlainOrtSystem,
+    texts: Mapping[str, str],
+    pairs: int,
+    forwards: Sequence[tuple[int, int]] = (),
+    vocab_size: int = 0,
 ) -> dict[str, dict[str, float]]:
     """bertrt's extra time per W1 request next to ``shared``, a plain loop on ``bundle``'s
-    own sessions, the two alternating call by call (see the module notes)."""
+    own sessions, the two alternating call by call (see the module notes); then the same for
+    each model-level forward of ``forwards`` (batch, sequence) on the classifier, with fewer
+    pairs the more tokens a call carries."""
     paired: dict[str, dict[str, float]] = {}
     for label, text in texts.items():
         count = pairs if label == "short" else max(1, pairs // 4)
         classify = in_pairs(partial(bundle.classifier, [text]), partial(shared.classify, [text]), count)
         paired[f"w1.classify.{label}"] = classify
         paired[f"w1.embed.{label}"] = in_pairs(partial(_embed, bundle, text), partial(shared.embed, [text]), count)
+    session = bundle.classifier.session
+    for batch, seq in forwards:
+        feeds = workloads.token_batch(batch, seq, vocab_size, seed=0)
+        count = max(FORWARD_PAIRS_MIN, pairs * SHORT_TOKENS // (batch * seq))
+        paired[f"forward.{batch}x{seq}"] = in_pairs(
+            partial(session.run, feeds), partial(shared.forward, Task.CLASSIFY, feeds), count
+        )
     return paired
 
 

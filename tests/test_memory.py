@@ -183,6 +183,7 @@ def test_overhead_benchmark_times_every_part_against_plain_onnx_runtime(
     tiny_bundle: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     from bertrt.bench import overhead
+    from bertrt.bench.subjects import bundle_models
 
     out = tmp_path / "overhead.json"
     argv = ["--models", str(tiny_bundle), "--rounds", "1", "--per-turn", "2", "--forward-seconds", "0.1"]
@@ -203,6 +204,9 @@ def test_overhead_benchmark_times_every_part_against_plain_onnx_runtime(
     with pytest.raises(SystemExit):
         overhead.main(["--models", str(tiny_bundle), "--paired-only"])  # no pairs asked for
     paired = overhead.measure_pairs(tiny_bundle, threads=1, pairs=4)["paired"]
-    assert set(paired) == {f"w1.{op}.{length}" for op in ("classify", "embed") for length in ("short", "long")}
+    w1 = {f"w1.{op}.{length}" for op in ("classify", "embed") for length in ("short", "long")}
+    shapes = overhead._forward_shapes(bundle_models(tiny_bundle))
+    assert set(paired) == w1 | {f"forward.{batch}x{seq}" for batch, seq in shapes}
+    assert all(paired[name]["pairs"] >= overhead.FORWARD_PAIRS_MIN for name in set(paired) - w1)
     assert paired["w1.classify.short"]["pairs"] == 4 and paired["w1.classify.long"]["pairs"] == 1
     assert all(p["bertrt_ms"] > 0 and p["plain_ms"] > 0 and p["vs_plain"] > 0 for p in paired.values())
