@@ -153,16 +153,26 @@ def test_options_do_not_change_results_or_order(
     name: str, variants: dict[str, Bundle], embedder: Embedder, classifier: Classifier, qa: QuestionAnswerer
 ) -> None:
     bundle = variants[name]
+    # Many texts, and one (the single-request path); mean pooling fetches only the token
+    # vectors, pooler pooling the pooled output too.
+    for texts in (TEXTS * 2, TEXTS[:1], TEXTS[-1:]):
+        for pooling in ("mean", "pooler"):
+            for got, want in zip(
+                bundle.embedder(texts, pooling=pooling), embedder(texts, pooling=pooling), strict=True
+            ):
+                assert got.tokens == want.tokens
+                np.testing.assert_allclose(got.vector, want.vector, atol=1e-6)
+                np.testing.assert_allclose(got.token_embeddings, want.token_embeddings, atol=1e-6)  # type: ignore[arg-type]
+        for got_c, want_c in zip(bundle.classifier(texts), classifier(texts), strict=True):
+            assert got_c.label == want_c.label and got_c.truncated == want_c.truncated
+            assert got_c.score == pytest.approx(want_c.score, abs=1e-6)
+    # A text alone (the single-request path) gets what it gets inside a call of many.
+    for index in (0, len(TEXTS) - 1):
+        alone, in_call = bundle.embedder(TEXTS[index])[0], bundle.embedder(TEXTS)[index]
+        np.testing.assert_allclose(alone.vector, in_call.vector, atol=1e-6)
+        single, among = bundle.classifier(TEXTS[index])[0], bundle.classifier(TEXTS)[index]
+        assert single.label == among.label and single.score == pytest.approx(among.score, abs=1e-6)
     texts = TEXTS * 2
-    for got, want in zip(
-        bundle.embedder(texts, pooling="mean"), embedder(texts, pooling="mean"), strict=True
-    ):
-        assert got.tokens == want.tokens
-        np.testing.assert_allclose(got.vector, want.vector, atol=1e-6)
-        np.testing.assert_allclose(got.token_embeddings, want.token_embeddings, atol=1e-6)  # type: ignore[arg-type]
-    for got_c, want_c in zip(bundle.classifier(texts), classifier(texts), strict=True):
-        assert got_c.label == want_c.label and got_c.truncated == want_c.truncated
-        assert got_c.score == pytest.approx(want_c.score, abs=1e-6)
     contexts = [CONTEXT * 4, CONTEXT, CONTEXT * 2]
     questions = [QUESTIONS[0], QUESTIONS[1], QUESTIONS[0]]
     for got_q, want_q in zip(
