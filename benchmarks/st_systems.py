@@ -34,8 +34,10 @@ from sentence_transformers import models as modules
 from bertrt.errors import ConfigError
 from bertrt.types import Device, Task
 
-# The int8 file sentence-transformers writes for each of its quantization presets.
-INT8_FILE = "onnx/model_qint8_{preset}.onnx"
+# The file suffix and path the int8 file is written under, named here: sentence-transformers'
+# own name follows the preset's weight type (`qint8` for AVX-512, `quint8` for AVX2 and ARM).
+INT8_SUFFIX = "dynamic_{preset}"
+INT8_FILE = "onnx/model_" + INT8_SUFFIX + ".onnx"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
@@ -76,7 +78,7 @@ class SentenceTransformerSystem(System):
         from sentence_transformers.backend import export_dynamic_quantized_onnx_model
 
         preset = int8_preset()
-        export_dynamic_quantized_onnx_model(model, preset, str(folder))
+        export_dynamic_quantized_onnx_model(model, preset, str(folder), file_suffix=INT8_SUFFIX.format(preset=preset))
         options["file_name"] = INT8_FILE.format(preset=preset)
         return SentenceTransformer(
             str(folder), backend="onnx", device=device, model_kwargs=options, local_files_only=True

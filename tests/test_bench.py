@@ -325,3 +325,23 @@ def test_latency_figures_are_measured_in_rounds_that_take_turns(tiny_bundle: Pat
             assert figure["count"] >= 3 and figure["min_ms"] <= min(figure["rounds_p50_ms"])
     # W2 and W3 are throughput figures, measured once.
     assert not any("W2" in line and "round" in line for line in lines)
+
+
+@pytest.mark.parametrize("preset", ["avx2", "avx512_vnni"])  # uint8 weights, and int8 weights
+def test_st_int8_finds_the_file_it_quantized_under_every_preset(
+    preset: str, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sentence-transformers names its int8 file after the preset's weight type, so the system
+    names the file itself; each preset's file loads on any CPU (only its speed differs)."""
+    from bertrt.bench import st_systems
+    from bertrt.bench.subjects import bundle_models
+    from bertrt.bench.systems import SystemSettings
+
+    monkeypatch.setattr(st_systems, "int8_preset", lambda: preset)
+    system = st_systems.make("st-int8", bundle_models(tiny_bundle), SystemSettings(threads=1))
+    try:
+        vectors = np.asarray(system.embed(["I love Paris", "a"]))
+        assert vectors.shape[0] == 2 and np.isfinite(vectors).all()
+        assert (system._folder / "model" / st_systems.INT8_FILE.format(preset=preset)).is_file()  # type: ignore[operator]
+    finally:
+        system.close()
