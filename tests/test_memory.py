@@ -47,6 +47,22 @@ def runs(arena: ArenaPolicy, sizes: list[int]) -> list[bool]:
     return decisions
 
 
+def test_only_small_runs_with_nothing_remembered_skip_the_policy() -> None:
+    """A settled run skips before_run/after_run; every decision a skipped run would have
+    made is 'keep, change nothing', so skipping changes no later decision."""
+    arena = policy()
+    assert arena.settled(10) and not arena.settled(500)
+    runs(arena, [500])  # a large run is remembered ...
+    assert not arena.settled(10)
+    runs(arena, [500, 10])  # ... kept by the next large run, and the small run after it shrinks
+    assert arena.settled(10)
+    settled = policy()
+    # Skipping the settled runs gives the same decisions as calling the policy for every run.
+    sizes = [10, 10, 500, 10, 10, 500, 500, 10, 10]
+    skipped = [False if settled.settled(n) else runs(settled, [n])[0] for n in sizes]
+    assert skipped == runs(policy(), sizes)
+
+
 def test_small_runs_keep_the_arena() -> None:
     arena = policy()
     assert runs(arena, [1, 50, 100, 7]) == [False] * 4
