@@ -53,7 +53,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -146,7 +146,7 @@ def measure(
     results = _run_record(threads, load_before, figures=figures)
     results["python_us"] = python_costs(bundles["after"], ort_system, texts, 2000)
     if pairs:
-        results["paired"] = paired_costs(bundles["after"], shared, texts, pairs, _forward_shapes(infos), vocab)
+        results["paired"] = paired_costs(bundles["after"], shared, texts, pairs, infos)
     return results
 
 
@@ -164,8 +164,7 @@ def measure_pairs(models: Path, threads: int, pairs: int) -> dict[str, Any]:
     shared = _plain_loop_on(bundle, infos, threads)
     texts = workloads.w1_texts(workloads.load_tokenizer(infos[Task.CLASSIFY].directory), 128)
     load_before = load_average()
-    paired = paired_costs(bundle, shared, texts, pairs, _forward_shapes(infos), infos[Task.CLASSIFY].vocab_size)
-    return _run_record(threads, load_before, paired=paired)
+    return _run_record(threads, load_before, paired=paired_costs(bundle, shared, texts, pairs, infos))
 
 
 def paired_costs(
@@ -173,13 +172,12 @@ def paired_costs(
     shared: PlainOrtSystem,
     texts: Mapping[str, str],
     pairs: int,
-    forwards: Sequence[tuple[int, int]] = (),
-    vocab_size: int = 0,
+    infos: Mapping[Task, ModelInfo],
 ) -> dict[str, dict[str, float]]:
     """bertrt's extra time per W1 request next to ``shared``, a plain loop on ``bundle``'s
     own sessions, the two alternating call by call (see the module notes); then the same for
-    each model-level forward of ``forwards`` (batch, sequence) on the classifier, with fewer
-    pairs the more tokens a call carries."""
+    each model-level forward of FORWARDS on the classifier (``infos`` gives its window and
+    vocabulary), with fewer pairs the more tokens a call carries."""
     paired: dict[str, dict[str, float]] = {}
     for label, text in texts.items():
         count = pairs if label == "short" else max(1, pairs // 4)
@@ -187,8 +185,8 @@ def paired_costs(
         paired[f"w1.classify.{label}"] = classify
         paired[f"w1.embed.{label}"] = in_pairs(partial(_embed, bundle, text), partial(shared.embed, [text]), count)
     session = bundle.classifier.session
-    for batch, seq in forwards:
-        feeds = workloads.token_batch(batch, seq, vocab_size, seed=0)
+    for batch, seq in _forward_shapes(infos):
+        feeds = workloads.token_batch(batch, seq, infos[Task.CLASSIFY].vocab_size, seed=0)
         count = max(FORWARD_PAIRS_MIN, pairs * SHORT_TOKENS // (batch * seq))
         paired[f"forward.{batch}x{seq}"] = in_pairs(
             partial(session.run, feeds), partial(shared.forward, Task.CLASSIFY, feeds), count
