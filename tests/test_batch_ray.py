@@ -137,6 +137,20 @@ def test_strict_stops_a_ray_job_and_leaves_nothing(ray_session: Any, tiny_bundle
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
 
 
+def test_an_address_that_answers_nothing_fails_even_with_ray_running(
+    ray_session: Any, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """This process has joined the session's instance already: an explicit address must still
+    be checked, not silently replaced by the cluster the process happens to be on."""
+    assert ray_session.is_initialized()
+    source = write_input(tmp_path / "in.txt", records(3))
+    job = BatchJob(Task.CLASSIFY, source, tmp_path / "o.jsonl", models=tiny_bundle)
+    with pytest.raises(ConfigError, match="No Ray cluster answers at 127.0.0.1:9"):
+        within_deadline(lambda: run_ray(job, RayOptions(address="127.0.0.1:9", actors=1)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+    assert ray_session.is_initialized()
+
+
 def test_a_pool_of_every_cpu_still_reads(ray_session: Any, tiny_bundle: Path, tmp_path: Path) -> None:
     """Two 1-CPU actors on the 2-CPU cluster (the default: as many as fit): without room for
     the read tasks, this job would wait forever for its input."""

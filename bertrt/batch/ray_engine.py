@@ -244,13 +244,16 @@ def _read(ray: Any, job: BatchJob, blocks: int) -> Any:
 
 @contextmanager
 def _connected(ray: Any, address: str | None) -> Iterator[None]:
-    """Joins the cluster at ``address`` unless this process already is; leaves what it started."""
+    """Joins the cluster at ``address`` unless this process already is; leaves what it started.
+
+    An ``address`` given explicitly is checked even when this process has joined a cluster
+    already: a HOST:PORT that takes no connection is an error, not silently ignored."""
+    if address is not None or not ray.is_initialized():
+        _check_reachable(ray_target(address))
     if ray.is_initialized():
         yield
         return
-    target = ray_target(address)
-    _check_reachable(target)
-    init_ray(ray, target)
+    init_ray(ray, ray_target(address))
     try:
         yield
     finally:
