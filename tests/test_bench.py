@@ -345,3 +345,26 @@ def test_st_int8_finds_the_file_it_quantized_under_every_preset(
         assert (system._folder / "model" / st_systems.INT8_FILE.format(preset=preset)).is_file()  # type: ignore[operator]
     finally:
         system.close()
+
+
+def test_arena_rounds_times_bertrt_with_and_without_the_arena_policy_against_plain_ort(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    from bertrt.bench import arena_rounds
+
+    out = tmp_path / "arena-rounds.json"
+    argv = ["--models", str(tiny_bundle), "--threads", "1", "--rounds", "2", "--shape", "2x16", "--shape", "40x32"]
+    assert arena_rounds.main([*argv, "--out", str(out)]) == 0
+    figures = json.loads(out.read_text())["figures"]
+    assert set(figures) == {"2x16", "40x32"}
+    for systems in figures.values():
+        assert set(systems) == {"ort", "bertrt-adaptive", "bertrt-keep"}
+        for name in ("bertrt-adaptive", "bertrt-keep"):
+            assert len(systems[name]["rounds_vs_ort"]) == 2 and systems[name]["vs_ort"] > 0
+
+
+def test_arena_rounds_refuses_a_shape_it_cannot_read() -> None:
+    from bertrt.bench import arena_rounds
+
+    with pytest.raises(SystemExit):
+        arena_rounds.main(["--shape", "32by256"])

@@ -1,0 +1,139 @@
+"""Whether bertrt's arena policy costs the large model-level forwards anything.
+
+`bertrt bench` times each forward in rounds: per system and round, two untimed calls and then
+the timed ones. bertrt's sessions follow :class:`bertrt.memory.ArenaPolicy` (runs of over
+1,024 tokens may hand the CPU arena back), plain ONNX Runtime keeps its arena. This module
+repeats that pattern in one process for three systems on the same fp32 file and threads:
+``ort`` (a plain ``session.run`` loop, the bench's options), ``bertrt-adaptive`` (bertrt's
+session with the default policy) and ``bertrt-keep`` (bertrt's session that never hands the
+arena back). The systems take turns in every round, the order reversed every other round,
+and each round keeps one timed call per system; the figure is ``ort`` time / the system's
+time (above 1: faster than plain ONNX Runtime), overall (medians) and round by round.
+
+    python -m bertrt.bench.arena_rounds --models models/minilm --rounds 8 \
+        --out benchmarks/results/arena-rounds-minilm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from bertrt.bench import report, workloads
+from bertrt.bench.machine import machine_info
+
+SHAPES = ((16, 128), (64, 128), (32, 256))
+WARMUP_CALLS = 2  # as `bertrt bench` gives every forward in every round
+
+
+def arena_rounds(
+    models: Path, rounds: int, threads: int, shapes: tuple[tuple[int, int], ...] = SHAPES
+) -> dict[str, Any]:
+    """The three systems' forwards of ``shapes`` (batch, sequence) over ``rounds`` rounds; a
+    JSON-ready record."""
+    import bertrt
+
+    classifier_dir = models / "classifier"
+    model_file = classifier_dir / "model.onnx"
+    vocab_size = json.loads((classifier_dir / "config.json").read_text())["vocab_size"]
+    plain = _plain_session(model_file, threads)
+    declared = {i.name for i in plain.get_inputs()}
+    sessions = {}
+    for mode in ("adaptive", "keep"):
+        options = bertrt.RuntimeOptions(intra_op_threads=threads, inter_op_threads=1, cpu_arena=mode)
+        sessions[mode] = bertrt.load(models, device="cpu", options=options).classifier.session
+    calls: dict[str, Callable[[Mapping[str, np.ndarray]], object]] = {
+        "ort": lambda feeds: plain.run(None, {k: v for k, v in feeds.items() if k in declared}),
+        "bertrt-adaptive": lambda feeds: sessions["adaptive"].run(feeds),
+        "bertrt-keep": lambda feeds: sessions["keep"].run(feeds),
+    }
+    seconds: dict[str, dict[str, list[float]]] = {_key(s): {name: [] for name in calls} for s in shapes}
+    for round_index in range(rounds):
+        order = list(calls) if round_index % 2 == 0 else list(reversed(calls))
+        for batch, seq in shapes:
+            feeds = workloads.token_batch(batch, seq, vocab_size, seed=round_index)
+            for name in order:
+                for _ in range(WARMUP_CALLS):
+                    calls[name](feeds)
+                started = time.perf_counter()
+                calls[name](feeds)
+                seconds[_key((batch, seq))][name].append(time.perf_counter() - started)
+    return {
+        "machine": machine_info(),
+        "threads": threads,
+        "rounds": rounds,
+        "figures": {shape: _ratios(per_system) for shape, per_system in seconds.items()},
+    }
+
+
+def _plain_session(model_file: Path, threads: int) -> ort.InferenceSession:
+    """The session `bertrt bench`'s ``ort`` system opens."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+
+
+def _key(shape: tuple[int, int]) -> str:
+    return f"{shape[0]}x{shape[1]}"
+
+
+def _ratios(per_system: dict[str, list[float]]) -> dict[str, Any]:
+    """Each system's timings and its ratio to ``ort``, overall and per round."""
+    baseline = np.asarray(per_system["ort"])
+    figure: dict[str, Any] = {}
+    for name, samples in per_system.items():
+        times = np.asarray(samples)
+        figure[name] = {"p50_ms": float(np.median(times)) * 1e3, "rounds_ms": (times * 1e3).round(1).tolist()}
+        if name != "ort":
+            figure[name]["vs_ort"] = float(np.median(baseline) / np.median(times))
+            figure[name]["rounds_vs_ort"] = (baseline / times).round(3).tolist()
+    return figure
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: python -m bertrt.bench.arena_rounds --help."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=Path, default=Path("models/minilm"), help="bundle folder")
+    parser.add_argument("--rounds", type=int, default=8, help="turns of every system per shape")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every system")
+    parser.add_argument(
+        "--shape",
+        action="append",
+        type=_shape,
+        help="BATCHxSEQUENCE to time (repeatable; default: 16x128, 64x128, 32x256)",
+    )
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.threads < 1:
+        parser.error("--rounds and --threads must be 1 or more.")
+    record = arena_rounds(args.models, args.rounds, args.threads, tuple(args.shape or SHAPES))
+    for shape, figure in record["figures"].items():
+        for name, stats in figure.items():
+            if name != "ort":
+                rounds = ", ".join(f"{r:.2f}" for r in stats["rounds_vs_ort"])
+                print(f"{shape:>7}  {name:<16} ort / {name}: {stats['vs_ort']:.3f}  rounds {rounds}")
+    if args.out:
+        report.write_json(record, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _shape(text: str) -> tuple[int, int]:
+    """``BATCHxSEQUENCE`` as two positive integers."""
+    try:
+        batch, seq = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not BATCHxSEQUENCE; write it like 32x256.") from None
+    if batch < 1 or seq < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} has a size under 1; write positive sizes like 32x256.")
+    return batch, seq
+
+if __name__ == "__main__":
+    raise SystemExit(main())
