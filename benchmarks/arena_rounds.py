@@ -4,7 +4,7 @@
 the timed ones. bertrt's sessions follow :class:`bertrt.memory.ArenaPolicy` (runs of over
 1,024 tokens may hand the CPU arena back), plain ONNX Runtime keeps its arena. This module
 repeats that pattern in one process for three systems on the same fp32 file and threads:
-``ort`` (a plain ``session.run`` loop, the bench's options), ``bertrt-adaptive`` (bertrt's
+``ort`` (`bertrt bench`'s own plain ``session.run`` system), ``bertrt-adaptive`` (bertrt's
 session with the default policy) and ``bertrt-keep`` (bertrt's session that never hands the
 arena back). The systems take turns in every round, the order reversed every other round,
 and each round keeps one timed call per system; the figure is ``ort`` time / the system's
@@ -17,16 +17,20 @@ time (above 1: faster than plain ONNX Runtime), overall (medians) and round by r
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from bertrt.bench import report, workloads
 from bertrt.bench.machine import machine_info
+from bertrt.bench.subjects import bundle_models
+from bertrt.bench.systems import PlainOrtSystem, SystemSettings
+
+import bertrt
+from bertrt.errors import BertrtError
+from bertrt.types import Task
 
 SHAPES = ((16, 128), (64, 128), (32, 256))
 WARMUP_CALLS = 2  # as `bertrt bench` gives every forward in every round
@@ -37,22 +41,18 @@ def arena_rounds(
 ) -> dict[str, Any]:
     """The three systems' forwards of ``shapes`` (batch, sequence) over ``rounds`` rounds; a
     JSON-ready record."""
-    import bertrt
-
-    classifier_dir = models / "classifier"
-    model_file = classifier_dir / "model.onnx"
-    vocab_size = json.loads((classifier_dir / "config.json").read_text())["vocab_size"]
-    plain = _plain_session(model_file, threads)
-    declared = {i.name for i in plain.get_inputs()}
+    infos = bundle_models(models)
+    plain = PlainOrtSystem(infos, SystemSettings(threads=threads))
     sessions = {}
     for mode in ("adaptive", "keep"):
         options = bertrt.RuntimeOptions(intra_op_threads=threads, inter_op_threads=1, cpu_arena=mode)
         sessions[mode] = bertrt.load(models, device="cpu", options=options).classifier.session
     calls: dict[str, Callable[[Mapping[str, np.ndarray]], object]] = {
-        "ort": lambda feeds: plain.run(None, {k: v for k, v in feeds.items() if k in declared}),
+        "ort": lambda feeds: plain.forward(Task.CLASSIFY, feeds),
         "bertrt-adaptive": lambda feeds: sessions["adaptive"].run(feeds),
         "bertrt-keep": lambda feeds: sessions["keep"].run(feeds),
     }
+    vocab_size = infos[Task.CLASSIFY].vocab_size
     seconds: dict[str, dict[str, list[float]]] = {_key(s): {name: [] for name in calls} for s in shapes}
     for round_index in range(rounds):
         order = list(calls) if round_index % 2 == 0 else list(reversed(calls))
@@ -70,14 +70,6 @@ def arena_rounds(
         "rounds": rounds,
         "figures": {shape: _ratios(per_system) for shape, per_system in seconds.items()},
     }
-
-
-def _plain_session(model_file: Path, threads: int) -> ort.InferenceSession:
-    """The session `bertrt bench`'s ``ort`` system opens."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
 
 
 def _key(shape: tuple[int, int]) -> str:
@@ -113,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.threads < 1:
         parser.error("--rounds and --threads must be 1 or more.")
-    record = arena_rounds(args.models, args.rounds, args.threads, tuple(args.shape or SHAPES))
+    try:
+        record = arena_rounds(args.models, args.rounds, args.threads, tuple(args.shape or SHAPES))
+    except BertrtError as exc:  # a missing or broken bundle: its one sentence, no traceback
+        parser.error(str(exc))
     for shape, figure in record["figures"].items():
         for name, stats in figure.items():
             if name != "ort":
@@ -134,6 +129,7 @@ def _shape(text: str) -> tuple[int, int]:
     if batch < 1 or seq < 1:
         raise argparse.ArgumentTypeError(f"{text!r} has a size under 1; write positive sizes like 32x256.")
     return batch, seq
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

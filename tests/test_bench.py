@@ -368,3 +368,14 @@ def test_arena_rounds_refuses_a_shape_it_cannot_read() -> None:
 
     with pytest.raises(SystemExit):
         arena_rounds.main(["--shape", "32by256"])
+
+
+def test_arena_rounds_refuses_a_missing_bundle_in_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bertrt.bench import arena_rounds
+
+    with pytest.raises(SystemExit):
+        arena_rounds.main(["--models", str(tmp_path / "missing"), "--out", str(tmp_path / "out.json")])
+    assert "is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()
