@@ -174,6 +174,12 @@ def test_two_workers_answer_one_scrape_for_both(tiny_bundle: Path, tmp_path: Pat
                 if len(by_worker) == 2 and all(by_worker.values()):
                     break
         assert len(by_worker) == 2 and all(by_worker.values()), f"one worker served every request: {by_worker}"
+        # A worker counts a request once its response has gone out, so the last few may land
+        # a moment after the client has them: wait for them (bounded), then compare.
+        deadline = time.monotonic() + 5
+        while sum(by_worker.values()) < sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+            by_worker = per_worker_requests(metrics_dir, "/embed")
         assert sum(by_worker.values()) == sent
         # Whichever worker answers the scrape, it counts both workers' requests.
         for _ in range(4):
