@@ -1,12 +1,19 @@
-"""Input files for the batch-job tests, in every format, and a reader for their outputs."""
+"""Input files for the batch-job tests, in every format, a reader for their outputs, and a
+model stand-in for the tests of the job's on-disk state."""
 
 from __future__ import annotations
 
 import csv
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bertrt.batch import BatchJob
+    from bertrt.batch.outputs import Columns
+    from bertrt.batch.rows import Row
 
 SENTENCE = "the film was great and i love paris but the plot is dull what a waste of time capital france"
 WORDS = SENTENCE.split()
@@ -60,3 +67,20 @@ def read_output(path: Path) -> list[dict[str, Any]]:
 
         return pq.read_table(path).to_pylist()  # type: ignore[no-any-return]
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+class FakePredictor:
+    """A model stand-in with results that depend on the row only, for the state tests."""
+
+    def __init__(self, job: BatchJob, options: Any = None) -> None:
+        pass
+
+    def __call__(self, rows: Sequence[Row]) -> Columns:
+        texts = [row.fields[0] if row.fields else "" for row in rows]
+        return {
+            "id": [row.id for row in rows],
+            "error": [row.error for row in rows],
+            "label": [f"L{len(text) % 3}" if text else None for text in texts],
+            "score": [len(text) / 100 if text else None for text in texts],
+            "truncated": [False if text else None for text in texts],
+        }

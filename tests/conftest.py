@@ -39,6 +39,14 @@ SQUAD_DIR = REPO.parent / "shared" / "data" / "squad"
 REAL_BUNDLE = REPO / "models" / "minilm"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the `ray` tests last, in their usual order. Their Ray instance lives until the
+    session ends, and nothing else should share the process with its threads and worker
+    processes: a fork from it can inherit a lock held for ever, and its idle workers take
+    cores from every test that would come after them."""
+    items.sort(key=lambda item: item.get_closest_marker("ray") is not None)
+
+
 def tiny_recipe_dict(source: Path, max_length: int = 64) -> dict[str, Any]:
     """A recipe over the tiny source with no training (heads keep their seeded random init)."""
     return {
