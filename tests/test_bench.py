@@ -379,3 +379,27 @@ def test_arena_rounds_refuses_a_missing_bundle_in_one_sentence(
         arena_rounds.main(["--models", str(tmp_path / "missing"), "--out", str(tmp_path / "out.json")])
     assert "is not a folder" in capsys.readouterr().err
     assert not (tmp_path / "out.json").exists()
+
+
+def test_session_options_times_every_variant_against_the_plain_session(tiny_bundle: Path, tmp_path: Path) -> None:
+    from bertrt.bench import session_options
+
+    out = tmp_path / "session-options.json"
+    argv = ["--models", str(tiny_bundle), "--threads", "1", "--rounds", "2", "--seconds", "0.01", "--out", str(out)]
+    assert session_options.main([*argv, "--variant", "denormal-as-zero", "--variant", "one-thread"]) == 0
+    record = json.loads(out.read_text())
+    assert record["rounds"] == 2 and "1x16" in record["figures"]
+    for figure in record["figures"].values():
+        assert set(figure) == {"base", "denormal-as-zero", "one-thread"}
+        assert all(len(stats["rounds_ms"]) == 2 and stats["p50_ms"] > 0 for stats in figure.values())
+        assert 0 <= figure["one-thread"]["rounds_ahead"] <= 2 and figure["one-thread"]["vs_base"] > 0
+
+
+def test_session_options_refuses_a_missing_bundle_in_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bertrt.bench import session_options
+
+    with pytest.raises(SystemExit):
+        session_options.main(["--models", str(tmp_path / "missing")])
+    assert "is not a folder" in capsys.readouterr().err
