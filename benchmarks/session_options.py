@@ -8,12 +8,12 @@ variant in turn (the order rotated each round) gets two untimed calls, then time
 for ``--seconds``; the round's median is kept. The figure is ``base`` time / the variant's
 time (above 1: the option helps), the median over rounds and the rounds it came out ahead.
 
-Variants: ``base`` (what a user writes: threads only), ``same`` (a second session with
-``base``'s options: how far two identical sessions land apart), ``dynamic-block-base`` (the thread
-pool's dynamic block size, ``session.dynamic_block_base=4``), ``denormal-as-zero``
-(``session.set_denormal_as_zero=1``), ``affinity`` (the worker thread pinned to the second
-logical CPU), ``no-spinning`` (``session.intra_op.allow_spinning=0``) and ``one-thread``
-(``intra_op_num_threads=1``, for scale).
+Variants: ``base`` (what a user writes: threads only), ``same`` and ``same-again`` (a second
+and a third session with ``base``'s options, opened in the order asked for: how far identical
+sessions land apart), ``dynamic-block-base`` (the thread pool's dynamic block size,
+``session.dynamic_block_base=4``), ``denormal-as-zero`` (``session.set_denormal_as_zero=1``),
+``affinity`` (the worker thread pinned to the second logical CPU), ``no-spinning``
+(``session.intra_op.allow_spinning=0``) and ``one-thread`` (``intra_op_num_threads=1``, for scale).
 
     python -m bertrt.bench.session_options --models models/minilm --rounds 6 \\
         --out benchmarks/results/session-options-minilm.json
@@ -44,6 +44,7 @@ MAX_CALLS = 200  # per variant, shape and round
 VARIANTS: dict[str, dict[str, str]] = {
     "base": {},
     "same": {},
+    "same-again": {},
     "dynamic-block-base": {"session.dynamic_block_base": "4"},
     "denormal-as-zero": {"session.set_denormal_as_zero": "1"},
     "affinity": {"session.intra_op_thread_affinities": "2"},
