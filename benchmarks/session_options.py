@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import onnxruntime as ort
 from bertrt.bench import report, workloads
 from bertrt.bench.machine import load_average, machine_info
 from bertrt.bench.subjects import ModelInfo, bundle_models
+from bertrt.bench.timing import time_calls
 
 from bertrt.errors import BertrtError
 from bertrt.types import Precision, Task
@@ -95,14 +95,9 @@ def measure(
 
 def _round_median(session: ort.InferenceSession, feeds: dict[str, np.ndarray], seconds: float) -> float:
     """Milliseconds: the median of one turn's timed calls, after the untimed ones."""
-    for _ in range(WARMUP_CALLS):
-        session.run(None, feeds)
-    times: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while len(times) < 3 or (time.perf_counter() < deadline and len(times) < MAX_CALLS):
-        started = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - started)
+    times = time_calls(
+        lambda: session.run(None, feeds), warmup=WARMUP_CALLS, repeats=MAX_CALLS, min_repeats=3, max_seconds=seconds
+    )
     return statistics.median(times) * 1e3
 
 
