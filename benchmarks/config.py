@@ -54,6 +54,13 @@ class BenchConfig:
     reversed every other round), and each round has its share of the repeats and seconds
     (and its own warm-up): a slow stretch of a shared machine then falls on every system
     rather than on whichever held the figure at the time.
+
+    ``sessions`` opens every system that many times, each copy with sessions of its own, and
+    the latency rounds take the copies in turn (round ``r`` is served by copy
+    ``r % sessions``). Two identical ONNX Runtime sessions can run a few percent apart for
+    their whole life, so a figure from one session per system compares the two sessions'
+    luck as much as the systems; over several it compares the systems. Throughput figures
+    use the first copy.
     """
 
     bundle: Path
@@ -67,6 +74,7 @@ class BenchConfig:
     min_repeats: int = 3
     max_seconds: float = 3.0
     latency_rounds: int = 3
+    sessions: int = 1
     stream_texts: int = 2000
     # W2's truncation length (tokens, special tokens included), as the workload specifies it.
     stream_max_tokens: int = 256
@@ -89,6 +97,7 @@ class BenchConfig:
             "repeats",
             "min_repeats",
             "latency_rounds",
+            "sessions",
             "stream_texts",
             "stream_max_tokens",
             "stream_passes",
@@ -99,6 +108,11 @@ class BenchConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be 1 or more, got {getattr(self, name)}.")
+        if self.sessions > self.latency_rounds:
+            raise ConfigError(
+                f"sessions ({self.sessions}) must not exceed latency_rounds ({self.latency_rounds}): "
+                "each copy of a system serves whole rounds, so raise the rounds or lower the sessions."
+            )
         if self.warmup < 0 or self.max_seconds <= 0:
             raise ConfigError("warmup must be 0 or more and max_seconds above 0.")
         for name in ("batch_sizes", "seq_lengths"):

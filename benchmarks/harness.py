@@ -93,24 +93,44 @@ def measure_all(
     """Every step on every system that supports it; the load average before each step and
     the systems that could not run go into ``results``."""
     recorder = Recorder()
-    systems = open_systems(config, models, results["skipped"], log)
+    copies = open_system_copies(config, models, results["skipped"], log)
     measurer = Measurer(config, recorder)
     for step in plan_steps(config, models, inputs):
         results["load_average"][step.label] = load_average()
-        runnable = [system for system in systems if system.supports(step.operation)]
         rounds = config.latency_rounds if step.latency else 1
         for round_index in range(rounds):
             measurer.round = round_index
+            # Round r is served by each system's copy r % sessions (see BenchConfig.sessions).
+            copy = round_index % config.sessions
+            runnable = [systems[copy] for systems in copies if systems[copy].supports(step.operation)]
             suffix = f" (round {round_index + 1} of {rounds})" if rounds > 1 else ""
+            if config.sessions > 1 and step.latency:
+                suffix += f" [copy {copy + 1} of {config.sessions}]"
             # Every other round in reverse, so no system always follows the same one.
             for system in runnable if round_index % 2 == 0 else runnable[::-1]:
                 log(f"{step.label}: {system.name}{suffix}")
                 step.run(measurer, system)
-    for system in systems:
-        system.close()
-    systems.clear()
+    for systems in copies:
+        for system in systems:
+            system.close()
+    copies.clear()
     gc.collect()
     return recorder
+
+
+def open_system_copies(
+    config: BenchConfig, models: Mapping[Task, ModelInfo], skipped: dict[str, str], log: Log
+) -> list[list[System]]:
+    """``config.sessions`` independent copies of every system that can run here, one list
+    per system (each copy opens sessions of its own on first use)."""
+    first = open_systems(config, models, skipped, log)
+    names = [system.name for system in first]
+    settings = SystemSettings(config.threads, config.batch_size, config.device)
+    copies = [[system] for system in first]
+    for _ in range(1, config.sessions):
+        for systems, name in zip(copies, names, strict=True):
+            systems.append(make_system(name, models, settings))
+    return copies
 
 
 def open_systems(

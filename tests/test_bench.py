@@ -19,6 +19,7 @@ from bertrt.bench.config import BenchConfig
 from bertrt.bench.harness import run_benchmark
 from bertrt.bench.op_profile import summarize
 from bertrt.bench.physical import BertShape
+from bertrt.bench.systems import PlainOrtSystem
 from bertrt.bench.timing import LatencyStats, measure_latency
 from typer.testing import CliRunner
 
@@ -325,6 +326,53 @@ def test_latency_figures_are_measured_in_rounds_that_take_turns(tiny_bundle: Pat
             assert figure["count"] >= 3 and figure["min_ms"] <= min(figure["rounds_p50_ms"])
     # W2 and W3 are throughput figures, measured once.
     assert not any("W2" in line and "round" in line for line in lines)
+
+
+def test_sessions_give_each_round_to_a_fresh_copy_of_every_system(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --sessions 2 the rounds alternate between two copies of each system, each with
+    sessions of its own, and the figure pools the calls of both."""
+    from bertrt.bench import harness
+
+    opened: list[object] = []
+    make = harness.make_system
+
+    def recording_make(*args: object, **kwargs: object) -> object:
+        system = make(*args, **kwargs)  # type: ignore[arg-type]
+        opened.append(system)
+        return system
+
+    monkeypatch.setattr(harness, "make_system", recording_make)
+    sessions: list[object] = []
+    open_session = PlainOrtSystem._open
+
+    def recording_open(self: PlainOrtSystem, info: object) -> object:
+        sessions.append(open_session(self, info))  # type: ignore[arg-type]
+        return sessions[-1]
+
+    monkeypatch.setattr(PlainOrtSystem, "_open", recording_open)
+    systems = ("ort", "bertrt-fp32")
+    config = BenchConfig.preset(
+        "smoke", bundle=tiny_bundle, workloads=("w1",), systems=systems, latency_rounds=4, sessions=2,
+        max_seconds=0.05,
+    )
+    lines: list[str] = []
+    results = run_benchmark(config, log=lines.append)
+    turns = [line for line in lines if line.startswith("W1 classify short: ort")]
+    assert turns == [f"W1 classify short: ort (round {r} of 4) [copy {r % 2 or 2} of 2]" for r in range(1, 5)]
+    # Two of each system, four distinct objects, each copy with its own sessions.
+    assert len(opened) == 4 and len({id(s) for s in opened}) == 4
+    # Each plain ONNX Runtime copy opened its own classifier and embedder sessions.
+    assert len(sessions) == 4 and len({id(s) for s in sessions}) == 4
+    figure = results["figures"]["w1.classify.short"]["bertrt-fp32"]
+    assert len(figure["rounds_p50_ms"]) == 4 and figure["count"] >= 4
+    assert results["config"]["sessions"] == 2
+
+
+def test_sessions_may_not_outnumber_the_rounds(tiny_bundle: Path) -> None:
+    with pytest.raises(ConfigError, match="must not exceed latency_rounds"):
+        BenchConfig.preset("smoke", bundle=tiny_bundle, latency_rounds=2, sessions=3)
 
 
 @pytest.mark.parametrize("preset", ["avx2", "avx512_vnni"])  # uint8 weights, and int8 weights

@@ -65,6 +65,15 @@ def bench(
             help="Rounds per latency figure, the systems taking turns in each (default 3; 2 with --smoke).",
         ),
     ] = None,
+    sessions: Annotated[
+        int | None,
+        typer.Option(
+            "--sessions",
+            min=1,
+            help="Copies of every system, each with sessions of its own; the latency rounds take them in turn, "
+            "so a figure does not ride on one session's luck (default 1; at most --rounds).",
+        ),
+    ] = None,
 ) -> None:
     """Time every system on the same inputs and threads; print a table (or --json), with ratios to the baselines.
 
@@ -81,6 +90,7 @@ def bench(
             "qa_questions": qa_questions,
             "repeats": repeats,
             "latency_rounds": rounds,
+            "sessions": sessions,
         }
         overrides: dict[str, object] = {key: value for key, value in sizes.items() if value is not None}
         if system:
