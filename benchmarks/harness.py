@@ -27,7 +27,7 @@ from typing import Any
 from bertrt.bench import report, workloads
 from bertrt.bench.config import BASELINES, BenchConfig
 from bertrt.bench.footprint import measure_footprint
-from bertrt.bench.machine import load_average, machine_info
+from bertrt.bench.machine import cpu_ticks, load_average, machine_info, steal_share
 from bertrt.bench.measure import Inputs, Log, Measurer, Recorder, plan_steps
 from bertrt.bench.physical import BertShape, gemm_rate
 from bertrt.bench.subjects import ModelInfo, bundle_models
@@ -61,6 +61,8 @@ def run_benchmark(config: BenchConfig, log: Log | None = None) -> dict[str, Any]
             "variants": sorted({p.value for m in models.values() for p in m.variants}),
         },
         "load_average": {"start": load_average()},
+        # Per step, the share of the machine's CPU time the hypervisor gave to other guests.
+        "cpu_steal": {},
         "skipped": {},
         "notes": notes,
     }
@@ -82,6 +84,7 @@ def run_benchmark(config: BenchConfig, log: Log | None = None) -> dict[str, Any]
     results["agreement"] = report.agreement(recorder.outputs, REFERENCES)
     results["fidelity"] = report.fidelity(recorder.vectors, report.FIDELITY_REFERENCES)
     results["ratios"] = report.speedups(recorder.figures, BASELINES)
+    results["overhead"] = report.overhead(recorder.figures)
     results["targets"] = report.targets(results)
     results["seconds"] = time.perf_counter() - started
     return results
@@ -97,6 +100,7 @@ def measure_all(
     measurer = Measurer(config, recorder)
     for step in plan_steps(config, models, inputs):
         results["load_average"][step.label] = load_average()
+        ticks = cpu_ticks()
         rounds = config.latency_rounds if step.latency else 1
         for round_index in range(rounds):
             measurer.round = round_index
@@ -110,6 +114,7 @@ def measure_all(
             for system in runnable if round_index % 2 == 0 else runnable[::-1]:
                 log(f"{step.label}: {system.name}{suffix}")
                 step.run(measurer, system)
+        results["cpu_steal"][step.label] = steal_share(ticks, cpu_ticks())
     for systems in copies:
         for system in systems:
             system.close()

@@ -131,6 +131,35 @@ def load_average() -> tuple[float, float, float] | None:
         return None
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """The machine's CPU time so far as ``(stolen, total)`` clock ticks, from the ``cpu``
+    line of ``/proc/stat`` (None off Linux). Stolen time is what the hypervisor gave to
+    other guests while this one wanted to run: a stretch with a lot of it is a slow stretch
+    for whichever system was being timed, through no fault of its own."""
+    try:
+        fields = Path("/proc/stat").read_text(encoding="ascii").split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    ticks = [int(value) for value in fields[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice]; guest time is
+    # already counted in user and nice, so the total stops at steal.
+    return ticks[7], sum(ticks[:8])
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of CPU time stolen between two :func:`cpu_ticks` readings (None when
+    either is missing or no tick passed).
+
+    >>> steal_share((10, 1000), (30, 1100))
+    0.2
+    """
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def library_versions() -> dict[str, str | None]:
     """Installed versions of the libraries that shape the numbers (None when absent)."""
     versions: dict[str, str | None] = {}

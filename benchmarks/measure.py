@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from bertrt.bench import workloads
 from bertrt.bench.config import BenchConfig
+from bertrt.bench.machine import cpu_ticks, steal_share
 from bertrt.bench.subjects import ModelInfo
 from bertrt.bench.systems import System
 from bertrt.bench.timing import LatencyStats, measure_throughput, time_calls
@@ -77,6 +78,7 @@ class Measurer:
         self.recorder = recorder
         self.round = 0
         self._samples: dict[tuple[str, str], list[list[float]]] = {}
+        self._steal: dict[tuple[str, str], list[float | None]] = {}
 
     def single_request(self, system: System, operation: str, case: str, text: str) -> None:
         """W1: one text per call, end to end, per-call latency."""
@@ -136,9 +138,11 @@ class Measurer:
     def latency(self, key: str, system: str, fn: Callable[[], object], warmup: int | None = None) -> dict[str, Any]:
         """This round's calls of ``fn`` (the config's warm-up, and its repetition limits
         shared out over the rounds) joined to the earlier rounds'; the figure over all of
-        them, with ``rounds_p50_ms``, each round's median."""
+        them, with ``rounds_p50_ms``, each round's median, and ``rounds_steal``, the share
+        of the machine's CPU time stolen by the hypervisor during each round's calls."""
         config = self.config
         rounds = config.latency_rounds
+        ticks = cpu_ticks()
         samples = time_calls(
             fn,
             warmup=config.warmup if warmup is None else warmup,
@@ -146,12 +150,19 @@ class Measurer:
             min_repeats=-(-config.min_repeats // rounds),
             max_seconds=config.max_seconds / rounds,
         )
+        steal = steal_share(ticks, cpu_ticks())
         if self.round == 0:
             self._samples[key, system] = []
+            self._steal[key, system] = []
         per_round = self._samples[key, system]
         per_round.append(samples)
+        self._steal[key, system].append(steal)
         stats = LatencyStats.from_seconds([seconds for batch in per_round for seconds in batch])
-        return {**stats.to_dict(), "rounds_p50_ms": [float(np.median(batch)) * 1e3 for batch in per_round]}
+        return {
+            **stats.to_dict(),
+            "rounds_p50_ms": [float(np.median(batch)) * 1e3 for batch in per_round],
+            "rounds_steal": list(self._steal[key, system]),
+        }
 
     def throughput(self, fn: Callable[[], object], items: int, warmup: Callable[[], object]) -> dict[str, Any]:
         """Items per second of ``fn`` over the config's passes, after ``warmup()``."""

@@ -56,6 +56,51 @@ def speedups(figures: Mapping[str, Mapping[str, Mapping[str, Any]]], baselines: 
     return ratios
 
 
+# The figures of the zero-overhead comparison: W1 requests and model-level forwards.
+OVERHEAD_PREFIXES = ("w1.", "scaling.", "peak_batch.")
+
+
+def overhead(
+    figures: Mapping[str, Mapping[str, Mapping[str, Any]]], system: str = "bertrt-fp32", baseline: str = "ort"
+) -> dict[str, Any]:
+    """``system`` against ``baseline`` on every W1 and model-level figure both ran: per
+    figure the speed-up (``baseline``'s p50 / ``system``'s), the speed-up round by round and
+    the rounds ``system`` was ahead in; over all figures the lowest speed-up and the
+    geometric mean of the figures' speed-ups with a 95% interval (figures as the samples:
+    ``exp(mean ± 1.96 sd / sqrt(n))`` of their logs). Empty when either did not run.
+
+    >>> fig = {"w1.x": {"ort": {"p50_ms": 2.0, "rounds_p50_ms": [2.0, 2.0]},
+    ...                 "bertrt-fp32": {"p50_ms": 1.0, "rounds_p50_ms": [1.0, 4.0]}}}
+    >>> overhead(fig)["figures"]["w1.x"]
+    {'ratio': 2.0, 'rounds': [2.0, 0.5], 'rounds_ahead': 1}
+    """
+    per_figure: dict[str, Any] = {}
+    for key, by_system in figures.items():
+        if not key.startswith(OVERHEAD_PREFIXES) or system not in by_system or baseline not in by_system:
+            continue
+        ours, theirs = by_system[system], by_system[baseline]
+        rounds = [b / s for b, s in zip(theirs.get("rounds_p50_ms", []), ours.get("rounds_p50_ms", []))]
+        per_figure[key] = {
+            "ratio": cost(theirs) / cost(ours),
+            "rounds": rounds,
+            "rounds_ahead": sum(r > 1.0 for r in rounds),
+        }
+    if not per_figure:
+        return {}
+    logs = np.log([f["ratio"] for f in per_figure.values()])
+    half = 1.96 * float(logs.std(ddof=1)) / np.sqrt(len(logs)) if len(logs) > 1 else float("nan")
+    return {
+        "system": system,
+        "baseline": baseline,
+        "figures": per_figure,
+        "lowest": float(min(f["ratio"] for f in per_figure.values())),
+        "geomean": float(np.exp(logs.mean())),
+        "geomean_ci95": [float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))],
+        "rounds_ahead": sum(f["rounds_ahead"] for f in per_figure.values()),
+        "rounds": sum(len(f["rounds"]) for f in per_figure.values()),
+    }
+
+
 def agreement(outputs: Mapping[str, Mapping[str, Sequence[Any]]], references: Sequence[str]) -> dict[str, Any]:
     """Share of identical outputs (labels, answer texts) of each system against the first
     of ``references`` that produced the figure."""
@@ -169,6 +214,12 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             )
         )
     checks.append((Target("import bertrt, seconds", 0.3, at_least=False), footprint.get("import_bertrt_s")))
+    checks.append(
+        (
+            Target("W1 and model-level: lowest bertrt-fp32 speed-up over ort on the same file", 1.0),
+            results.get("overhead", {}).get("lowest"),
+        )
+    )
     checks += peer_checks(results)
     return [target.judge(value) for target, value in checks]
 
@@ -252,6 +303,14 @@ def _summary(results: Mapping[str, Any]) -> list[str]:
                     f"{key} cosine to {entry['reference']}, {name}: "
                     f"min {stats['min_cosine']:.4f}, mean {stats['mean_cosine']:.4f}"
                 )
+    paired = results.get("overhead")
+    if paired:
+        low, high = paired["geomean_ci95"]
+        lines.append(
+            f"{paired['system']} over {paired['baseline']} on {len(paired['figures'])} W1 and model-level figures: "
+            f"geometric mean {paired['geomean']:.3f}x (95% interval {low:.3f}-{high:.3f}), "
+            f"lowest {paired['lowest']:.3f}x, ahead in {paired['rounds_ahead']} of {paired['rounds']} rounds"
+        )
     footprint = results.get("footprint")
     if footprint:
         for stack in FOOTPRINT_STACKS:

@@ -200,6 +200,36 @@ def test_speedups_and_agreement() -> None:
     assert shares["f"]["systems"] == {"torch": 1.0, "bertrt-fp32": 0.75}
 
 
+def test_overhead_compares_bertrt_with_plain_ort_figure_by_figure_and_overall() -> None:
+    def pair(ort_ms: float, bertrt_ms: float, rounds: tuple[float, ...]) -> dict[str, Any]:
+        return {
+            "ort": {"p50_ms": ort_ms, "rounds_p50_ms": [ort_ms] * len(rounds)},
+            "bertrt-fp32": {"p50_ms": bertrt_ms, "rounds_p50_ms": list(rounds)},
+        }
+
+    figures = {
+        "w1.classify.short": pair(2.0, 2.0, (1.9, 2.1)),
+        "scaling.batch.8x128": pair(110.0, 100.0, (100.0, 100.0)),
+        "peak_batch.32x256": pair(900.0, 1000.0, (1000.0, 800.0)),
+        # W2 is throughput, not part of the comparison; nor is a figure without bertrt.
+        "w2.classify": {"ort": {"items_per_s": 1.0}, "bertrt-fp32": {"items_per_s": 2.0}},
+        "w1.embed.short": {"ort": {"p50_ms": 1.0}},
+    }
+    result = report.overhead(figures)
+    assert set(result["figures"]) == {"w1.classify.short", "scaling.batch.8x128", "peak_batch.32x256"}
+    assert result["figures"]["peak_batch.32x256"]["rounds"] == pytest.approx([0.9, 1.125])
+    assert result["figures"]["peak_batch.32x256"]["rounds_ahead"] == 1
+    assert result["lowest"] == pytest.approx(0.9)
+    assert result["geomean"] == pytest.approx((1.0 * 1.1 * 0.9) ** (1 / 3))
+    low, high = result["geomean_ci95"]
+    assert low < result["geomean"] < high
+    assert (result["rounds_ahead"], result["rounds"]) == (4, 6)
+    assert report.overhead({"w1.x": {"ort": {"p50_ms": 1.0}}}) == {}
+    # The lowest figure is judged against the 1.00x bound.
+    [judged] = [t for t in report.targets({"overhead": result}) if "same file" in t["name"]]
+    assert judged["met"] is False and judged["value"] == pytest.approx(0.9)
+
+
 def test_op_profile_sums_kernel_time_per_operator() -> None:
     def node(name: str, op: str, ts: int, dur: int) -> dict[str, Any]:
         return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
@@ -322,10 +352,27 @@ def test_latency_figures_are_measured_in_rounds_that_take_turns(tiny_bundle: Pat
         for system in systems:
             figure = results["figures"][key][system]
             assert len(figure["rounds_p50_ms"]) == 3
+            # Each round's share of stolen CPU time: a fraction where /proc/stat exists.
+            assert len(figure["rounds_steal"]) == 3
+            assert all(s is None or 0.0 <= s <= 1.0 for s in figure["rounds_steal"])
             # The figure is over every round's calls: at least the smallest round median is in.
             assert figure["count"] >= 3 and figure["min_ms"] <= min(figure["rounds_p50_ms"])
     # W2 and W3 are throughput figures, measured once.
     assert not any("W2" in line and "round" in line for line in lines)
+    assert set(results["cpu_steal"]) == {line.split(":")[0] for line in lines if ": " in line and "round" in line}
+    # The zero-overhead comparison covers the W1 and model-level figures both systems ran.
+    compared = results["overhead"]["figures"]
+    assert "w1.classify.short" in compared and "scaling.batch.4x32" in compared
+
+
+def test_steal_share_reads_the_hypervisors_share_between_two_readings() -> None:
+    from bertrt.bench.machine import cpu_ticks, steal_share
+
+    assert steal_share((10, 1000), (30, 1100)) == pytest.approx(0.2)
+    assert steal_share((10, 1000), (10, 1000)) is None and steal_share(None, (1, 2)) is None
+    ticks = cpu_ticks()
+    if sys.platform == "linux":
+        assert ticks is not None and 0 <= ticks[0] <= ticks[1]
 
 
 def test_sessions_give_each_round_to_a_fresh_copy_of_every_system(

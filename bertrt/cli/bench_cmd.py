@@ -65,6 +65,14 @@ def bench(
             help="Rounds per latency figure, the systems taking turns in each (default 3; 2 with --smoke).",
         ),
     ] = None,
+    seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--seconds",
+            min=0.01,
+            help="Time budget of each system on each latency figure, shared out over the rounds (default 3).",
+        ),
+    ] = None,
     sessions: Annotated[
         int | None,
         typer.Option(
@@ -91,6 +99,7 @@ def bench(
             "repeats": repeats,
             "latency_rounds": rounds,
             "sessions": sessions,
+            "max_seconds": seconds,
         }
         overrides: dict[str, object] = {key: value for key, value in sizes.items() if value is not None}
         if system:
