@@ -8,7 +8,9 @@ repeats that pattern in one process for three systems on the same fp32 file and 
 session with the default policy) and ``bertrt-keep`` (bertrt's session that never hands the
 arena back). The systems take turns in every round, the order reversed every other round,
 and each round keeps one timed call per system; the figure is ``ort`` time / the system's
-time (above 1: faster than plain ONNX Runtime), overall (medians) and round by round.
+time (above 1: faster than plain ONNX Runtime), overall (medians) and round by round, with
+the page faults of each timed call (``rounds_faults``: a count, so unlike the times it does
+not drift with the machine; every fault is arena memory mapped again).
 
     python -m bertrt.bench.arena_rounds --models models/minilm --rounds 8 \
         --out benchmarks/results/arena-rounds-minilm.json
@@ -17,6 +19,7 @@ time (above 1: faster than plain ONNX Runtime), overall (medians) and round by r
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -54,6 +57,7 @@ def arena_rounds(
     }
     vocab_size = infos[Task.CLASSIFY].vocab_size
     seconds: dict[str, dict[str, list[float]]] = {_key(s): {name: [] for name in calls} for s in shapes}
+    faults: dict[str, dict[str, list[int]]] = {_key(s): {name: [] for name in calls} for s in shapes}
     for round_index in range(rounds):
         order = list(calls) if round_index % 2 == 0 else list(reversed(calls))
         for batch, seq in shapes:
@@ -61,28 +65,39 @@ def arena_rounds(
             for name in order:
                 for _ in range(WARMUP_CALLS):
                     calls[name](feeds)
+                faulted = _minor_faults()
                 started = time.perf_counter()
                 calls[name](feeds)
                 seconds[_key((batch, seq))][name].append(time.perf_counter() - started)
+                faults[_key((batch, seq))][name].append(_minor_faults() - faulted)
     return {
         "machine": machine_info(),
         "threads": threads,
         "rounds": rounds,
-        "figures": {shape: _ratios(per_system) for shape, per_system in seconds.items()},
+        "figures": {shape: _ratios(per_system, faults[shape]) for shape, per_system in seconds.items()},
     }
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _key(shape: tuple[int, int]) -> str:
     return f"{shape[0]}x{shape[1]}"
 
 
-def _ratios(per_system: dict[str, list[float]]) -> dict[str, Any]:
-    """Each system's timings and its ratio to ``ort``, overall and per round."""
+def _ratios(per_system: dict[str, list[float]], faults: dict[str, list[int]]) -> dict[str, Any]:
+    """Each system's timings and its ratio to ``ort``, overall and per round, and the page
+    faults of its timed calls."""
     baseline = np.asarray(per_system["ort"])
     figure: dict[str, Any] = {}
     for name, samples in per_system.items():
         times = np.asarray(samples)
-        figure[name] = {"p50_ms": float(np.median(times)) * 1e3, "rounds_ms": (times * 1e3).round(1).tolist()}
+        figure[name] = {
+            "p50_ms": float(np.median(times)) * 1e3,
+            "rounds_ms": (times * 1e3).round(1).tolist(),
+            "rounds_faults": faults[name],
+        }
         if name != "ort":
             figure[name]["vs_ort"] = float(np.median(baseline) / np.median(times))
             figure[name]["rounds_vs_ort"] = (baseline / times).round(3).tolist()
@@ -114,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             if name != "ort":
                 rounds = ", ".join(f"{r:.2f}" for r in stats["rounds_vs_ort"])
                 print(f"{shape:>7}  {name:<16} ort / {name}: {stats['vs_ort']:.3f}  rounds {rounds}")
+                print(f"{'':>7}  {'':<16} page faults per timed call: {stats['rounds_faults']}")
     if args.out:
         report.write_json(record, args.out)
         print(f"wrote {args.out}")

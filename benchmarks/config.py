@@ -110,8 +110,8 @@ class BenchConfig:
                 raise ConfigError(f"{name} must be 1 or more, got {getattr(self, name)}.")
         if self.sessions > self.latency_rounds:
             raise ConfigError(
-                f"sessions ({self.sessions}) must not exceed latency_rounds ({self.latency_rounds}): "
-                "each copy of a system serves whole rounds, so raise the rounds or lower the sessions."
+                f"sessions ({self.sessions}) must not exceed the rounds ({self.latency_rounds}): each copy of a "
+                "system serves whole rounds; raise --rounds or lower --sessions."
             )
         if self.warmup < 0 or self.max_seconds <= 0:
             raise ConfigError("warmup must be 0 or more and max_seconds above 0.")

@@ -418,8 +418,10 @@ def test_sessions_give_each_round_to_a_fresh_copy_of_every_system(
 
 
 def test_sessions_may_not_outnumber_the_rounds(tiny_bundle: Path) -> None:
-    with pytest.raises(ConfigError, match="must not exceed latency_rounds"):
+    with pytest.raises(ConfigError, match=r"sessions \(3\) must not exceed the rounds \(2\)"):
         BenchConfig.preset("smoke", bundle=tiny_bundle, latency_rounds=2, sessions=3)
+    result = CliRunner().invoke(app, ["bench", "--models", str(tiny_bundle), "--smoke", "--sessions", "3"])
+    assert result.exit_code != 0 and "raise --rounds or lower --sessions" in result.output
 
 
 @pytest.mark.parametrize("preset", ["avx2", "avx512_vnni"])  # uint8 weights, and int8 weights
@@ -456,6 +458,9 @@ def test_arena_rounds_times_bertrt_with_and_without_the_arena_policy_against_pla
         assert set(systems) == {"ort", "bertrt-adaptive", "bertrt-keep"}
         for name in ("bertrt-adaptive", "bertrt-keep"):
             assert len(systems[name]["rounds_vs_ort"]) == 2 and systems[name]["vs_ort"] > 0
+        for name in ("ort", "bertrt-adaptive", "bertrt-keep"):
+            faults = systems[name]["rounds_faults"]
+            assert len(faults) == 2 and all(isinstance(n, int) and n >= 0 for n in faults)
 
 
 def test_arena_rounds_refuses_a_shape_it_cannot_read() -> None:

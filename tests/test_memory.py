@@ -94,8 +94,15 @@ def test_kept_memory_is_handed_back_after_an_idle_period() -> None:
         time.sleep(0.02)
     assert len(shrunk) == 1 and shrunk[0] - started >= 0.2
     assert not arena.holds_large_run
-    # Once handed back, the next large run is an isolated one again.
-    assert runs(arena, [5000]) == [True]
+    # A large run after the idle hand-back is the stream resuming: it keeps what it takes,
+    # and that is handed back once idle again.
+    assert runs(arena, [5000, 5000]) == [False, False]
+    assert arena.holds_large_run
+    while len(shrunk) < 2 and time.monotonic() < deadline + 5:
+        time.sleep(0.02)
+    assert len(shrunk) == 2 and not arena.holds_large_run
+    # A small run after it ends the stream: the next large run is an isolated one again.
+    assert runs(arena, [10, 5000]) == [False, True]
 
 
 def test_no_idle_shrink_while_runs_keep_coming_or_one_is_in_flight() -> None:
