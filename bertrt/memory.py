@@ -104,7 +104,8 @@ class ArenaPolicy:
     * a large run after such an idle hand-back, with no small run between, is the stream
       resuming: it keeps what it takes (handed back in turn once idle). Were it to shrink,
       the run after it would fault the whole working set in again, and the one after that
-      part of it (on MiniLM at 64 x 128: 62,000 and then 9,000 page faults, against none).
+      part of it (9,232 page faults in that third run on MiniLM at 64 x 128, against none:
+      ``python -m bertrt.bench.arena_rounds``).
 
     The idle check is one short-lived thread per session, started when a large run keeps
     memory and gone once it has been handed back. Thread-safe; concurrent runs of one
