@@ -59,6 +59,8 @@ def test_smoke_cli_writes_results_and_plot(tiny_bundle: Path, tmp_path: Path) ->
         "bertrt-fp32",
         "--system",
         "bertrt-fp16",
+        "--passes",
+        "2",
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -67,6 +69,7 @@ def test_smoke_cli_writes_results_and_plot(tiny_bundle: Path, tmp_path: Path) ->
     assert printed["figures"] == written["figures"]
     _check_figures(written, {"ort", "bertrt-fp32"})
     assert "bertrt-fp16" in written["skipped"]  # fp16 is not timed on the CPU
+    assert written["figures"]["w2.classify"]["bertrt-fp32"]["passes"] == 2  # --passes reaches the streams
     assert written["machine"]["logical_cores"] >= 1 and written["machine"]["cpu_model"]
     assert written["gemm"]["peak_gflops"] > 0
     assert written["footprint"]["bertrt-fp32"]["peak_rss_mb"] > 0

@@ -65,6 +65,14 @@ def bench(
             help="Rounds per latency figure, the systems taking turns in each (default 3; 2 with --smoke).",
         ),
     ] = None,
+    passes: Annotated[
+        int | None,
+        typer.Option(
+            "--passes",
+            min=1,
+            help="Passes over each W2 and W3 stream per system; the best pass is the figure (default 1).",
+        ),
+    ] = None,
     seconds: Annotated[
         float | None,
         typer.Option(
@@ -100,6 +108,7 @@ def bench(
             "latency_rounds": rounds,
             "sessions": sessions,
             "max_seconds": seconds,
+            "stream_passes": passes,
         }
         overrides: dict[str, object] = {key: value for key, value in sizes.items() if value is not None}
         if system:
