@@ -129,13 +129,10 @@ def open_system_copies(
     """``config.sessions`` independent copies of every system that can run here, one list
     per system (each copy opens sessions of its own on first use)."""
     first = open_systems(config, models, skipped, log)
-    names = [system.name for system in first]
-    settings = SystemSettings(config.threads, config.batch_size, config.device)
-    copies = [[system] for system in first]
-    for _ in range(1, config.sessions):
-        for systems, name in zip(copies, names, strict=True):
-            systems.append(make_system(name, models, settings))
-    return copies
+    return [
+        [system] + [make_system(system.name, models, system.settings) for _ in range(1, config.sessions)]
+        for system in first
+    ]
 
 
 def open_systems(
