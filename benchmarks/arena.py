@@ -34,7 +34,11 @@ def measure(models: Path, mode: str, threads: int) -> dict[str, Any]:
     import bertrt
     from bertrt.memory import IDLE_SHRINK_S
 
-    options = bertrt.RuntimeOptions(intra_op_threads=threads, inter_op_threads=1, cpu_arena=mode)
+    # Whole batches, as the runtime ran them before row chunks: cut into chunks of at most
+    # 1,024 tokens every run would be a small one, and the arena modes would not differ.
+    options = bertrt.RuntimeOptions(
+        intra_op_threads=threads, inter_op_threads=1, cpu_arena=mode, cpu_chunk_tokens=0
+    )
     classifier = bertrt.load(models, device="cpu", options=options).classifier
     text = workloads.w1_texts(workloads.load_tokenizer(models / "classifier"), 128)["long"]
     stream = workloads.mixed_stream(64, seed=0)

@@ -22,6 +22,12 @@ E = TypeVar("E", bound=Enum)
 GRAPH_OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 # What happens to ONNX Runtime's CPU memory arena (see bertrt.memory).
 CPU_ARENA_MODES = ("adaptive", "shrink", "keep", "off")
+# Tokens per CPU forward beyond which a batch is cut into row chunks. A MiniLM forward of
+# 32 x 128 or more tokens ran 1.08-1.14x faster cut into 1,024-token chunks (the attention
+# scores and FFN activations of a whole batch outgrow the caches), and no cut shape ran
+# slower: `python -m bertrt.bench.chunking`, benchmarks/README.md. 1,024 is also the arena
+# policy's small run (bertrt.memory.SMALL_RUN_TOKENS).
+CPU_CHUNK_TOKENS = 1024
 # The request limits, by field name (all positive integers).
 LIMITS = ("max_texts_per_call", "max_chars_per_text", "max_context_chars", "max_top_k")
 
@@ -48,6 +54,13 @@ class RuntimeOptions:
     ``keep`` holds every peak for reuse (the process keeps its largest request's memory);
     ``off`` allocates every tensor afresh (slowest).
 
+    ``cpu_chunk_tokens`` cuts a CPU forward of more tokens (batch x sequence) than this into
+    row chunks of at most that many tokens, run one after the other on all threads, and
+    joins their outputs (see :mod:`bertrt.session`): a large batch's activations then fit
+    in the CPU's caches, and the arena never grows past a small run's working set. The
+    results are the same (each row is computed alone either way); 0 never cuts. The CUDA
+    provider always runs the whole batch.
+
     ``batch_lanes`` says how a CPU call with several batches runs them (see
     :mod:`bertrt.lanes`): 0 (the default, auto) runs a call with at least one batch per
     intra-op thread on as many single-threaded lanes, side by side, each lane's batches
@@ -72,6 +85,7 @@ class RuntimeOptions:
     batch_lanes: int = 0
     cuda_device_id: int = 0
     cpu_arena: str = "adaptive"
+    cpu_chunk_tokens: int = CPU_CHUNK_TOKENS
     max_texts_per_call: int = 10_000
     max_chars_per_text: int = 2_000_000
     max_context_chars: int = 100_000
@@ -85,7 +99,7 @@ class RuntimeOptions:
             )
         if self.cpu_arena not in CPU_ARENA_MODES:
             raise ConfigError(f"cpu_arena must be one of {', '.join(CPU_ARENA_MODES)}, got {self.cpu_arena!r}.")
-        for name in ("intra_op_threads", "inter_op_threads", "cuda_device_id", "batch_lanes"):
+        for name in ("intra_op_threads", "inter_op_threads", "cuda_device_id", "batch_lanes", "cpu_chunk_tokens"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}.")
         for name in ("batch_size", *LIMITS):

@@ -506,3 +506,28 @@ def test_session_options_refuses_a_missing_bundle_in_one_sentence(
     with pytest.raises(SystemExit):
         session_options.main(["--models", str(tmp_path / "missing")])
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_chunking_times_row_chunks_against_the_whole_batch_on_one_session(tiny_bundle: Path, tmp_path: Path) -> None:
+    from bertrt.bench import chunking
+
+    out = tmp_path / "chunking.json"
+    argv = ["--models", str(tiny_bundle), "--threads", "1", "--rounds", "2", "--seconds", "0.05"]
+    argv += ["--precision", "fp32", "--budget", "64", "--shape", "2x16", "--shape", "8x32"]
+    assert chunking.main([*argv, "--out", str(out)]) == 0
+    figures = json.loads(out.read_text())["figures"]["fp32"]
+    assert set(figures) == {"2x16", "8x32"}
+    # 32 tokens fit the budget and run whole; 8 x 32 runs in chunks of two rows.
+    assert figures["2x16"]["64"]["rows_per_chunk"] == 2 and figures["8x32"]["64"]["rows_per_chunk"] == 2
+    assert figures["8x32"]["whole"]["rows_per_chunk"] == 8
+    for figure in figures.values():
+        assert len(figure["whole"]["rounds_ms"]) == 2 and figure["64"]["vs_whole"] > 0
+        # The cut run's outputs are the whole run's, to float32 rounding at most.
+        assert figure["64"]["max_abs_difference"] <= 1e-5
+
+
+def test_chunking_refuses_a_budget_below_one() -> None:
+    from bertrt.bench import chunking
+
+    with pytest.raises(SystemExit):
+        chunking.main(["--budget", "0"])

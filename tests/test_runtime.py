@@ -143,12 +143,14 @@ def variants(tiny_bundle: Path) -> dict[str, Bundle]:
         "one-by-one": RuntimeOptions(batch_size=1),
         "ungrouped": RuntimeOptions(batch_size=2, group_by_length=False),
         "grouped": RuntimeOptions(batch_size=2),
+        # Every batch of more than 16 tokens cut into row chunks (one row each past 8 tokens).
+        "row-chunks": RuntimeOptions(cpu_chunk_tokens=16),
     }
     return {name: bertrt.load(tiny_bundle, device="cpu", options=o) for name, o in options.items()}
 
 
 @pytest.mark.filterwarnings("ignore:The qa head")
-@pytest.mark.parametrize("name", ["io-binding", "plain-run", "one-by-one", "ungrouped", "grouped"])
+@pytest.mark.parametrize("name", ["io-binding", "plain-run", "one-by-one", "ungrouped", "grouped", "row-chunks"])
 def test_options_do_not_change_results_or_order(
     name: str, variants: dict[str, Bundle], embedder: Embedder, classifier: Classifier, qa: QuestionAnswerer
 ) -> None:

@@ -147,6 +147,68 @@ def test_a_missing_declared_input_names_it(bound: OrtSession) -> None:
         bound.run({"input_ids": np.ones((1, 2), dtype=np.int64)})
 
 
+def counting_runs(session: OrtSession) -> list[int]:
+    """Patch ``session`` to record the rows of every ONNX Runtime run it makes."""
+    rows: list[int] = []
+    run_once = session._run_once
+
+    def counted(inputs: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        rows.append(next(iter(inputs.values())).shape[0])
+        return run_once(inputs, names)
+
+    session._run_once = counted  # type: ignore[method-assign]
+    return rows
+
+
+@pytest.mark.parametrize("binding", [False, True])
+def test_a_large_cpu_run_is_cut_into_row_chunks_with_the_same_outputs(graph: Path, binding: bool) -> None:
+    session = OrtSession(graph, Device.CPU, RuntimeOptions(cpu_chunk_tokens=6, io_binding=binding))
+    rows = counting_runs(session)
+    f = feeds(5, 3)  # 15 tokens > 6: chunks of 6 // 3 = 2 rows
+    got = session.run(f, ["hidden", "pooled"])
+    assert rows == [2, 2, 1]
+    for name in ("hidden", "pooled"):
+        np.testing.assert_array_equal(got[name], expected(f)[name])
+        assert got[name].flags.c_contiguous and got[name].flags.owndata
+    # "nonzero" is not batch-major: asking for it runs the batch whole.
+    rows.clear()
+    whole = session.run(f)
+    assert rows == [5]
+    np.testing.assert_array_equal(whole["nonzero"], expected(f)["nonzero"])
+
+
+@pytest.mark.parametrize(
+    ("chunk_tokens", "batch", "seq", "rows"),
+    [
+        (6, 5, 3, 2),  # 15 tokens: chunks of two rows
+        (6, 2, 3, 0),  # 6 tokens: within the budget, whole
+        (6, 1, 40, 0),  # one row is never cut, however long
+        (6, 4, 10, 1),  # a row longer than the budget: one row per chunk
+        (0, 64, 64, 0),  # chunking off
+        (1024, 64, 128, 8),  # the default budget on a 64 x 128 forward
+    ],
+)
+def test_chunk_rows_follow_the_token_budget(graph: Path, chunk_tokens: int, batch: int, seq: int, rows: int) -> None:
+    session = OrtSession(graph, Device.CPU, RuntimeOptions(cpu_chunk_tokens=chunk_tokens))
+    assert session.chunk_rows(feeds(batch, seq), ["hidden", "pooled"]) == rows
+
+
+def test_chunks_are_small_runs_for_the_arena_policy(graph: Path) -> None:
+    session = OrtSession(graph, Device.CPU, RuntimeOptions(cpu_chunk_tokens=8))
+    policy = session.arena_policy
+    assert policy is not None
+    policy.small_run_tokens = 8
+    f = feeds(8, 4)  # 32 tokens: a large run whole, four small runs of 8 cut
+    session.run(f, ["hidden"])
+    assert not policy.holds_large_run and policy.settled(8)
+
+
+def test_row_chunks_are_off_by_option_and_refused_below_zero() -> None:
+    assert RuntimeOptions().cpu_chunk_tokens == 1024
+    with pytest.raises(ConfigError, match="cpu_chunk_tokens"):
+        RuntimeOptions(cpu_chunk_tokens=-1)
+
+
 def test_each_thread_gets_its_own_binding(graph: Path, concurrently: Any) -> None:
     session = OrtSession(graph, Device.CPU, BOUND)
     requests = [feeds(1 + i % 4, 2 + i % 5, seed=i) for i in range(24)]

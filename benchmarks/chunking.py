@@ -1,0 +1,202 @@
+"""Whether cutting a large CPU forward into row chunks makes it faster, and by how much.
+
+bertrt runs a CPU forward of more than ``RuntimeOptions.cpu_chunk_tokens`` tokens as
+consecutive slices of rows (see :mod:`bertrt.session`). This module times that against the
+whole batch on **one** bertrt session per file, changing only the session's chunk budget
+between calls, so the comparison carries no difference between two sessions (two identical
+ONNX Runtime sessions land a few percent apart: `python -m bertrt.bench.session_options`).
+Per round, shape and budget (the order reversed every other round) two untimed calls, then
+timed calls for ``--seconds``; the round's median is kept, with the page faults per timed
+call. The figure is the whole batch's time / the budget's time (above 1: cutting helps),
+the median over rounds and the rounds it came out ahead, and the largest difference between
+the cut run's outputs and the whole run's (0.0: the same bits).
+
+    python -m bertrt.bench.chunking --models models/minilm --rounds 8 \\
+        --out benchmarks/results/chunking-minilm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bertrt.bench import report, workloads
+from bertrt.bench.machine import load_average, machine_info
+from bertrt.bench.subjects import bundle_models
+from bertrt.bench.timing import time_calls
+
+from bertrt.errors import BertrtError
+from bertrt.options import CPU_CHUNK_TOKENS, RuntimeOptions
+from bertrt.session import OrtSession
+from bertrt.types import Device, Precision, Task
+
+SHAPES = ((8, 128), (16, 128), (32, 128), (64, 128), (32, 256), (8, 512))
+BUDGETS = (512, CPU_CHUNK_TOKENS, 2048)
+WHOLE = 0  # the budget that never cuts
+WARMUP_CALLS = 2
+MAX_CALLS = 50  # per budget, shape and round
+
+
+def measure(
+    models: Path,
+    precisions: list[Precision],
+    budgets: list[int],
+    shapes: list[tuple[int, int]],
+    threads: int,
+    rounds: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """Per precision and shape, every budget's round medians and its ratio to the whole
+    batch; a JSON-ready record."""
+    classifier = bundle_models(models)[Task.CLASSIFY]
+    # A model with a shorter window (the test bundles') runs each shape cut to its window.
+    shapes = list(dict.fromkeys((batch, min(seq, classifier.max_length)) for batch, seq in shapes))
+    variants = [WHOLE, *budgets]
+    figures: dict[str, Any] = {}
+    load_before = load_average()
+    for precision in precisions:
+        path = classifier.onnx_file(precision)
+        session = OrtSession(path, Device.CPU, RuntimeOptions(intra_op_threads=threads, inter_op_threads=1))
+        medians: dict[str, dict[int, list[float]]] = {_key(s): {v: [] for v in variants} for s in shapes}
+        faults: dict[str, dict[int, list[float]]] = {_key(s): {v: [] for v in variants} for s in shapes}
+        differences = {_key(s): {v: 0.0 for v in variants} for s in shapes}
+        for round_index in range(rounds):
+            order = variants if round_index % 2 == 0 else variants[::-1]
+            for batch, seq in shapes:
+                feeds = workloads.token_batch(batch, seq, classifier.vocab_size, seed=round_index)
+                session.chunk_tokens = WHOLE
+                whole = session.run(feeds)
+                for budget in order:
+                    session.chunk_tokens = budget
+                    median_ms, faulted = _turn(session, feeds, seconds)
+                    medians[_key((batch, seq))][budget].append(median_ms)
+                    faults[_key((batch, seq))][budget].append(faulted)
+                    cut = session.run(feeds)
+                    differences[_key((batch, seq))][budget] = max(
+                        differences[_key((batch, seq))][budget],
+                        *(float(np.abs(cut[name] - whole[name]).max()) for name in whole),
+                    )
+        figures[precision.value] = {
+            shape: _ratios(per_budget, faults[shape], differences[shape], session, shape)
+            for shape, per_budget in medians.items()
+        }
+    return {
+        "machine": machine_info(),
+        "models": str(models),
+        "threads": threads,
+        "rounds": rounds,
+        "load_average": {"before": load_before, "after": load_average()},
+        "figures": figures,
+    }
+
+
+def _turn(session: OrtSession, feeds: dict[str, np.ndarray], seconds: float) -> tuple[float, float]:
+    """Milliseconds (the median of one turn's timed calls) and page faults per timed call."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    times = time_calls(
+        lambda: session.run(feeds), warmup=WARMUP_CALLS, repeats=MAX_CALLS, min_repeats=3, max_seconds=seconds
+    )
+    # The warm-up calls fault what a cold turn maps; a timed call that still faults is what counts.
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    return statistics.median(times) * 1e3, (after - before) / (len(times) + WARMUP_CALLS)
+
+
+def _ratios(
+    per_budget: dict[int, list[float]],
+    faults: dict[int, list[float]],
+    differences: dict[int, float],
+    session: OrtSession,
+    shape: str,
+) -> dict[str, Any]:
+    whole = per_budget[WHOLE]
+    batch, seq = (int(n) for n in shape.split("x"))
+    figure: dict[str, Any] = {}
+    for budget, rounds_ms in per_budget.items():
+        name = "whole" if budget == WHOLE else str(budget)
+        session.chunk_tokens = budget
+        rows = session.chunk_rows({"input_ids": np.zeros((batch, seq), np.int64)}) or batch
+        figure[name] = {
+            "rows_per_chunk": rows,
+            "p50_ms": round(statistics.median(rounds_ms), 3),
+            "rounds_ms": [round(m, 3) for m in rounds_ms],
+            "faults_per_call": round(statistics.median(faults[budget]), 1),
+        }
+        if budget != WHOLE:
+            ratios = [w / m for w, m in zip(whole, rounds_ms, strict=True)]
+            figure[name]["vs_whole"] = round(statistics.median(ratios), 3)
+            figure[name]["rounds_ahead"] = sum(r > 1 for r in ratios)
+            figure[name]["max_abs_difference"] = differences[budget]
+    return figure
+
+
+def _key(shape: tuple[int, int]) -> str:
+    return f"{shape[0]}x{shape[1]}"
+
+
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        batch, seq = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape; write it as BATCHxSEQUENCE, e.g. 64x128.") from None
+    if min(batch, seq) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty axis; both sizes must be 1 or more.")
+    return batch, seq
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: python -m bertrt.bench.chunking --help."""
+    parser = argparse.ArgumentParser(prog="python -m bertrt.bench.chunking", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=Path, default=Path("models/minilm"), help="bundle folder")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
+    parser.add_argument("--rounds", type=int, default=6, help="turns of every budget per shape")
+    parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per turn (at least 3 calls)")
+    parser.add_argument(
+        "--precision",
+        action="append",
+        choices=[Precision.FP32.value, Precision.INT8.value],
+        help="the classifier file to time (repeatable; default: fp32 and int8)",
+    )
+    parser.add_argument(
+        "--budget",
+        action="append",
+        type=int,
+        help=f"tokens per chunk to time against the whole batch (repeatable; default: {', '.join(map(str, BUDGETS))})",
+    )
+    parser.add_argument(
+        "--shape", action="append", type=_shape, help="BATCHxSEQUENCE (repeatable; default: six shapes)"
+    )
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    budgets = list(dict.fromkeys(args.budget or BUDGETS))
+    if min(args.threads, args.rounds, *budgets) < 1 or args.seconds <= 0:
+        parser.error("--threads, --rounds and every --budget must be 1 or more, and --seconds above 0.")
+    precisions = [Precision(p) for p in dict.fromkeys(args.precision or ("fp32", "int8"))]
+    try:
+        record = measure(
+            args.models, precisions, budgets, args.shape or list(SHAPES), args.threads, args.rounds, args.seconds
+        )
+    except BertrtError as exc:  # a missing or broken bundle or variant: its one sentence, no traceback
+        parser.error(str(exc))
+    record["command"] = sys.argv
+    for precision, shapes in record["figures"].items():
+        for shape, figure in shapes.items():
+            cells = (
+                f"{name}: {stats['vs_whole']:.3f} (ahead {stats['rounds_ahead']}/{args.rounds}, "
+                f"{stats['rows_per_chunk']} rows, diff {stats['max_abs_difference']:.1e})"
+                for name, stats in figure.items()
+                if name != "whole"
+            )
+            print(f"{precision} {shape:>7}  whole {figure['whole']['p50_ms']:.1f} ms  whole / cut: " + "  ".join(cells))
+    if args.out:
+        report.write_json(record, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
