@@ -10,6 +10,10 @@ after large requests, which is what a service holds between bursts). Modes alter
 process-wide allocator settings (glibc's threshold, the arena) are why each measurement
 needs its own process.
 
+The batches run whole (``cpu_chunk_tokens=0``), as the runtime ran them before row chunks:
+cut into chunks of at most 1,024 tokens, every run is a small one and the modes barely
+differ. ``--chunk-tokens 1024`` measures every mode with the runtime's default instead.
+
     python -m bertrt.bench.arena --models models/minilm --rounds 2
 """
 
@@ -27,17 +31,15 @@ from typing import Any
 MODES = ("adaptive", "shrink", "keep", "off")
 
 
-def measure(models: Path, mode: str, threads: int) -> dict[str, Any]:
+def measure(models: Path, mode: str, threads: int, chunk_tokens: int = 0) -> dict[str, Any]:
     """One mode's figures, measured in this process (call it in a fresh one)."""
     from bertrt.bench import workloads
 
     import bertrt
     from bertrt.memory import IDLE_SHRINK_S
 
-    # Whole batches, as the runtime ran them before row chunks: cut into chunks of at most
-    # 1,024 tokens every run would be a small one, and the arena modes would not differ.
     options = bertrt.RuntimeOptions(
-        intra_op_threads=threads, inter_op_threads=1, cpu_arena=mode, cpu_chunk_tokens=0
+        intra_op_threads=threads, inter_op_threads=1, cpu_arena=mode, cpu_chunk_tokens=chunk_tokens
     )
     classifier = bertrt.load(models, device="cpu", options=options).classifier
     text = workloads.w1_texts(workloads.load_tokenizer(models / "classifier"), 128)["long"]
@@ -56,6 +58,7 @@ def measure(models: Path, mode: str, threads: int) -> dict[str, Any]:
     forwards = [_seconds(lambda: classifier.session.run(feeds)) for _ in range(6)]
     return {
         "mode": mode,
+        "chunk_tokens": chunk_tokens,
         "request_128_p50_ms": round(statistics.median(single) * 1e3, 1),
         "stream_64_best_s": round(min(streams), 2),
         "rss_after_stream_mb": rss_after_stream,
@@ -82,15 +85,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, default=Path("models/minilm"), help="bundle folder")
     parser.add_argument("--rounds", type=int, default=2, help="times every mode is measured")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
+    parser.add_argument(
+        "--chunk-tokens", type=int, default=0, help="RuntimeOptions.cpu_chunk_tokens (default 0: whole batches)"
+    )
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.chunk_tokens < 0:
+        parser.error("--chunk-tokens must be 0 (whole batches) or more.")
     if args.child:
-        print(json.dumps(measure(args.models, args.child, args.threads)))
+        print(json.dumps(measure(args.models, args.child, args.threads, args.chunk_tokens)))
         return 0
     for _ in range(args.rounds):
         for mode in MODES:
             command = [sys.executable, "-m", "bertrt.bench.arena", "--child", mode]
             command += ["--models", str(args.models), "--threads", str(args.threads)]
+            command += ["--chunk-tokens", str(args.chunk_tokens)]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 lines = done.stderr.strip().splitlines() or ["(no message)"]

@@ -22,11 +22,11 @@ E = TypeVar("E", bound=Enum)
 GRAPH_OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 # What happens to ONNX Runtime's CPU memory arena (see bertrt.memory).
 CPU_ARENA_MODES = ("adaptive", "shrink", "keep", "off")
-# Tokens per CPU forward beyond which a batch is cut into row chunks. A MiniLM forward of
-# 32 x 128 or more tokens ran 1.08-1.14x faster cut into 1,024-token chunks (the attention
-# scores and FFN activations of a whole batch outgrow the caches), and no cut shape ran
-# slower: `python -m bertrt.bench.chunking`, benchmarks/README.md. 1,024 is also the arena
-# policy's small run (bertrt.memory.SMALL_RUN_TOKENS).
+# Tokens per CPU forward beyond which a batch is cut into row chunks (bertrt.session). On
+# MiniLM, 1,024-token chunks ran 64 x 128 and 32 x 256 fp32 forwards 1.07x as fast as whole
+# batches, where 512 and 2,048 were no better (`python -m bertrt.bench.chunking`,
+# benchmarks/README.md). 1,024 is also the arena policy's small run
+# (bertrt.memory.SMALL_RUN_TOKENS): a cut run never grows the arena past it.
 CPU_CHUNK_TOKENS = 1024
 # The request limits, by field name (all positive integers).
 LIMITS = ("max_texts_per_call", "max_chars_per_text", "max_context_chars", "max_top_k")
@@ -58,8 +58,8 @@ class RuntimeOptions:
     row chunks of at most that many tokens, run one after the other on all threads, and
     joins their outputs (see :mod:`bertrt.session`): a large batch's activations then fit
     in the CPU's caches, and the arena never grows past a small run's working set. The
-    results are the same (each row is computed alone either way); 0 never cuts. The CUDA
-    provider always runs the whole batch.
+    results are the same (each row is computed alone either way); 0 never cuts. Rows of
+    more than 384 tokens, and every run on CUDA, run whole.
 
     ``batch_lanes`` says how a CPU call with several batches runs them (see
     :mod:`bertrt.lanes`): 0 (the default, auto) runs a call with at least one batch per

@@ -25,10 +25,12 @@ tokens, on all threads, and the outputs are joined. A whole large batch's attent
 and FFN activations (25 MB each at 32 x 128 on MiniLM) outgrow the caches, so every
 memory-bound node streams them from DRAM; a chunk's stay in cache. The graph computes
 each row on its own (attention never crosses rows), so the outputs are the same, bit for
-bit on the MiniLM files; what changes is the time (1.08-1.14x faster from 32 x 128 up:
-``python -m bertrt.bench.chunking``) and the arena, which never grows past a small run's
-working set. Cutting needs every input's first axis to be one symbolic batch axis and
-every output asked for to start with it; other graphs and CUDA run whole batches.
+bit on the MiniLM files; what changes is the time (64 x 128 and 32 x 256 fp32 forwards
+1.07x as fast, mixed-review streams 1.05-1.3x, QA 1.1-1.2x on a 2-core Zen 4:
+``python -m bertrt.bench.chunking``, benchmarks/README.md) and the arena, which a cut run
+never grows past a small run's working set. Rows longer than :data:`LONGEST_ROW_TO_CUT`
+run whole, and so do graphs whose inputs do not all start with one symbolic batch axis,
+calls asking for an output that does not, and every run on CUDA.
 
 Thread safety: ``InferenceSession.run`` and ``run_with_iobinding`` may be called from many
 threads at once, but an ``IOBinding`` and the buffers bound to it may not be shared
@@ -62,6 +64,13 @@ from bertrt.providers import CUDA_PROVIDER, create_session, run_options
 from bertrt.types import Device, Precision
 
 logger = logging.getLogger("bertrt")
+
+# Rows longer than this are never cut into chunks. A 512-token row's own attention scores
+# (12 heads x 512 x 512 floats, 12.6 MB) outgrow the caches whatever the chunk, so cutting
+# only streams the weights once more per chunk: 8 x 512 MiniLM forwards ran 0.96-0.98x as
+# fast cut, where 384-token QA windows ran 1.1-1.2x and 256-token batches up to 1.3x
+# (`python -m bertrt.bench.chunking`, benchmarks/README.md).
+LONGEST_ROW_TO_CUT = 384
 
 # ONNX Runtime's tensor type names -> NumPy dtypes (the ones BERT graphs use).
 _NUMPY_TYPES: dict[str, type[np.generic]] = {
@@ -165,8 +174,9 @@ class OrtSession:
 
     def chunk_rows(self, inputs: Mapping[str, np.ndarray], names: list[str] | None = None) -> int:
         """Rows per chunk for a run of ``inputs`` (prepared feeds) asking for ``names``; 0
-        where it runs whole: few enough tokens, one row, chunking off or on CUDA, or an
-        output asked for that is not batch-major."""
+        where it runs whole: few enough tokens, one row, rows longer than
+        :data:`LONGEST_ROW_TO_CUT`, chunking off or on CUDA, or an output asked for that is
+        not batch-major."""
         if not self.chunk_tokens or not inputs:
             return 0
         first = next(iter(inputs.values()))
@@ -175,7 +185,10 @@ class OrtSession:
             return 0
         if not self._row_outputs.issuperset(self._output_names if names is None else names):
             return 0
-        rows = max(1, self.chunk_tokens // (first.size // batch))
+        row_tokens = first.size // batch
+        if row_tokens > LONGEST_ROW_TO_CUT:
+            return 0
+        rows = max(1, self.chunk_tokens // row_tokens)
         return rows if rows < batch else 0
 
     def _run_once(self, inputs: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:

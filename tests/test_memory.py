@@ -194,10 +194,12 @@ def test_large_freed_blocks_leave_the_process() -> None:
 def test_arena_benchmark_measures_every_mode(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from bertrt.bench import arena
 
-    assert arena.main(["--models", str(tiny_bundle), "--rounds", "1", "--threads", "1"]) == 0
+    argv = ["--models", str(tiny_bundle), "--rounds", "1", "--threads", "1", "--chunk-tokens", "64"]
+    assert arena.main(argv) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["mode"] for r in rows] == ["adaptive", "shrink", "keep", "off"]
     for row in rows:
+        assert row["chunk_tokens"] == 64
         assert row["request_128_p50_ms"] > 0 and row["stream_64_best_s"] > 0
         assert row["forward_32x256_median_ms"] >= 0 and row["rss_after_stream_mb"] > 0 and row["rss_idle_mb"] > 0
 

@@ -184,6 +184,8 @@ def test_a_large_cpu_run_is_cut_into_row_chunks_with_the_same_outputs(graph: Pat
         (6, 2, 3, 0),  # 6 tokens: within the budget, whole
         (6, 1, 40, 0),  # one row is never cut, however long
         (6, 4, 10, 1),  # a row longer than the budget: one row per chunk
+        (1024, 8, 384, 2),  # QA windows: two per chunk
+        (1024, 8, 512, 0),  # rows past LONGEST_ROW_TO_CUT run whole
         (0, 64, 64, 0),  # chunking off
         (1024, 64, 128, 8),  # the default budget on a 64 x 128 forward
     ],
