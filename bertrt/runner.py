@@ -163,6 +163,12 @@ class TaskRunner:
         session, pool = self._lanes()
         return pool.map(lambda batch: run_batch(batch, session), batches)
 
+    @property
+    def sessions(self) -> list[OrtSession]:
+        """The sessions this runner has opened: its own, and the lanes' one-thread session
+        once a call has run on lanes."""
+        return [self.session] + ([self._lane_session] if self._lane_session is not None else [])
+
     def _lanes(self) -> tuple[OrtSession, LanePool]:
         """The lanes' one-thread session and worker pool, opened on first use."""
         with self._lanes_lock:

@@ -531,3 +531,19 @@ def test_chunking_refuses_a_budget_below_one() -> None:
 
     with pytest.raises(SystemExit):
         chunking.main(["--budget", "0"])
+
+
+@pytest.mark.filterwarnings("ignore:The qa head")
+def test_chunking_streams_time_w2_and_w3_whole_and_cut_with_the_same_results(tiny_bundle: Path, tmp_path: Path) -> None:
+    from bertrt.bench import chunking
+
+    out = tmp_path / "chunking-streams.json"
+    argv = ["--models", str(tiny_bundle), "--threads", "1", "--rounds", "2", "--precision", "fp32", "--streams"]
+    argv += ["--stream-texts", "40", "--qa-questions", "4", "--squad", str(_squad_file(tmp_path))]
+    assert chunking.main([*argv, "--out", str(out)]) == 0
+    streams = json.loads(out.read_text())["streams"]["fp32"]
+    assert set(streams) == {"w2.classify", "w2.embed", "w3.qa"}
+    for stream in streams.values():
+        assert stream["whole_per_s"] > 0 and stream["cut_per_s"] > 0 and len(stream["rounds_cut_vs_whole"]) == 2
+    assert streams["w2.classify"]["same_outputs"] and streams["w3.qa"]["same_outputs"]
+    assert streams["w2.embed"]["max_abs_difference"] <= 1e-5
