@@ -6,10 +6,12 @@ whole batch on **one** bertrt session per file, changing only the session's chun
 between calls, so the comparison carries no difference between two sessions (two identical
 ONNX Runtime sessions land a few percent apart: `python -m bertrt.bench.session_options`).
 Per round, shape and budget (the order reversed every other round) two untimed calls, then
-timed calls for ``--seconds``; the round's median is kept, with the page faults per timed
-call. The figure is the whole batch's time / the budget's time (above 1: cutting helps),
-the median over rounds and the rounds it came out ahead, and the largest difference between
-the cut run's outputs and the whole run's (0.0: the same bits).
+timed calls for ``--seconds``; the round's median is kept, with the page faults per call
+of the turn, its two untimed calls included (where the arena policy maps a turn's working
+set when the budget before it left a different one). The figure is the whole batch's time /
+the budget's time (above 1: cutting helps), the median over rounds and the rounds it came
+out ahead, and the largest difference between the cut run's outputs and the whole run's
+(0.0: the same bits).
 
 ``--streams`` times `bertrt bench`'s W2 and W3 work instead, end to end through
 :func:`bertrt.load`: the mixed stream (``--stream-texts``, capped at 256 tokens as W2 is)
@@ -198,12 +200,12 @@ def _stream_figure(items: int, seconds: dict[int, list[float]], outputs: dict[in
 
 
 def _turn(session: OrtSession, feeds: dict[str, np.ndarray], seconds: float) -> tuple[float, float]:
-    """Milliseconds (the median of one turn's timed calls) and page faults per timed call."""
+    """Milliseconds (the median of one turn's timed calls) and page faults per call of the
+    turn, its untimed calls included."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     times = time_calls(
         lambda: session.run(feeds), warmup=WARMUP_CALLS, repeats=MAX_CALLS, min_repeats=3, max_seconds=seconds
     )
-    # The warm-up calls fault what a cold turn maps; a timed call that still faults is what counts.
     after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     return statistics.median(times) * 1e3, (after - before) / (len(times) + WARMUP_CALLS)
 
