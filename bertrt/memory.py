@@ -22,6 +22,12 @@ and, with fragmentation, past it:
 ``shrink`` hands the arena back after every run; ``keep`` never does; ``off`` runs without
 an arena.
 
+Since a CPU forward of more than 1,024 tokens runs as row chunks of at most 1,024 tokens
+(:mod:`bertrt.session`), each chunk is a small run here: the large-run rules below act on
+batches of rows past 384 tokens, on graphs that cannot be cut and with
+``cpu_chunk_tokens=0``. The figures below are for whole batches, which is how
+``python -m bertrt.bench.arena`` runs them (``--chunk-tokens 1024`` for the default).
+
 Measured with ``python -m bertrt.bench.arena`` on the MiniLM classifier (fp32, two threads, a
 fresh process per mode, two rounds on an idle machine; benchmarks/results/arena-minilm.jsonl):
 one 128-token request takes 17.8-17.9 ms with the arena kept, 18.3-20.2 ms shrunk and 19.6 ms

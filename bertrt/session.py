@@ -25,10 +25,10 @@ tokens, on all threads, and the outputs are joined. A whole large batch's attent
 and FFN activations (25 MB each at 32 x 128 on MiniLM) outgrow the caches, so every
 memory-bound node streams them from DRAM; a chunk's stay in cache. The graph computes
 each row on its own (attention never crosses rows), so the outputs are the same, bit for
-bit on the MiniLM files; what changes is the time (64 x 128 and 32 x 256 fp32 forwards
-1.07x as fast, mixed-review streams 1.05-1.3x, QA 1.1-1.2x on a 2-core Zen 4:
-``python -m bertrt.bench.chunking``, benchmarks/README.md) and the arena, which a cut run
-never grows past a small run's working set. Rows longer than :data:`LONGEST_ROW_TO_CUT`
+bit on the MiniLM files; what changes is the time (on a 2-core Zen 4, 64 x 128 and
+32 x 256 fp32 forwards 1.07x as fast, W2 embeddings 1.12x, W3 questions 1.08x in fp32 and
+1.32x in int8: ``python -m bertrt.bench.chunking``, benchmarks/README.md) and the arena,
+which a cut run never grows past a small run's working set. Rows longer than :data:`LONGEST_ROW_TO_CUT`
 run whole, and so do graphs whose inputs do not all start with one symbolic batch axis,
 calls asking for an output that does not, and every run on CUDA.
 
@@ -68,7 +68,7 @@ logger = logging.getLogger("bertrt")
 # Rows longer than this are never cut into chunks. A 512-token row's own attention scores
 # (12 heads x 512 x 512 floats, 12.6 MB) outgrow the caches whatever the chunk, so cutting
 # only streams the weights once more per chunk: 8 x 512 MiniLM forwards ran 0.96-0.98x as
-# fast cut, where 384-token QA windows ran 1.1-1.2x and 256-token batches up to 1.3x
+# fast cut, where W3's 384-token windows ran 1.08x (fp32) and 1.32x (int8) as fast
 # (`python -m bertrt.bench.chunking`, benchmarks/README.md).
 LONGEST_ROW_TO_CUT = 384
 
