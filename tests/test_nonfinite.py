@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,11 @@ def test_bertrt_validate_refuses_files_that_emit_nan(nan_bundle: Path) -> None:
     checks = {check["model"]: check for check in json.loads(result.stdout)["checks"]}
     assert checks["embedder"]["passed"] is True
     assert checks["classifier"]["failures"] == ["logits holds 2 non-finite values (NaN or inf)"]
-    assert checks["qa"]["failures"] == ["start_logits holds 2 non-finite values (NaN or inf)"]
+    (failure,) = checks["qa"]["failures"]
+    found = re.fullmatch(r"start_logits holds (\d+) non-finite values \(NaN or inf\)", failure)
+    # Two per run: the edit poisons the first row of every batch, and validation's QA windows
+    # run as several row chunks (bertrt.session), each a batch of its own to the graph.
+    assert found is not None and int(found[1]) >= 2 and int(found[1]) % 2 == 0
 
 
 def test_the_runtime_names_the_file_and_input_instead_of_printing_nan(nan_bundle: Path) -> None:
