@@ -10,9 +10,9 @@ after large requests, which is what a service holds between bursts). Modes alter
 process-wide allocator settings (glibc's threshold, the arena) are why each measurement
 needs its own process.
 
-The batches run whole (``cpu_chunk_tokens=0``), as the runtime ran them before row chunks:
-cut into chunks of at most 1,024 tokens, every run is a small one and the modes barely
-differ. ``--chunk-tokens 1024`` measures every mode with the runtime's default instead.
+The batches run whole (``cpu_chunk_tokens=0``), as the runtime ran them before row chunks
+and as the figures of benchmarks/README.md were measured; ``--chunk-tokens 1024`` measures
+every mode with the runtime's default instead.
 
     python -m bertrt.bench.arena --models models/minilm --rounds 2
 """

@@ -22,11 +22,11 @@ and, with fragmentation, past it:
 ``shrink`` hands the arena back after every run; ``keep`` never does; ``off`` runs without
 an arena.
 
-Since a CPU forward of more than 1,024 tokens runs as row chunks of at most 1,024 tokens
-(:mod:`bertrt.session`), each chunk is a small run here: the large-run rules below act on
-batches of rows past 384 tokens, on graphs that cannot be cut and with
-``cpu_chunk_tokens=0``. The figures below are for whole batches, which is how
-``python -m bertrt.bench.arena`` runs them (``--chunk-tokens 1024`` for the default).
+A CPU forward of more than 1,024 tokens runs as row chunks (:mod:`bertrt.session`); the
+policy sees the whole call as one run, and only its last chunk may hand the arena back, so
+a cut call leaves memory as its whole batch would, from a working set of one chunk. The
+figures below are for whole batches, which is how ``python -m bertrt.bench.arena`` runs them
+(``--chunk-tokens 1024`` for the default).
 
 Measured with ``python -m bertrt.bench.arena`` on the MiniLM classifier (fp32, two threads, a
 fresh process per mode, two rounds on an idle machine; benchmarks/results/arena-minilm.jsonl):

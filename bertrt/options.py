@@ -25,8 +25,7 @@ CPU_ARENA_MODES = ("adaptive", "shrink", "keep", "off")
 # Tokens per CPU forward beyond which a batch is cut into row chunks (bertrt.session). On
 # MiniLM, 1,024-token chunks ran 64 x 128 and 32 x 256 fp32 forwards 1.07x as fast as whole
 # batches, where 512 and 2,048 were no better (`python -m bertrt.bench.chunking`,
-# benchmarks/README.md). 1,024 is also the arena policy's small run
-# (bertrt.memory.SMALL_RUN_TOKENS): a cut run never grows the arena past it.
+# benchmarks/README.md).
 CPU_CHUNK_TOKENS = 1024
 # The request limits, by field name (all positive integers).
 LIMITS = ("max_texts_per_call", "max_chars_per_text", "max_context_chars", "max_top_k")
@@ -57,7 +56,7 @@ class RuntimeOptions:
     ``cpu_chunk_tokens`` cuts a CPU forward of more tokens (batch x sequence) than this into
     row chunks of at most that many tokens, run one after the other on all threads, and
     joins their outputs (see :mod:`bertrt.session`): a large batch's activations then fit
-    in the CPU's caches, and the arena never grows past a small run's working set. The
+    in the CPU's caches, and the arena holds one chunk's working set, not the batch's. The
     results are the same (each row is computed alone either way); 0 never cuts. Rows of
     more than 384 tokens, and every run on CUDA, run whole.
 

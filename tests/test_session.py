@@ -147,16 +147,19 @@ def test_a_missing_declared_input_names_it(bound: OrtSession) -> None:
         bound.run({"input_ids": np.ones((1, 2), dtype=np.int64)})
 
 
-def counting_runs(session: OrtSession) -> list[int]:
-    """Patch ``session`` to record the rows of every ONNX Runtime run it makes."""
+def counting_runs(session: OrtSession, shrinks: list[bool] | None = None) -> list[int]:
+    """Patch ``session`` to record the rows of every ONNX Runtime run it makes (and, in
+    ``shrinks``, whether the run hands the arena back)."""
     rows: list[int] = []
-    run_once = session._run_once
+    run = session._run
 
-    def counted(inputs: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    def counted(inputs: dict[str, np.ndarray], names: list[str], options: Any) -> dict[str, np.ndarray]:
         rows.append(next(iter(inputs.values())).shape[0])
-        return run_once(inputs, names)
+        if shrinks is not None:
+            shrinks.append(options is session._shrink_options)
+        return run(inputs, names, options)
 
-    session._run_once = counted  # type: ignore[method-assign]
+    session._run = counted  # type: ignore[method-assign]
     return rows
 
 
@@ -195,14 +198,18 @@ def test_chunk_rows_follow_the_token_budget(graph: Path, chunk_tokens: int, batc
     assert session.chunk_rows(feeds(batch, seq), ["hidden", "pooled"]) == rows
 
 
-def test_chunks_are_small_runs_for_the_arena_policy(graph: Path) -> None:
+def test_a_cut_call_is_one_run_for_the_arena_policy(graph: Path) -> None:
     session = OrtSession(graph, Device.CPU, RuntimeOptions(cpu_chunk_tokens=8))
     policy = session.arena_policy
     assert policy is not None
     policy.small_run_tokens = 8
-    f = feeds(8, 4)  # 32 tokens: a large run whole, four small runs of 8 cut
-    session.run(f, ["hidden"])
-    assert not policy.holds_large_run and policy.settled(8)
+    shrinks: list[bool] = []
+    rows = counting_runs(session, shrinks)
+    f = feeds(8, 4)  # 32 tokens: a large call, cut into four chunks of two rows
+    session.run(f, ["hidden"])  # an isolated large call: its last chunk hands the arena back
+    assert rows == [2, 2, 2, 2] and shrinks == [False, False, False, True]
+    session.run(f, ["hidden"])  # a stream of large calls keeps it
+    assert shrinks[4:] == [False] * 4 and policy.holds_large_run
 
 
 def test_row_chunks_are_off_by_option_and_refused_below_zero() -> None:
