@@ -26,8 +26,8 @@ and FFN activations (25 MB each at 32 x 128 on MiniLM) outgrow the caches, so ev
 memory-bound node streams them from DRAM; a chunk's stay in cache. The graph computes
 each row on its own (attention never crosses rows), so the outputs are the same, bit for
 bit on the MiniLM files; what changes is the time (on a 2-core Zen 4, 64 x 128 and
-32 x 256 fp32 forwards 1.07x as fast, W2 embeddings 1.12x, W3 questions 1.08x in fp32 and
-1.32x in int8: ``python -m bertrt.bench.chunking``, benchmarks/README.md) and the arena,
+32 x 256 fp32 forwards 1.07x as fast, W2 texts and W3 questions 1.07-1.13x in fp32 and
+int8: ``python -m bertrt.bench.chunking``, benchmarks/README.md) and the arena,
 which holds one chunk's working set instead of the whole batch's. For the arena policy a cut
 call is still one large run: an isolated one hands the arena back when its last chunk ends.
 Rows longer than :data:`LONGEST_ROW_TO_CUT` run whole, and so do graphs whose inputs do not
@@ -70,7 +70,7 @@ logger = logging.getLogger("bertrt")
 # Rows longer than this are never cut into chunks. A 512-token row's own attention scores
 # (12 heads x 512 x 512 floats, 12.6 MB) outgrow the caches whatever the chunk, so cutting
 # only streams the weights once more per chunk: 8 x 512 MiniLM forwards ran 0.96-0.98x as
-# fast cut, where W3's 384-token windows ran 1.08x (fp32) and 1.32x (int8) as fast
+# fast cut, where W3's 384-token windows ran 1.11x (fp32) and 1.13x (int8) as fast
 # (`python -m bertrt.bench.chunking`, benchmarks/README.md).
 LONGEST_ROW_TO_CUT = 384
 
