@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--shape",
         action="append",
-        type=_shape,
+        type=workloads.shape_argument,
         help="BATCHxSEQUENCE to time (repeatable; default: 16x128, 64x128, 32x256)",
     )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -138,17 +138,6 @@ def main(argv: list[str] | None = None) -> int:
         report.write_json(record, args.out)
         print(f"wrote {args.out}")
     return 0
-
-
-def _shape(text: str) -> tuple[int, int]:
-    """``BATCHxSEQUENCE`` as two positive integers."""
-    try:
-        batch, seq = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not BATCHxSEQUENCE; write it like 32x256.") from None
-    if batch < 1 or seq < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} has a size under 1; write positive sizes like 32x256.")
-    return batch, seq
 
 
 if __name__ == "__main__":

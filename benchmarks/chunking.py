@@ -81,6 +81,7 @@ def measure(
         medians: dict[str, dict[int, list[float]]] = {_key(s): {v: [] for v in variants} for s in shapes}
         faults: dict[str, dict[int, list[float]]] = {_key(s): {v: [] for v in variants} for s in shapes}
         differences = {_key(s): {v: 0.0 for v in variants} for s in shapes}
+        rows: dict[str, dict[int, int]] = {_key(s): {} for s in shapes}
         for round_index in range(rounds):
             order = variants if round_index % 2 == 0 else variants[::-1]
             for batch, seq in shapes:
@@ -89,6 +90,7 @@ def measure(
                 whole = session.run(feeds)
                 for budget in order:
                     session.chunk_tokens = budget
+                    rows[_key((batch, seq))][budget] = session.chunk_rows(feeds) or batch
                     median_ms, faulted = _turn(session, feeds, seconds)
                     medians[_key((batch, seq))][budget].append(median_ms)
                     faults[_key((batch, seq))][budget].append(faulted)
@@ -98,17 +100,10 @@ def measure(
                         *(float(np.abs(cut[name] - whole[name]).max()) for name in whole),
                     )
         figures[precision.value] = {
-            shape: _ratios(per_budget, faults[shape], differences[shape], session, shape)
+            shape: _ratios(per_budget, faults[shape], differences[shape], rows[shape])
             for shape, per_budget in medians.items()
         }
-    return {
-        "machine": machine_info(),
-        "models": str(models),
-        "threads": threads,
-        "rounds": rounds,
-        "load_average": {"before": load_before, "after": load_average()},
-        "figures": figures,
-    }
+    return _record(models, threads, rounds, load_before, figures=figures)
 
 
 def measure_streams(
@@ -156,13 +151,20 @@ def measure_streams(
         figures[precision.value] = {
             name: _stream_figure(items, seconds[name], outputs[name]) for name, (items, _) in works.items()
         }
+    return _record(models, threads, rounds, load_before, streams=figures)
+
+
+def _record(
+    models: Path, threads: int, rounds: int, load_before: tuple[float, float, float] | None, **parts: Any
+) -> dict[str, Any]:
+    """The JSON-ready record of a run: the machine and settings, then ``parts``."""
     return {
         "machine": machine_info(),
         "models": str(models),
         "threads": threads,
         "rounds": rounds,
         "load_average": {"before": load_before, "after": load_average()},
-        "streams": figures,
+        **parts,
     }
 
 
@@ -214,18 +216,14 @@ def _ratios(
     per_budget: dict[int, list[float]],
     faults: dict[int, list[float]],
     differences: dict[int, float],
-    session: OrtSession,
-    shape: str,
+    rows: dict[int, int],
 ) -> dict[str, Any]:
     whole = per_budget[WHOLE]
-    batch, seq = (int(n) for n in shape.split("x"))
     figure: dict[str, Any] = {}
     for budget, rounds_ms in per_budget.items():
         name = "whole" if budget == WHOLE else str(budget)
-        session.chunk_tokens = budget
-        rows = session.chunk_rows({"input_ids": np.zeros((batch, seq), np.int64)}) or batch
         figure[name] = {
-            "rows_per_chunk": rows,
+            "rows_per_chunk": rows[budget],
             "p50_ms": round(statistics.median(rounds_ms), 3),
             "rounds_ms": [round(m, 3) for m in rounds_ms],
             "faults_per_call": round(statistics.median(faults[budget]), 1),
@@ -240,16 +238,6 @@ def _ratios(
 
 def _key(shape: tuple[int, int]) -> str:
     return f"{shape[0]}x{shape[1]}"
-
-
-def _shape(text: str) -> tuple[int, int]:
-    try:
-        batch, seq = (int(n) for n in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a shape; write it as BATCHxSEQUENCE, e.g. 64x128.") from None
-    if min(batch, seq) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} has an empty axis; both sizes must be 1 or more.")
-    return batch, seq
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         help=f"tokens per chunk to time against the whole batch (repeatable; default: {', '.join(map(str, BUDGETS))})",
     )
     parser.add_argument(
-        "--shape", action="append", type=_shape, help="BATCHxSEQUENCE (repeatable; default: six shapes)"
+        "--shape",
+        action="append",
+        type=workloads.shape_argument,
+        help="BATCHxSEQUENCE (repeatable; default: six shapes)",
     )
     parser.add_argument("--streams", action="store_true", help="time W2 and W3 end to end instead of forwards")
     parser.add_argument("--stream-texts", type=int, default=500, help="W2 texts with --streams")

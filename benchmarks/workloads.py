@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib.util
 import json
@@ -181,3 +182,14 @@ def _sample(rng: np.random.Generator, rows: Sequence[T], n: int, what: str) -> l
     if n > len(rows):
         raise ConfigError(f"{what} has {len(rows)} rows, fewer than the {n} asked for; ask for fewer.")
     return [rows[i] for i in rng.choice(len(rows), size=n, replace=False)]
+
+
+def shape_argument(text: str) -> tuple[int, int]:
+    """``BATCHxSEQUENCE`` as two positive integers: an argparse ``type`` for ``--shape``."""
+    try:
+        batch, seq = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not BATCHxSEQUENCE; write it like 32x256.") from None
+    if batch < 1 or seq < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} has a size under 1; write positive sizes like 32x256.")
+    return batch, seq
