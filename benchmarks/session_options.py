@@ -13,7 +13,9 @@ and a third session with ``base``'s options, opened in the order asked for: how 
 sessions land apart), ``dynamic-block-base`` (the thread pool's dynamic block size,
 ``session.dynamic_block_base=4``), ``denormal-as-zero`` (``session.set_denormal_as_zero=1``),
 ``affinity`` (the worker thread pinned to the second logical CPU), ``no-spinning``
-(``session.intra_op.allow_spinning=0``) and ``one-thread`` (``intra_op_num_threads=1``, for scale).
+(``session.intra_op.allow_spinning=0``), ``one-thread`` (``intra_op_num_threads=1``, for scale)
+and ``huge-pages`` (no session option: the memory the session's build mapped moved onto
+2 MiB pages afterwards, as bertrt's CPU sessions do; :mod:`bertrt.huge_pages`).
 
     python -m bertrt.bench.session_options --models models/minilm --rounds 6 \\
         --out benchmarks/results/session-options-minilm.json
@@ -35,6 +37,7 @@ from bertrt.bench.subjects import ModelInfo, bundle_models
 from bertrt.bench.timing import time_calls
 
 from bertrt.errors import BertrtError
+from bertrt.huge_pages import back_with_huge_pages, new_memory
 from bertrt.types import Precision, Task
 
 SHAPES = ((1, 16), (1, 128), (8, 128), (64, 128), (32, 256))
@@ -50,18 +53,27 @@ VARIANTS: dict[str, dict[str, str]] = {
     "affinity": {"session.intra_op_thread_affinities": "2"},
     "no-spinning": {"session.intra_op.allow_spinning": "0"},
     "one-thread": {"threads": "1"},
+    "huge-pages": {"huge_pages": "1"},
 }
+# Variant entries that are not session config entries.
+_NOT_CONFIG = ("threads", "huge_pages")
 
 
 def open_session(model: Path, threads: int, entries: dict[str, str]) -> ort.InferenceSession:
-    """A CPU session of ``model`` with ``threads`` intra-op threads and the config ``entries``."""
+    """A CPU session of ``model`` with ``threads`` intra-op threads and the config ``entries``
+    (``huge_pages``: its weights moved onto 2 MiB pages once built)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(entries.get("threads", threads))
     options.inter_op_num_threads = 1
     for key, value in entries.items():
-        if key != "threads":
+        if key not in _NOT_CONFIG:
             options.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    with new_memory() as built:
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    if entries.get("huge_pages"):
+        backed = back_with_huge_pages(built.ranges())
+        print(f"huge-pages session: {backed.describe()}", file=sys.stderr)
+    return session
 
 
 def measure(
