@@ -14,8 +14,10 @@ sessions land apart), ``dynamic-block-base`` (the thread pool's dynamic block si
 ``session.dynamic_block_base=4``), ``denormal-as-zero`` (``session.set_denormal_as_zero=1``),
 ``affinity`` (the worker thread pinned to the second logical CPU), ``no-spinning``
 (``session.intra_op.allow_spinning=0``), ``one-thread`` (``intra_op_num_threads=1``, for scale)
-and ``huge-pages`` (no session option: the memory the session's build mapped moved onto
-2 MiB pages afterwards, as bertrt's CPU sessions do; :mod:`bertrt.huge_pages`).
+and ``huge-pages`` and ``huge-pages-again`` (no session option: the memory the session's
+build mapped moved onto 2 MiB pages afterwards, as bertrt's CPU sessions do;
+:mod:`bertrt.bench.huge_pages`). Identical sessions land a few percent apart, so an effect that
+small needs two sessions on each side.
 
     python -m bertrt.bench.session_options --models models/minilm --rounds 6 \\
         --out benchmarks/results/session-options-minilm.json
@@ -26,18 +28,19 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from bertrt.bench import report, workloads
+from bertrt.bench.huge_pages import back_with_huge_pages, new_memory
 from bertrt.bench.machine import load_average, machine_info
 from bertrt.bench.subjects import ModelInfo, bundle_models
 from bertrt.bench.timing import time_calls
 
 from bertrt.errors import BertrtError
-from bertrt.huge_pages import back_with_huge_pages, new_memory
 from bertrt.types import Precision, Task
 
 SHAPES = ((1, 16), (1, 128), (8, 128), (64, 128), (32, 256))
@@ -54,14 +57,18 @@ VARIANTS: dict[str, dict[str, str]] = {
     "no-spinning": {"session.intra_op.allow_spinning": "0"},
     "one-thread": {"threads": "1"},
     "huge-pages": {"huge_pages": "1"},
+    "huge-pages-again": {"huge_pages": "1"},
 }
 # Variant entries that are not session config entries.
 _NOT_CONFIG = ("threads", "huge_pages")
 
 
-def open_session(model: Path, threads: int, entries: dict[str, str]) -> ort.InferenceSession:
+def open_session(
+    model: Path, threads: int, entries: dict[str, str], notes: dict[str, str] | None = None
+) -> ort.InferenceSession:
     """A CPU session of ``model`` with ``threads`` intra-op threads and the config ``entries``
-    (``huge_pages``: its weights moved onto 2 MiB pages once built)."""
+    (``huge_pages``: its weights moved onto 2 MiB pages once built; what moved and how long
+    the move took go into ``notes``)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(entries.get("threads", threads))
     options.inter_op_num_threads = 1
@@ -71,8 +78,11 @@ def open_session(model: Path, threads: int, entries: dict[str, str]) -> ort.Infe
     with new_memory() as built:
         session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     if entries.get("huge_pages"):
+        started = time.perf_counter()
         backed = back_with_huge_pages(built.ranges())
-        print(f"huge-pages session: {backed.describe()}", file=sys.stderr)
+        seconds = time.perf_counter() - started
+        if notes is not None:
+            notes["huge_pages"] = f"{backed.describe()}, moved in {seconds:.2f} s"
     return session
 
 
@@ -81,7 +91,8 @@ def measure(
 ) -> dict[str, Any]:
     """Each variant's round medians per shape and its ratio to ``base``; a JSON-ready record."""
     model = classifier.onnx_file(Precision.FP32)
-    sessions = {name: open_session(model, threads, VARIANTS[name]) for name in ["base", *variants]}
+    notes: dict[str, dict[str, str]] = {name: {} for name in ["base", *variants]}
+    sessions = {name: open_session(model, threads, VARIANTS[name], notes[name]) for name in notes}
     declared = {i.name for i in sessions["base"].get_inputs()}
     # A model with a shorter window (the test bundles') runs each shape cut to its window.
     shapes = list(dict.fromkeys((batch, min(seq, classifier.max_length)) for batch, seq in SHAPES))
@@ -101,6 +112,7 @@ def measure(
         "threads": threads,
         "rounds": rounds,
         "load_average": {"before": load_before, "after": load_average()},
+        "sessions": {name: note for name, note in notes.items() if note},
         "figures": {shape: _ratios(per_variant) for shape, per_variant in medians.items()},
     }
 
@@ -155,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     record = measure(classifier, variants, args.threads, args.rounds, args.seconds)
     record["command"] = sys.argv
+    for name, note in record["sessions"].items():
+        print(f"{name}: {'; '.join(note.values())}")
     for shape, figure in record["figures"].items():
         cells = (
             f"{name} {stats['vs_base']:.3f} (ahead {stats['rounds_ahead']}/{args.rounds})"

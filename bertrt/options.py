@@ -60,12 +60,6 @@ class RuntimeOptions:
     results are the same (each row is computed alone either way); 0 never cuts. Rows of
     more than 384 tokens, and every run on CUDA, run whole.
 
-    ``cpu_huge_pages`` moves a CPU session's weights onto 2 MiB pages once it is built (see
-    :mod:`bertrt.huge_pages`; Linux 6.1+ with transparent huge pages not set to ``never``):
-    forwards on few tokens, which stream every weight once, pay far fewer page walks. The
-    results are the same and resident memory does not grow; load takes about 0.4 s more
-    per MiniLM session. False leaves the memory as ONNX Runtime allocated it.
-
     ``batch_lanes`` says how a CPU call with several batches runs them (see
     :mod:`bertrt.lanes`): 0 (the default, auto) runs a call with at least one batch per
     intra-op thread on as many single-threaded lanes, side by side, each lane's batches
@@ -91,7 +85,6 @@ class RuntimeOptions:
     cuda_device_id: int = 0
     cpu_arena: str = "adaptive"
     cpu_chunk_tokens: int = CPU_CHUNK_TOKENS
-    cpu_huge_pages: bool = True
     max_texts_per_call: int = 10_000
     max_chars_per_text: int = 2_000_000
     max_context_chars: int = 100_000

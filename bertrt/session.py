@@ -60,7 +60,6 @@ import numpy as np
 import onnxruntime as ort
 
 from bertrt.errors import BundleError
-from bertrt.huge_pages import HugePages, NewMemory, back_with_huge_pages, new_memory
 from bertrt.memory import ArenaPolicy
 from bertrt.options import RuntimeOptions
 from bertrt.providers import CUDA_PROVIDER, create_session, run_options
@@ -102,7 +101,6 @@ class OrtSession:
     CPU arena handed back by policy.
 
     ``inputs`` and ``outputs`` map names to :class:`TensorInfo`, built once at load.
-    ``huge_pages`` says how much of the weights a CPU session moved onto 2 MiB pages.
     ``provider`` names the execution provider that runs the graph; ``precision`` is the
     file's variant (it sets the CUDA provider's options).
     """
@@ -115,8 +113,7 @@ class OrtSession:
         precision: Precision = Precision.FP32,
     ) -> None:
         self.options = options or RuntimeOptions()
-        with new_memory() as built:
-            self._session = create_session(Path(model_path), device, self.options, precision)
+        self._session = create_session(Path(model_path), device, self.options, precision)
         # Read-only after this point, so every thread's runs can share them.
         self._keep_options = run_options(shrink=self.options.cpu_arena == "shrink")
         self._shrink_options = run_options(shrink=True)
@@ -131,24 +128,12 @@ class OrtSession:
             name for name, info in self.outputs.items() if batch_axis is not None and info.shape[:1] == (batch_axis,)
         )
         on_cuda = self.provider == CUDA_PROVIDER
-        self.huge_pages = self._back_weights(built, on_cuda)
         self._device_type = "cuda" if on_cuda else "cpu"
         self._device_id = self.options.cuda_device_id if on_cuda else 0
         self._io_binding = on_cuda if self.options.io_binding is None else self.options.io_binding
         self.arena_policy = ArenaPolicy(self._shrink_arena) if self.options.cpu_arena == "adaptive" else None
         self.chunk_tokens = 0 if on_cuda or not self._row_outputs else self.options.cpu_chunk_tokens
         self._local = threading.local()
-
-    def _back_weights(self, built: NewMemory, on_cuda: bool) -> HugePages:
-        """Move the memory the session's build mapped (its weights) onto huge pages, where
-        the options and the kernel allow; see :mod:`bertrt.huge_pages`."""
-        if on_cuda:
-            return HugePages(reason="the weights live on the GPU")
-        if not self.options.cpu_huge_pages:
-            return HugePages(reason="cpu_huge_pages is off")
-        report = back_with_huge_pages(built.ranges())
-        logger.debug("Session weights: %s.", report.describe())
-        return report
 
     @property
     def intra_op_threads(self) -> int:

@@ -489,11 +489,16 @@ def test_session_options_times_every_variant_against_the_plain_session(tiny_bund
 
     out = tmp_path / "session-options.json"
     argv = ["--models", str(tiny_bundle), "--threads", "1", "--rounds", "2", "--seconds", "0.01", "--out", str(out)]
-    assert session_options.main([*argv, "--variant", "denormal-as-zero", "--variant", "one-thread"]) == 0
+    variants = ["--variant", "denormal-as-zero", "--variant", "one-thread", "--variant", "huge-pages"]
+    assert session_options.main([*argv, *variants]) == 0
     record = json.loads(out.read_text())
     assert record["rounds"] == 2 and "1x16" in record["figures"]
+    # Only the huge-pages session has a note: what moved (or why nothing did) and how fast.
+    assert set(record["sessions"]) == {"huge-pages"}
+    moved = record["sessions"]["huge-pages"]["huge_pages"]
+    assert moved.endswith(" s") and ("on 2 MiB pages" in moved or moved.startswith("not used: "))
     for figure in record["figures"].values():
-        assert set(figure) == {"base", "denormal-as-zero", "one-thread"}
+        assert set(figure) == {"base", "denormal-as-zero", "one-thread", "huge-pages"}
         assert all(len(stats["rounds_ms"]) == 2 and stats["p50_ms"] > 0 for stats in figure.values())
         assert 0 <= figure["one-thread"]["rounds_ahead"] <= 2 and figure["one-thread"]["vs_base"] > 0
 

@@ -1,5 +1,5 @@
-"""Moving a CPU session's weights onto 2 MiB pages: which memory moves, that its contents
-and the session's outputs stay the same, and that resident memory does not grow."""
+"""The huge-pages experiment of the session-options benchmark: which memory moves onto
+2 MiB pages, that its contents stay the same, and that resident memory does not grow."""
 
 from __future__ import annotations
 
@@ -11,12 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from bertrt import huge_pages
-from bertrt.huge_pages import HUGE_PAGE_BYTES, HugePages, back_with_huge_pages, new_memory, subtract
-from bertrt.options import RuntimeOptions
-from bertrt.session import OrtSession
-from bertrt.types import Device
+from bertrt.bench import huge_pages
+from bertrt.bench.huge_pages import HUGE_PAGE_BYTES, HugePages, back_with_huge_pages, new_memory, subtract
 
 REASON = huge_pages.unavailable()
 needs_huge_pages = pytest.mark.skipif(REASON is not None, reason=f"no transparent huge pages here: {REASON}")
@@ -114,36 +110,3 @@ def test_nothing_moves_where_the_kernel_cannot(monkeypatch: pytest.MonkeyPatch) 
     report = back_with_huge_pages([(0, 8 << 20)])
     assert report == HugePages(reason="transparent huge pages are Linux-only (this is darwin)")
     assert report.describe().startswith("not used: ")
-
-
-@pytest.fixture(scope="module")
-def wide_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """x (batch, 1024) @ W (1024, 1024): 4 MiB of weights, enough for whole 2 MiB blocks."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    weights = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
-    model = helper.make_model(
-        helper.make_graph(
-            [helper.make_node("MatMul", ["x", "w"], ["y"])],
-            "wide",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1024])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1024])],
-            [numpy_helper.from_array(weights, "w")],
-        ),
-        opset_imports=[helper.make_opsetid("", 18)],
-    )
-    model.ir_version = 8
-    path = tmp_path_factory.mktemp("wide") / "model.onnx"
-    onnx.save(model, str(path))
-    return path
-
-
-@needs_huge_pages
-def test_a_cpu_session_moves_its_weights_and_answers_the_same(wide_graph: Path) -> None:
-    x = {"x": np.random.default_rng(1).standard_normal((3, 1024)).astype(np.float32)}
-    moved = OrtSession(wide_graph, Device.CPU, RuntimeOptions())
-    kept = OrtSession(wide_graph, Device.CPU, RuntimeOptions(cpu_huge_pages=False))
-    assert moved.huge_pages.reason is None and moved.huge_pages.backed_bytes >= HUGE_PAGE_BYTES
-    assert kept.huge_pages == HugePages(reason="cpu_huge_pages is off")
-    np.testing.assert_array_equal(moved.run(x)["y"], kept.run(x)["y"])

@@ -1,10 +1,9 @@
 """Runtime commands: embed, classify, qa, info.
 
-Each parses its options, builds its RuntimeOptions (the input limits it was given, and no
-move of the weights onto huge pages: :func:`one_call_options`), calls the library once and
-prints a compact table, or JSON with ``--json`` (then stdout holds the JSON document and
-nothing else). Errors print one line on stderr and exit with status 2; warnings (an
-untrained head) print one line on stderr.
+Each parses its options, builds its RuntimeOptions (the input limits it was given), calls
+the library once and prints a compact table, or JSON with ``--json`` (then stdout holds the
+JSON document and nothing else). Errors print one line on stderr and exit with status 2;
+warnings (an untrained head) print one line on stderr.
 """
 
 from __future__ import annotations
@@ -95,7 +94,7 @@ def embed(
     """
     with command_errors(verbose, context=ctx):
         inputs = _expand_stdin(texts)
-        limits = one_call_options(max_texts_per_call=max_texts_per_call, max_chars_per_text=max_chars_per_text)
+        limits = RuntimeOptions(max_texts_per_call=max_texts_per_call, max_chars_per_text=max_chars_per_text)
         embedder = Bundle(models, device=device, precision=precision, options=limits).embedder
         results = embedder(inputs, pooling=pooling, normalize=normalize, token_embeddings=token_embeddings)
         if json_output:
@@ -131,7 +130,7 @@ def classify(
     """
     with command_errors(verbose, context=ctx):
         inputs = _expand_stdin(texts)
-        limits = one_call_options(max_texts_per_call=max_texts_per_call, max_chars_per_text=max_chars_per_text)
+        limits = RuntimeOptions(max_texts_per_call=max_texts_per_call, max_chars_per_text=max_chars_per_text)
         classifier = Bundle(models, device=device, precision=precision, options=limits).classifier
         results = classifier(inputs, top_k=top_k)
         if json_output:
@@ -192,7 +191,7 @@ def qa(
     """
     with command_errors(verbose, context=ctx):
         questions, contexts = _qa_pairs(source, question, context)
-        limits = one_call_options(
+        limits = RuntimeOptions(
             max_texts_per_call=max_texts_per_call,
             max_chars_per_text=max_chars_per_text,
             max_context_chars=max_context_chars,
@@ -238,15 +237,6 @@ def info(
             typer.echo(json_text(description))
         else:
             typer.echo(info_text(description))
-
-
-def one_call_options(**limits: int) -> RuntimeOptions:
-    """The runtime options of a command that makes one call and exits: the input ``limits``
-    it was given, and the weights left on ONNX Runtime's own pages. A process that reads
-    its weights a handful of times would pay more to move them onto huge pages (about
-    0.4 s per MiniLM session) than the move saves (under a millisecond per forward); see
-    :mod:`bertrt.huge_pages`."""
-    return RuntimeOptions(cpu_huge_pages=False, **limits)  # type: ignore[arg-type]
 
 
 def _expand_stdin(texts: Sequence[str]) -> list[str]:

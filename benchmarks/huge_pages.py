@@ -1,24 +1,25 @@
-"""Back a CPU session's weights with 2 MiB pages (Linux transparent huge pages).
+"""Move the memory a CPU session's build mapped (its weights) onto 2 MiB pages: an experiment.
 
-A forward on few tokens is bound by streaming the weights: a MiniLM fp32 forward of one
-11-token text reads about 90 MB of packed weights in 3 ms. On 4 KiB pages that is 22,000
-page translations per forward, far more than the TLB holds, so every few kilobytes of
-weights pay a page walk. On 2 MiB pages it is about 50. ONNX Runtime allocates the weights
-with ``malloc``, which maps them on 4 KiB pages unless the process was started with
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, and most machines run transparent huge pages in
-``madvise`` mode, so nothing else backs them with large pages.
+A forward on few tokens streams every weight once: a MiniLM fp32 forward of one short text
+reads about 90 MB of packed weights in 3 ms, 22,000 translations on 4 KiB pages against
+about 50 on 2 MiB ones. ONNX Runtime allocates the weights with ``malloc``, which maps them
+on 4 KiB pages where transparent huge pages run in ``madvise`` mode (most machines), so the
+question is whether moving them afterwards buys a single request anything.
 
 :func:`new_memory` notes the process's anonymous memory before a session is built, and
 :func:`back_with_huge_pages` then asks the kernel (``madvise(MADV_COLLAPSE)``, Linux 6.1+)
-to move every 2 MiB-aligned block of memory the build added into one huge page. The
-contents and addresses stay the same, so ONNX Runtime's results are unchanged bit for bit;
-only blocks whose every 4 KiB page is already resident are moved, so resident memory does
-not grow. On a 2-core Zen 4 this made MiniLM fp32 forwards of 1 x 11 to 8 x 128 tokens
-5-15% faster and took about 0.4 s per session at load (``python -m
-bertrt.bench.session_options --variant huge-pages``, benchmarks/README.md).
+to move every 2 MiB-aligned block the build added onto one huge page. Contents and
+addresses stay the same, so the session's outputs are unchanged; only blocks whose every
+4 KiB page is resident move, so resident memory does not grow.
 
-Where the kernel cannot do it (not Linux, older than 6.1, transparent huge pages compiled
-out or set to ``never``), nothing changes and :class:`HugePages` says why.
+``python -m bertrt.bench.session_options --variant huge-pages`` times such sessions against
+plain ones. On a 2-core Zen 4 KVM guest it moved 92-96 of 100 MiB per MiniLM classifier,
+took 0.35-0.9 s per session, and the forwards gained about 3% at 1 x 16 and nothing from
+8 x 128 up, inside the spread of identical plain sessions (benchmarks/README.md). The
+runtime therefore does not do it.
+
+Where the kernel cannot (not Linux, older than 6.1, transparent huge pages compiled out or
+set to ``never``), nothing changes and :class:`HugePages` says why.
 
 Example::
 
