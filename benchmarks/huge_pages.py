@@ -13,10 +13,10 @@ addresses stay the same, so the session's outputs are unchanged; only blocks who
 4 KiB page is resident move, so resident memory does not grow.
 
 ``python -m bertrt.bench.session_options --variant huge-pages`` times such sessions against
-plain ones. On a 2-core Zen 4 KVM guest it moved 92-96 of 100 MiB per MiniLM classifier,
-took 0.35-0.9 s per session, and the forwards gained about 3% at 1 x 16 and nothing from
-8 x 128 up, inside the spread of identical plain sessions (benchmarks/README.md). The
-runtime therefore does not do it.
+plain ones. On a 2-core Zen 4 KVM guest it moved 90-98 of 96-104 MiB per MiniLM
+classifier and took 0.6-1.0 s per session; the moved sessions' forwards landed inside the
+spread of identical plain sessions on every shape (benchmarks/README.md). The runtime
+therefore does not do it.
 
 Where the kernel cannot (not Linux, older than 6.1, transparent huge pages compiled out or
 set to ``never``), nothing changes and :class:`HugePages` says why.

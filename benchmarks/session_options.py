@@ -15,7 +15,7 @@ sessions land apart), ``dynamic-block-base`` (the thread pool's dynamic block si
 ``affinity`` (the worker thread pinned to the second logical CPU), ``no-spinning``
 (``session.intra_op.allow_spinning=0``), ``one-thread`` (``intra_op_num_threads=1``, for scale)
 and ``huge-pages`` and ``huge-pages-again`` (no session option: the memory the session's
-build mapped moved onto 2 MiB pages afterwards, as bertrt's CPU sessions do;
+build mapped moved onto 2 MiB pages afterwards, an experiment the runtime did not adopt;
 :mod:`bertrt.bench.huge_pages`). Identical sessions land a few percent apart, so an effect that
 small needs two sessions on each side.
 
