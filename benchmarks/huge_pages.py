@@ -60,7 +60,7 @@ class HugePages:
     reason: str | None = None
 
     def describe(self) -> str:
-        """One line for logs and ``bertrt info``.
+        """One line for the benchmark's notes.
 
         >>> HugePages(100 << 20, 104 << 20).describe()
         '100 MiB of 104 MiB on 2 MiB pages'
@@ -89,7 +89,8 @@ def new_memory() -> Iterator[NewMemory]:
     """Note this process's anonymous memory around the ``with`` block (empty off Linux).
 
     Memory another thread maps meanwhile is counted too; moving it to huge pages is
-    harmless (only resident blocks move, with their contents)."""
+    harmless (only resident blocks move, with their contents). Memory unmapped during the
+    block and mapped again at the same addresses is missed: it only stays where it is."""
     added = NewMemory(before=anonymous_ranges())
     yield added
     added.after = anonymous_ranges()

@@ -42,8 +42,7 @@ def huge_kib(address: int) -> int:
 
 
 def resident_pages(address: int, length: int) -> int:
-    libc = ctypes.CDLL(None)
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc = huge_pages._libc()  # the module's own prototypes for mincore
     states = (ctypes.c_ubyte * (length // PAGE))()
     assert libc.mincore(ctypes.c_void_p(address), length, states) == 0
     return sum(state & 1 for state in states)
