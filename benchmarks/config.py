@@ -34,6 +34,11 @@ BASELINES = (
 )
 BERTRT_SYSTEMS = ("bertrt-fp32", "bertrt-int8", "bertrt-fp16")
 ALL_SYSTEMS = BASELINES + BERTRT_SYSTEMS
+# A second plain ONNX Runtime system with sessions of its own, run only when asked for: it
+# makes the same calls as ``ort`` on the same file, so how far it lands from ``ort`` is how far
+# two identical systems drift apart in that run, the yardstick for the zero-overhead figures.
+TWIN_SYSTEM = "ort-twin"
+KNOWN_SYSTEMS = ALL_SYSTEMS + (TWIN_SYSTEM,)
 # Systems that need torch, transformers or optimum: imported only when one is requested.
 TORCH_SYSTEMS = frozenset({"torch", "torch-pipeline", "optimum", "optimum-pipeline", "torch-bf16"})
 
@@ -45,9 +50,10 @@ DEFAULT_SQUAD = Path(__file__).resolve().parent.parent.parent / "shared" / "data
 class BenchConfig:
     """Everything one run needs; validated at construction.
 
-    ``systems`` and ``workloads`` select what runs (names from :data:`ALL_SYSTEMS` and
-    :data:`WORKLOADS`); systems whose libraries or variant files are absent are skipped
-    with a note. ``threads`` is the intra-op thread count given to every engine.
+    ``systems`` and ``workloads`` select what runs (names from :data:`KNOWN_SYSTEMS` and
+    :data:`WORKLOADS`; by default every system but the opt-in :data:`TWIN_SYSTEM`); systems
+    whose libraries or variant files are absent are skipped with a note. ``threads`` is the
+    intra-op thread count given to every engine.
     Latency figures take ``warmup`` untimed calls, then up to ``repeats`` timed calls,
     stopping early (after at least ``min_repeats``) once ``max_seconds`` have passed. They
     are measured in ``latency_rounds`` rounds, the systems taking turns in each (the order
@@ -89,7 +95,7 @@ class BenchConfig:
     smoke: bool = False
 
     def __post_init__(self) -> None:
-        _known("system", self.systems, ALL_SYSTEMS)
+        _known("system", self.systems, KNOWN_SYSTEMS)
         _known("workload", self.workloads, WORKLOADS)
         positive = (
             "threads",

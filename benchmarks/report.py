@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bertrt.bench.config import TWIN_SYSTEM
 
 # Figure-key prefixes shown in the printed table (scaling curves go to the plots).
 TABLE_PREFIXES = ("w1.", "w2.", "w3.", "peak_batch.")
@@ -61,13 +62,24 @@ OVERHEAD_PREFIXES = ("w1.", "scaling.", "peak_batch.")
 
 
 def overhead(
-    figures: Mapping[str, Mapping[str, Mapping[str, Any]]], system: str = "bertrt-fp32", baseline: str = "ort"
+    figures: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    system: str = "bertrt-fp32",
+    baseline: str = "ort",
+    twin: str = TWIN_SYSTEM,
 ) -> dict[str, Any]:
     """``system`` against ``baseline`` on every W1 and model-level figure both ran: per
     figure the speed-up (``baseline``'s p50 / ``system``'s), the speed-up round by round and
     the rounds ``system`` was ahead in; over all figures the lowest speed-up and the
     geometric mean of the figures' speed-ups with a 95% interval (figures as the samples:
     ``exp(mean ± 1.96 sd / sqrt(n))`` of their logs). Empty when either did not run.
+
+    Where ``twin`` ran too (a second ``baseline`` with sessions of its own, making the same
+    calls), each figure also has ``twin_ratio`` (``baseline``'s p50 / ``twin``'s), and
+    ``twin`` sums them up: the twin's lowest, highest and geometric-mean speed-up, the
+    ``band`` ``[1/d, d]`` where ``d`` is the twin's largest departure from 1.00 either way (how
+    far two identical systems landed apart in this run), and ``behind_beyond_band``: the
+    figures where ``system`` fell below that band, which drift between identical systems
+    does not explain.
 
     >>> fig = {"w1.x": {"ort": {"p50_ms": 2.0, "rounds_p50_ms": [2.0, 2.0]},
     ...                 "bertrt-fp32": {"p50_ms": 1.0, "rounds_p50_ms": [1.0, 4.0]}}}
@@ -85,11 +97,13 @@ def overhead(
             "rounds": rounds,
             "rounds_ahead": sum(r > 1.0 for r in rounds),
         }
+        if twin in by_system:
+            per_figure[key]["twin_ratio"] = cost(theirs) / cost(by_system[twin])
     if not per_figure:
         return {}
     logs = np.log([f["ratio"] for f in per_figure.values()])
     half = 1.96 * float(logs.std(ddof=1)) / np.sqrt(len(logs)) if len(logs) > 1 else float("nan")
-    return {
+    summary = {
         "system": system,
         "baseline": baseline,
         "figures": per_figure,
@@ -99,6 +113,19 @@ def overhead(
         "rounds_ahead": sum(f["rounds_ahead"] for f in per_figure.values()),
         "rounds": sum(len(f["rounds"]) for f in per_figure.values()),
     }
+    twin_ratios = {key: f["twin_ratio"] for key, f in per_figure.items() if "twin_ratio" in f}
+    if twin_ratios:
+        departure = float(np.exp(np.abs(np.log(list(twin_ratios.values()))).max()))
+        summary["twin"] = {
+            "system": twin,
+            "figures": len(twin_ratios),
+            "lowest": float(min(twin_ratios.values())),
+            "highest": float(max(twin_ratios.values())),
+            "geomean": float(np.exp(np.log(list(twin_ratios.values())).mean())),
+            "band": [1.0 / departure, departure],
+            "behind_beyond_band": sorted(k for k in twin_ratios if per_figure[k]["ratio"] < 1.0 / departure),
+        }
+    return summary
 
 
 def agreement(outputs: Mapping[str, Mapping[str, Sequence[Any]]], references: Sequence[str]) -> dict[str, Any]:
@@ -220,6 +247,14 @@ def targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             results.get("overhead", {}).get("lowest"),
         )
     )
+    twin = results.get("overhead", {}).get("twin")
+    if twin:
+        checks.append(
+            (
+                Target("W1 and model-level: bertrt-fp32 figures below ort-twin's band around ort", 0.0, at_least=False),
+                float(len(twin["behind_beyond_band"])),
+            )
+        )
     checks += peer_checks(results)
     return [target.judge(value) for target, value in checks]
 
@@ -311,6 +346,15 @@ def _summary(results: Mapping[str, Any]) -> list[str]:
             f"geometric mean {paired['geomean']:.3f}x (95% interval {low:.3f}-{high:.3f}), "
             f"lowest {paired['lowest']:.3f}x, ahead in {paired['rounds_ahead']} of {paired['rounds']} rounds"
         )
+        twin = paired.get("twin")
+        if twin:
+            behind = ", ".join(twin["behind_beyond_band"]) or "none"
+            lines.append(
+                f"{twin['system']} over {paired['baseline']} on the same {twin['figures']} figures "
+                f"(identical systems): {twin['lowest']:.3f}-{twin['highest']:.3f}x, "
+                f"geometric mean {twin['geomean']:.3f}x; {paired['system']} below the band "
+                f"{twin['band'][0]:.3f}-{twin['band'][1]:.3f}x on: {behind}"
+            )
     footprint = results.get("footprint")
     if footprint:
         for stack in FOOTPRINT_STACKS:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
-from bertrt.bench.config import SENTENCE_TRANSFORMERS_SYSTEMS, TORCH_SYSTEMS
+from bertrt.bench.config import SENTENCE_TRANSFORMERS_SYSTEMS, TORCH_SYSTEMS, TWIN_SYSTEM
 from bertrt.bench.subjects import ModelInfo
 from tokenizers import Tokenizer
 
@@ -229,6 +229,10 @@ def make_system(name: str, models: Mapping[Task, ModelInfo], settings: SystemSet
         return BertrtSystem(models, settings, Precision(name.removeprefix("bertrt-")))
     if name == "ort":
         return PlainOrtSystem(models, settings)
+    if name == TWIN_SYSTEM:
+        twin = PlainOrtSystem(models, settings)
+        twin.name = TWIN_SYSTEM
+        return twin
     if name in TORCH_SYSTEMS:
         try:
             from bertrt.bench import torch_systems

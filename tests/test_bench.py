@@ -19,12 +19,14 @@ from bertrt.bench.config import BenchConfig
 from bertrt.bench.harness import run_benchmark
 from bertrt.bench.op_profile import summarize
 from bertrt.bench.physical import BertShape
+from bertrt.bench.subjects import bundle_models
 from bertrt.bench.systems import PlainOrtSystem
 from bertrt.bench.timing import LatencyStats, measure_latency
 from typer.testing import CliRunner
 
 from bertrt.cli import app
 from bertrt.errors import ConfigError
+from bertrt.types import Task
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -233,6 +235,36 @@ def test_overhead_compares_bertrt_with_plain_ort_figure_by_figure_and_overall() 
     assert judged["met"] is False and judged["value"] == pytest.approx(0.9)
 
 
+def test_the_twin_of_plain_ort_sets_the_band_that_identical_systems_drift_within() -> None:
+    def trio(ort_ms: float, twin_ms: float, bertrt_ms: float) -> dict[str, Any]:
+        return {"ort": {"p50_ms": ort_ms}, "ort-twin": {"p50_ms": twin_ms}, "bertrt-fp32": {"p50_ms": bertrt_ms}}
+
+    figures = {
+        # The twin lands 5% behind ort here and 2% ahead there: identical systems, 5% apart.
+        "w1.classify.short": trio(1.0, 1.05, 1.04),
+        "scaling.batch.1x16": trio(1.0, 0.98, 1.0),
+        # bertrt 10% behind: more than the twin's drift explains.
+        "peak_batch.32x256": trio(1.0, 1.0, 1.1),
+    }
+    result = report.overhead(figures)
+    assert result["figures"]["w1.classify.short"]["twin_ratio"] == pytest.approx(1 / 1.05)
+    twin = result["twin"]
+    assert twin["system"] == "ort-twin" and twin["figures"] == 3
+    assert (twin["lowest"], twin["highest"]) == (pytest.approx(1 / 1.05), pytest.approx(1 / 0.98))
+    assert twin["band"] == pytest.approx([1 / 1.05, 1.05])
+    # 1/1.04 is inside the band; 1/1.1 is below it.
+    assert twin["behind_beyond_band"] == ["peak_batch.32x256"]
+    [judged] = [t for t in report.targets({"overhead": result}) if "band" in t["name"]]
+    assert judged["met"] is False and judged["value"] == 1.0
+    printed = report.markdown_table({"overhead": result})
+    assert any("ort-twin over ort" in line and "peak_batch.32x256" in line for line in printed.splitlines())
+    # Without the twin there is no band and no target for it.
+    del figures["w1.classify.short"]["ort-twin"], figures["scaling.batch.1x16"]["ort-twin"]
+    del figures["peak_batch.32x256"]["ort-twin"]
+    assert "twin" not in report.overhead(figures)
+    assert not [t for t in report.targets({"overhead": report.overhead(figures)}) if "band" in t["name"]]
+
+
 def test_op_profile_sums_kernel_time_per_operator() -> None:
     def node(name: str, op: str, ts: int, dur: int) -> dict[str, Any]:
         return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
@@ -366,6 +398,29 @@ def test_latency_figures_are_measured_in_rounds_that_take_turns(tiny_bundle: Pat
     # The zero-overhead comparison covers the W1 and model-level figures both systems ran.
     compared = results["overhead"]["figures"]
     assert "w1.classify.short" in compared and "scaling.batch.4x32" in compared
+
+
+def test_the_twin_runs_as_a_second_plain_ort_with_sessions_of_its_own(tiny_bundle: Path) -> None:
+    from bertrt.bench import harness
+
+    config = BenchConfig.preset(
+        "smoke", bundle=tiny_bundle, workloads=("w1",), systems=("ort", "ort-twin", "bertrt-fp32"), sessions=2
+    )
+    copies = harness.open_system_copies(config, bundle_models(tiny_bundle), {}, lambda _: None)
+    names = [[system.name for system in copy] for copy in copies]
+    assert names == [["ort", "ort"], ["ort-twin", "ort-twin"], ["bertrt-fp32", "bertrt-fp32"]]
+    text = ["a short review"]
+    assert copies[1][0].classify(text) == copies[0][0].classify(text)
+    ort_session = copies[0][0]._load(Task.CLASSIFY)[0]  # type: ignore[attr-defined]
+    assert copies[1][0]._load(Task.CLASSIFY)[0] is not ort_session  # type: ignore[attr-defined]
+    for copy in copies:
+        for system in copy:
+            system.close()
+    results = run_benchmark(config)
+    compared = results["overhead"]["figures"]["w1.classify.short"]
+    assert compared["twin_ratio"] > 0 and results["overhead"]["twin"]["figures"] == len(results["overhead"]["figures"])
+    # The twin is opt-in: the default systems leave it out.
+    assert "ort-twin" not in BenchConfig.preset("smoke", bundle=tiny_bundle).systems
 
 
 def test_steal_share_reads_the_hypervisors_share_between_two_readings() -> None:

@@ -33,7 +33,8 @@ def bench(
             help="System to time; repeat for several. Default: every one installed: torch, "
             "torch-pipeline, optimum, optimum-pipeline, ort, st-torch, st-onnx, st-int8 "
             "(sentence-transformers, embedder only), torch-bf16 (CPUs with AMX or AVX-512 bf16), "
-            "bertrt-fp32, bertrt-int8, bertrt-fp16.",
+            "bertrt-fp32, bertrt-int8, bertrt-fp16. Opt-in: ort-twin, a second plain ort with sessions "
+            "of its own, which shows how far two identical systems drift apart in the run.",
         ),
     ] = None,
     workload: Annotated[
