@@ -7,7 +7,12 @@ requests (short and window-filling texts, several scripts, blank texts, multi-wi
 contexts, and about one refused request in fifty), in windows of ``--window`` requests,
 and prints per window the p50/p99 latency and the resident set size. It then checks:
 
-* RSS after the run is within ``--rss-limit`` (5%) of RSS after the first window;
+* resident memory does not grow: the peak RSS of the later half of the windows is within
+  ``--rss-limit`` (5%) of the peak of the earlier half. RSS is read after every request; a
+  window's peak is the most it read. Between requests RSS swings with the arena policy (the
+  MiniLM bundle: 430-526 MB within every stretch of a 20,000-request run), so RSS read once
+  at two instants, after the first window and after the run, compares two phases of that
+  swing rather than two sizes; that reading is still reported (``rss_end_change``);
 * tail latency is stable: the median p99 of the later half of the windows is within
   ``--p99-limit`` (1.25x) of the median p99 of the earlier half (the first window, which
   pays for warm-up, is left out).
@@ -118,7 +123,8 @@ class Window:
     requests: int
     p50_ms: float
     p99_ms: float
-    rss_mb: float
+    rss_mb: float  # after the window's last request
+    peak_rss_mb: float = 0.0  # the most read after any request of the window
 
 
 @dataclass
@@ -129,7 +135,8 @@ class SoakReport:
     refused: int = 0
     seconds: float = 0.0
     stopped_early: bool = False
-    rss_growth: float = 0.0
+    rss_growth: float = 0.0  # peak RSS, later half of the windows over the earlier half, less 1
+    rss_end_change: float = 0.0  # RSS after the run over RSS after the first window, less 1
     p99_drift: float | None = None  # None: fewer than three windows
     rss_ok: bool = True
     p99_ok: bool = True
@@ -154,27 +161,35 @@ def run_soak(
     report = SoakReport()
     started = time.perf_counter()
     latencies: list[float] = []
+    peak_mb = 0.0
     for index, request in enumerate(requests, start=1):
         t0 = time.perf_counter()
         outcome = serve(bundle, request)
         latencies.append(time.perf_counter() - t0)
+        peak_mb = max(peak_mb, resident_mb())
         report.refused += isinstance(outcome, str)
         if index % window == 0 or index == len(requests):
-            report.windows.append(_window(latencies))
-            latencies = []
+            report.windows.append(_window(latencies, peak_mb))
+            latencies, peak_mb = [], 0.0
             if on_window is not None:
                 on_window(len(report.windows), report.windows[-1])
             if time.perf_counter() - started > max_seconds and index < len(requests):
                 report.stopped_early = True
                 break
     report.seconds = time.perf_counter() - started
-    _judge(report, rss_limit, p99_limit)
+    judge(report, rss_limit, p99_limit)
     return report
 
 
-def _judge(report: SoakReport, rss_limit: float, p99_limit: float) -> None:
-    first, last = report.windows[0], report.windows[-1]
-    report.rss_growth = (last.rss_mb - first.rss_mb) / first.rss_mb
+def judge(report: SoakReport, rss_limit: float, p99_limit: float) -> None:
+    """Fill in ``report``'s memory and latency verdicts from its windows (module docstring)."""
+    windows = report.windows
+    first, last = windows[0], windows[-1]
+    report.rss_end_change = (last.rss_mb - first.rss_mb) / first.rss_mb
+    if len(windows) >= 2:
+        half = len(windows) // 2
+        earlier = max(w.peak_rss_mb for w in windows[:half])
+        report.rss_growth = max(w.peak_rss_mb for w in windows[half:]) / earlier - 1.0
     report.rss_ok = report.rss_growth <= rss_limit
     steady = [w.p99_ms for w in report.windows[1:]]
     if len(steady) >= 2:
@@ -183,13 +198,15 @@ def _judge(report: SoakReport, rss_limit: float, p99_limit: float) -> None:
         report.p99_ok = report.p99_drift <= p99_limit
 
 
-def _window(latencies: list[float]) -> Window:
+def _window(latencies: list[float], peak_rss_mb: float) -> Window:
     ordered = sorted(latencies)
+    now = resident_mb()
     return Window(
         requests=len(ordered),
         p50_ms=1e3 * ordered[len(ordered) // 2],
         p99_ms=1e3 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
-        rss_mb=resident_mb(),
+        rss_mb=now,
+        peak_rss_mb=max(peak_rss_mb, now),
     )
 
 
@@ -204,12 +221,14 @@ def resident_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
 
 
-HEADER = f"{'window':>6}  {'requests':>8}  {'p50 ms':>8}  {'p99 ms':>8}  {'RSS MB':>8}"
+HEADER = f"{'window':>6}  {'requests':>8}  {'p50 ms':>8}  {'p99 ms':>8}  {'RSS MB':>8}  {'peak MB':>8}"
 
 
 def window_line(number: int, w: Window) -> str:
     """One row of the table."""
-    return f"{number:>6}  {w.requests:>8}  {w.p50_ms:>8.2f}  {w.p99_ms:>8.2f}  {w.rss_mb:>8.1f}"
+    return (
+        f"{number:>6}  {w.requests:>8}  {w.p50_ms:>8.2f}  {w.p99_ms:>8.2f}  {w.rss_mb:>8.1f}  {w.peak_rss_mb:>8.1f}"
+    )
 
 
 def render(report: SoakReport, rss_limit: float, p99_limit: float) -> str:
@@ -219,9 +238,10 @@ def render(report: SoakReport, rss_limit: float, p99_limit: float) -> str:
     lines += [
         f"{served} requests in {report.seconds:.0f} s ({report.refused} refused as expected)"
         + (" — stopped at --max-seconds" if report.stopped_early else ""),
+        "peak RSS growth, later half of the windows over the earlier half: "
+        f"{report.rss_growth:+.1%} (limit {rss_limit:.0%}) " + ("ok" if report.rss_ok else "FAILED"),
         f"RSS after the first window {report.windows[0].rss_mb:.1f} MB, after the run "
-        f"{report.windows[-1].rss_mb:.1f} MB: {report.rss_growth:+.1%} (limit {rss_limit:.0%}) "
-        + ("ok" if report.rss_ok else "FAILED"),
+        f"{report.windows[-1].rss_mb:.1f} MB: {report.rss_end_change:+.1%} (two instants, not judged)",
         "p99 drift, later half of the windows over the earlier half: "
         + (
             f"{report.p99_drift:.2f}x (limit {p99_limit:.2f}x) " + ("ok" if report.p99_ok else "FAILED")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bertrt.bench.soak import main, mixed_requests, run_soak, serve
+from bertrt.bench.soak import SoakReport, Window, judge, main, mixed_requests, run_soak, serve
 
 import bertrt
 from bertrt import RuntimeOptions
@@ -76,8 +76,23 @@ def test_soak_smoke_run(bundle: bertrt.Bundle) -> None:
     report = run_soak(bundle, requests, window=100)
     assert [w.requests for w in report.windows] == [100, 100, 100]
     assert report.refused == sum(r.refused for r in requests) > 0
-    assert all(0 < w.p50_ms <= w.p99_ms and w.rss_mb > 0 for w in report.windows)
+    assert all(0 < w.p50_ms <= w.p99_ms and 0 < w.rss_mb <= w.peak_rss_mb for w in report.windows)
     assert report.rss_growth < 0.25  # a real leak of this run's inputs would show here
+
+
+def test_soak_judges_growth_by_the_peaks_of_each_half_not_by_two_instants() -> None:
+    def judged(peaks: list[float], ends: list[float]) -> SoakReport:
+        report = SoakReport(windows=[Window(100, 1.0, 2.0, end, peak) for end, peak in zip(ends, peaks)])
+        judge(report, rss_limit=0.05, p99_limit=1.25)
+        return report
+
+    # A swing with no trend whose last reading lands at its top: two instants read +20%.
+    swing = judged(peaks=[120, 120, 120, 120], ends=[100, 110, 105, 120])
+    assert swing.rss_end_change == pytest.approx(0.2)
+    assert swing.rss_growth == pytest.approx(0.0) and swing.rss_ok
+    # A rising envelope fails even when the last reading happens to be low.
+    leak = judged(peaks=[100, 102, 110, 112], ends=[100, 101, 109, 98])
+    assert leak.rss_growth == pytest.approx(112 / 102 - 1) and not leak.rss_ok and leak.rss_end_change < 0
 
 
 def test_soak_command_prints_its_figures(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -88,5 +103,5 @@ def test_soak_command_prints_its_figures(tiny_bundle: Path, capsys: pytest.Captu
     assert code == 0 and len(report["windows"]) == 2 and report["rss_ok"] and report["p99_ok"]
     main(args)
     table = capsys.readouterr().out
-    assert table.splitlines()[0].split() == ["window", "requests", "p50", "ms", "p99", "ms", "RSS", "MB"]
-    assert "RSS after the first window" in table and "p99 drift" in table
+    assert table.splitlines()[0].split() == ["window", "requests", "p50", "ms", "p99", "ms", "RSS", "MB", "peak", "MB"]
+    assert "peak RSS growth" in table and "RSS after the first window" in table and "p99 drift" in table
