@@ -115,13 +115,14 @@ def overhead(
     }
     twin_ratios = {key: f["twin_ratio"] for key, f in per_figure.items() if "twin_ratio" in f}
     if twin_ratios:
-        departure = float(np.exp(np.abs(np.log(list(twin_ratios.values()))).max()))
+        twin_logs = np.log(list(twin_ratios.values()))
+        departure = float(np.exp(np.abs(twin_logs).max()))
         summary["twin"] = {
             "system": twin,
             "figures": len(twin_ratios),
             "lowest": float(min(twin_ratios.values())),
             "highest": float(max(twin_ratios.values())),
-            "geomean": float(np.exp(np.log(list(twin_ratios.values())).mean())),
+            "geomean": float(np.exp(twin_logs.mean())),
             "band": [1.0 / departure, departure],
             "behind_beyond_band": sorted(k for k in twin_ratios if per_figure[k]["ratio"] < 1.0 / departure),
         }

@@ -75,14 +75,16 @@ def open_session(
     for key, value in entries.items():
         if key not in _NOT_CONFIG:
             options.add_session_config_entry(key, value)
+    if not entries.get("huge_pages"):
+        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    # Only a session whose memory moves needs the maps read around its build.
     with new_memory() as built:
         session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    if entries.get("huge_pages"):
-        started = time.perf_counter()
-        backed = back_with_huge_pages(built.ranges())
-        seconds = time.perf_counter() - started
-        if notes is not None:
-            notes["huge_pages"] = f"{backed.describe()}, moved in {seconds:.2f} s"
+    started = time.perf_counter()
+    backed = back_with_huge_pages(built.ranges())
+    seconds = time.perf_counter() - started
+    if notes is not None:
+        notes["huge_pages"] = f"{backed.describe()}, moved in {seconds:.2f} s"
     return session
 
 

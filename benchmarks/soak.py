@@ -166,10 +166,11 @@ def run_soak(
         t0 = time.perf_counter()
         outcome = serve(bundle, request)
         latencies.append(time.perf_counter() - t0)
-        peak_mb = max(peak_mb, resident_mb())
+        rss_mb = resident_mb()
+        peak_mb = max(peak_mb, rss_mb)
         report.refused += isinstance(outcome, str)
         if index % window == 0 or index == len(requests):
-            report.windows.append(_window(latencies, peak_mb))
+            report.windows.append(_window(latencies, rss_mb, peak_mb))
             latencies, peak_mb = [], 0.0
             if on_window is not None:
                 on_window(len(report.windows), report.windows[-1])
@@ -198,15 +199,14 @@ def judge(report: SoakReport, rss_limit: float, p99_limit: float) -> None:
         report.p99_ok = report.p99_drift <= p99_limit
 
 
-def _window(latencies: list[float], peak_rss_mb: float) -> Window:
+def _window(latencies: list[float], rss_mb: float, peak_rss_mb: float) -> Window:
     ordered = sorted(latencies)
-    now = resident_mb()
     return Window(
         requests=len(ordered),
         p50_ms=1e3 * ordered[len(ordered) // 2],
         p99_ms=1e3 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
-        rss_mb=now,
-        peak_rss_mb=max(peak_rss_mb, now),
+        rss_mb=rss_mb,
+        peak_rss_mb=peak_rss_mb,
     )
 
 
